@@ -1,0 +1,9 @@
+//! tlspeek: an egress forward proxy that peeks every TLS ClientHello, finds legacy
+//! (TLS 1.0/1.1, 3DES) callers, and counts them per source.
+//!
+//! The crate is a pure core (`hello`: bytes in, values out) and a thin async shell
+//! around it (`proxy`, `admin`, `telemetry`).
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod hello;
