@@ -1,0 +1,228 @@
+//! Typed configuration: the embedded default (`config/tlspeek.toml`), a user's file laid
+//! over it key by key, and validation that reports every error with its key and reason.
+//! Nothing starts on a config with an error.
+
+mod raw;
+mod validate;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+pub use raw::RawConfig;
+
+use crate::names::{HostName, HostPatterns};
+
+/// The annotated default configuration, embedded in the binary.
+pub const DEFAULT_TOML: &str = include_str!("../../config/tlspeek.toml");
+
+/// One problem in a configuration: the dotted key (`proxy.allowed_sources[2]`) and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+/// Every problem found in one configuration.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        write!(
+            f,
+            "{n} error{} in the configuration:",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.0 {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {errors}")]
+    Invalid { path: PathBuf, errors: ConfigErrors },
+}
+
+/// What to do when the client sends no ClientHello within `hello_timeout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnHelloTimeout {
+    /// Keep splicing; the connection's kind is `none`.
+    Pass,
+    /// End the tunnel.
+    Close,
+}
+
+/// A list of networks; IPv4-mapped IPv6 addresses are unmapped before every check.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetList(pub Vec<IpNet>);
+
+impl NetList {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// `[[sources]]`: names for address ranges, used as the `source` label. First match wins.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceNames(pub Vec<(IpNet, String)>);
+
+impl SourceNames {
+    pub fn name_for(&self, ip: IpAddr) -> Option<&str> {
+        let ip = ip.to_canonical();
+        self.0
+            .iter()
+            .find(|(net, _)| net.contains(&ip))
+            .map(|(_, name)| name.as_str())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    pub allowed_ports: BTreeSet<u16>,
+    pub allowed_http_ports: BTreeSet<u16>,
+    pub allowed_sources: NetList,
+    pub deny_destinations: NetList,
+    pub header_timeout: Duration,
+    pub hello_timeout: Duration,
+    pub on_hello_timeout: OnHelloTimeout,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_source: usize,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub allowed_sources: NetList,
+    pub token_file: Option<PathBuf>,
+}
+
+/// Where event lines go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventsTarget {
+    Stdout,
+    File(PathBuf),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricsConfig {
+    pub watched_destinations: HostPatterns,
+    pub track_all_destinations: bool,
+    pub max_series_per_metric: usize,
+    pub series_idle_expiry: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsConfig {
+    pub reverse_lookup: bool,
+    pub cache_ttl: Duration,
+}
+
+/// A rule's source selector: a network or a `[[sources]]` name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceSelector {
+    Net(IpNet),
+    Name(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Observe,
+    Block,
+    Upgrade,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub name: String,
+    pub destinations: HostPatterns,
+    pub sources: Vec<SourceSelector>,
+    pub exempt: Vec<SourceSelector>,
+    pub action: Action,
+    pub dry_run: bool,
+    /// The rule stops applying after this instant (seconds since the Unix epoch).
+    pub expires: Option<std::time::SystemTime>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InventoryConfig {
+    pub path: Option<PathBuf>,
+    pub flush_interval: Duration,
+    pub retention: Duration,
+}
+
+/// The validated configuration a running tlspeek uses.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub admin: AdminConfig,
+    pub events: EventsTarget,
+    pub metrics: MetricsConfig,
+    pub sources: SourceNames,
+    pub dns: DnsConfig,
+    pub rules: Vec<Rule>,
+    pub enforcement_enabled: bool,
+    pub inventory: InventoryConfig,
+    pub transparent_listen: Option<SocketAddr>,
+    /// The written form, for `check-config` and logs.
+    pub raw: RawConfig,
+}
+
+impl Config {
+    /// The embedded default configuration.
+    pub fn embedded_default() -> Result<Config, ConfigErrors> {
+        Config::from_toml_str("")
+    }
+
+    /// Lays `user` (TOML text) over the embedded default and validates the result.
+    pub fn from_toml_str(user: &str) -> Result<Config, ConfigErrors> {
+        let (raw, unknown_keys) = validate::merge_and_deserialize(DEFAULT_TOML, user)?;
+        validate::validate(raw, unknown_keys)
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml_str(&text).map_err(|errors| LoadError::Invalid {
+            path: path.to_path_buf(),
+            errors,
+        })
+    }
+
+    /// The effective configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(&self.raw).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+
+    /// Is `host` one of the watched destinations?
+    pub fn is_watched(&self, host: &HostName) -> bool {
+        self.metrics.watched_destinations.matches(host)
+    }
+}

@@ -1,0 +1,483 @@
+//! From TOML text to a validated [`Config`]: merge over the default, deserialize while
+//! collecting every unknown key, then check every value, collecting every error with its key.
+
+use std::collections::{BTreeSet, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use ipnet::IpNet;
+
+use super::raw::{RawConfig, RawRule};
+use super::{
+    Action, AdminConfig, Config, ConfigError, ConfigErrors, DnsConfig, EventsTarget,
+    InventoryConfig, MetricsConfig, NetList, OnHelloTimeout, ProxyConfig, Rule, SourceNames,
+    SourceSelector,
+};
+use crate::names::{HostPattern, HostPatterns};
+
+/// Parses both documents, lays `user` over `default` (tables merge key by key, any other
+/// value — lists included — replaces), and deserializes. Syntax errors, unknown keys and
+/// type errors are all reported, each with its key.
+/// On success also returns the unknown keys, so validation can add its errors to them.
+pub(super) fn merge_and_deserialize(
+    default: &str,
+    user: &str,
+) -> Result<(RawConfig, Vec<ConfigError>), ConfigErrors> {
+    let mut base: toml::Table = default.parse().map_err(|e: toml::de::Error| {
+        one(
+            "(embedded default)",
+            format!("syntax error: {}", e.message()),
+        )
+    })?;
+    let over: toml::Table = user.parse().map_err(|e: toml::de::Error| {
+        let at = e
+            .span()
+            .map(|s| {
+                let line = user.get(..s.start).map_or(0, |p| p.matches('\n').count()) + 1;
+                format!(" (line {line})")
+            })
+            .unwrap_or_default();
+        one("(syntax)", format!("{}{at}", e.message().trim()))
+    })?;
+    merge(&mut base, over);
+
+    let mut unknown = Vec::new();
+    let mut note_unknown = |path: serde_ignored::Path<'_>| {
+        unknown.push(ConfigError {
+            key: path.to_string(),
+            reason: "unknown key".to_string(),
+        })
+    };
+    let de = serde_ignored::Deserializer::new(toml::Value::Table(base), &mut note_unknown);
+    let result: Result<RawConfig, _> = serde_path_to_error::deserialize(de);
+    let mut errors = unknown;
+    match result {
+        Ok(raw) => Ok((raw, errors)),
+        Err(e) => {
+            let key = e.path().to_string();
+            errors.push(ConfigError {
+                key: if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
+                reason: e.into_inner().message().trim().to_string(),
+            });
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+fn one(key: &str, reason: String) -> ConfigErrors {
+    ConfigErrors(vec![ConfigError {
+        key: key.to_string(),
+        reason,
+    }])
+}
+
+/// Collects errors while values are converted.
+#[derive(Default)]
+struct Checker {
+    errors: Vec<ConfigError>,
+}
+
+impl Checker {
+    fn err(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.errors.push(ConfigError {
+            key: key.into(),
+            reason: reason.into(),
+        });
+    }
+
+    fn duration(&mut self, key: &str, v: &str, allow_zero: bool) -> Duration {
+        match humantime::parse_duration(v) {
+            Ok(d) if d.is_zero() && !allow_zero => {
+                self.err(key, format!("{v:?}: must be longer than zero"));
+                Duration::from_secs(1)
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.err(
+                    key,
+                    format!("{v:?} is not a duration ({e}); write e.g. \"500ms\", \"10s\", \"5m\", \"1h\", \"90d\""),
+                );
+                Duration::from_secs(1)
+            }
+        }
+    }
+
+    fn listen(&mut self, key: &str, v: &str) -> SocketAddr {
+        match SocketAddr::from_str(v) {
+            Ok(a) if a.port() == 0 => {
+                self.err(key, format!("{v:?}: port 0 is not allowed"));
+                a
+            }
+            Ok(a) => a,
+            Err(_) => {
+                self.err(
+                    key,
+                    format!(
+                        "{v:?} is not an address:port (e.g. \"127.0.0.1:3128\", \"[::]:3128\")"
+                    ),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 1))
+            }
+        }
+    }
+
+    fn ports(&mut self, key: &str, v: &[i64]) -> BTreeSet<u16> {
+        let mut out = BTreeSet::new();
+        for (i, p) in v.iter().enumerate() {
+            match u16::try_from(*p) {
+                Ok(0) => self.err(format!("{key}[{i}]"), "port 0 is not allowed"),
+                Ok(p) => {
+                    out.insert(p);
+                }
+                Err(_) => self.err(
+                    format!("{key}[{i}]"),
+                    format!("{p} is not a port (1-65535)"),
+                ),
+            }
+        }
+        out
+    }
+
+    fn nets(&mut self, key: &str, v: &[String]) -> NetList {
+        NetList(
+            v.iter()
+                .enumerate()
+                .filter_map(|(i, s)| self.net(&format!("{key}[{i}]"), s))
+                .collect(),
+        )
+    }
+
+    fn net(&mut self, key: &str, s: &str) -> Option<IpNet> {
+        parse_net(s).or_else(|| {
+            self.err(
+                key,
+                format!("{s:?} is not a CIDR (e.g. \"10.0.0.0/8\", \"fc00::/7\") or an IP address"),
+            );
+            None
+        })
+    }
+
+    fn count(&mut self, key: &str, v: i64, min: i64) -> usize {
+        if v < min {
+            self.err(key, format!("{v}: must be at least {min}"));
+            return min.max(0) as usize;
+        }
+        usize::try_from(v).unwrap_or(usize::MAX)
+    }
+
+    fn patterns(&mut self, key: &str, v: &[String]) -> HostPatterns {
+        HostPatterns(
+            v.iter()
+                .enumerate()
+                .filter_map(|(i, s)| match HostPattern::parse(s) {
+                    Ok(p) => Some(p),
+                    Err(reason) => {
+                        self.err(format!("{key}[{i}]"), reason);
+                        None
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    fn optional_path(&mut self, v: &str) -> Option<PathBuf> {
+        (!v.is_empty()).then(|| PathBuf::from(v))
+    }
+
+    /// Marks a key whose feature this build does not have yet: the config is refused
+    /// rather than silently ignoring what the user asked for.
+    fn not_yet(&mut self, key: &str, what: &str) {
+        self.err(
+            key,
+            format!("{what} is not available in this version of tlspeek"),
+        );
+    }
+}
+
+/// An IP network in CIDR form, or a single address (host route). Host bits are cleared.
+pub(crate) fn parse_net(s: &str) -> Option<IpNet> {
+    if let Ok(n) = IpNet::from_str(s) {
+        return Some(n.trunc());
+    }
+    IpAddr::from_str(s).ok().map(IpNet::from)
+}
+
+fn valid_source_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err(format!("{name:?}: a source name has 1 to 64 characters"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(format!(
+            "{name:?}: a source name uses only letters, digits, '-', '_' and '.'"
+        ));
+    }
+    if name == "other" {
+        return Err("\"other\" is reserved for folded sources".to_string());
+    }
+    if IpAddr::from_str(name).is_ok() {
+        return Err(format!(
+            "{name:?}: a source name must not look like an IP address"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks every value; `earlier` are errors found before (unknown keys), reported first.
+pub(super) fn validate(raw: RawConfig, earlier: Vec<ConfigError>) -> Result<Config, ConfigErrors> {
+    let mut c = Checker { errors: earlier };
+    let p = &raw.proxy;
+    let proxy = ProxyConfig {
+        listen: c.listen("proxy.listen", &p.listen),
+        allowed_ports: c.ports("proxy.allowed_ports", &p.allowed_ports),
+        allowed_http_ports: c.ports("proxy.allowed_http_ports", &p.allowed_http_ports),
+        allowed_sources: c.nets("proxy.allowed_sources", &p.allowed_sources),
+        deny_destinations: c.nets("proxy.deny_destinations", &p.deny_destinations),
+        header_timeout: c.duration("proxy.header_timeout", &p.header_timeout, false),
+        hello_timeout: c.duration("proxy.hello_timeout", &p.hello_timeout, false),
+        on_hello_timeout: match p.on_hello_timeout.as_str() {
+            "pass" => OnHelloTimeout::Pass,
+            "close" => OnHelloTimeout::Close,
+            other => {
+                c.err(
+                    "proxy.on_hello_timeout",
+                    format!("{other:?}: must be \"pass\" or \"close\""),
+                );
+                OnHelloTimeout::Pass
+            }
+        },
+        connect_timeout: c.duration("proxy.connect_timeout", &p.connect_timeout, false),
+        idle_timeout: c.duration("proxy.idle_timeout", &p.idle_timeout, false),
+        max_connections: c.count("proxy.max_connections", p.max_connections, 1),
+        max_connections_per_source: c.count(
+            "proxy.max_connections_per_source",
+            p.max_connections_per_source,
+            1,
+        ),
+        shutdown_grace: c.duration("proxy.shutdown_grace", &p.shutdown_grace, true),
+    };
+    if proxy.allowed_ports.is_empty() {
+        c.err("proxy.allowed_ports", "must name at least one port");
+    }
+
+    let admin = AdminConfig {
+        listen: c.listen("admin.listen", &raw.admin.listen),
+        allowed_sources: c.nets("admin.allowed_sources", &raw.admin.allowed_sources),
+        token_file: c.optional_path(&raw.admin.token_file),
+    };
+    if admin.listen == proxy.listen {
+        c.err("admin.listen", "must differ from proxy.listen");
+    }
+    if admin.token_file.is_some() {
+        c.not_yet("admin.token_file", "an admin token");
+    }
+
+    let events = match raw.events.path.as_str() {
+        "" => {
+            c.err("events.path", "must be \"-\" (stdout) or a file path");
+            EventsTarget::Stdout
+        }
+        "-" => EventsTarget::Stdout,
+        path => EventsTarget::File(PathBuf::from(path)),
+    };
+
+    let m = &raw.metrics;
+    let metrics = MetricsConfig {
+        watched_destinations: c.patterns("metrics.watched_destinations", &m.watched_destinations),
+        track_all_destinations: m.track_all_destinations,
+        max_series_per_metric: c.count("metrics.max_series_per_metric", m.max_series_per_metric, 4),
+        series_idle_expiry: c.duration("metrics.series_idle_expiry", &m.series_idle_expiry, false),
+    };
+
+    let mut names = HashSet::new();
+    let mut sources = Vec::new();
+    for (i, s) in raw.sources.iter().enumerate() {
+        let net = c.net(&format!("sources[{i}].cidr"), &s.cidr);
+        if let Err(reason) = valid_source_name(&s.name) {
+            c.err(format!("sources[{i}].name"), reason);
+        } else if !names.insert(s.name.clone()) {
+            c.err(
+                format!("sources[{i}].name"),
+                format!("duplicate source name {:?}", s.name),
+            );
+        }
+        if let Some(net) = net {
+            sources.push((net, s.name.clone()));
+        }
+    }
+
+    let dns = DnsConfig {
+        reverse_lookup: raw.dns.reverse_lookup,
+        cache_ttl: c.duration("dns.cache_ttl", &raw.dns.cache_ttl, false),
+    };
+    if dns.reverse_lookup {
+        c.not_yet("dns.reverse_lookup", "reverse DNS of sources");
+    }
+
+    let rules = raw
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| rule(&mut c, i, r, &names))
+        .collect();
+
+    let inventory = InventoryConfig {
+        path: c.optional_path(&raw.inventory.path),
+        flush_interval: c.duration(
+            "inventory.flush_interval",
+            &raw.inventory.flush_interval,
+            false,
+        ),
+        retention: c.duration("inventory.retention", &raw.inventory.retention, false),
+    };
+
+    let u = &raw.upgrade;
+    for (i, s) in u.never_upgrade.iter().enumerate() {
+        if let Err(reason) = HostPattern::parse(s) {
+            c.err(format!("upgrade.never_upgrade[{i}]"), reason);
+        }
+    }
+    if !matches!(u.on_unsupported.as_str(), "block" | "pass") {
+        c.err(
+            "upgrade.on_unsupported",
+            format!("{:?}: must be \"block\" or \"pass\"", u.on_unsupported),
+        );
+    }
+    for (key, v) in [
+        ("upgrade.ca_cert", &u.ca_cert),
+        ("upgrade.ca_key", &u.ca_key),
+        ("upgrade.upstream_extra_ca", &u.upstream_extra_ca),
+    ] {
+        if !v.is_empty() {
+            c.not_yet(key, "upgrade mode");
+        }
+    }
+
+    let transparent_listen = match raw.transparent.listen.as_str() {
+        "" => None,
+        v => {
+            let a = c.listen("transparent.listen", v);
+            c.not_yet("transparent.listen", "transparent mode");
+            Some(a)
+        }
+    };
+    if !raw.auth.credentials_file.is_empty() {
+        c.not_yet("auth.credentials_file", "proxy authentication");
+    }
+    for (i, s) in raw.auth.exempt_sources.iter().enumerate() {
+        c.net(&format!("auth.exempt_sources[{i}]"), s);
+    }
+    if !raw.upstream.proxy.is_empty() {
+        c.not_yet("upstream.proxy", "parent-proxy chaining");
+    }
+
+    if !c.errors.is_empty() {
+        return Err(ConfigErrors(c.errors));
+    }
+    Ok(Config {
+        proxy,
+        admin,
+        events,
+        metrics,
+        sources: SourceNames(sources),
+        dns,
+        rules,
+        enforcement_enabled: raw.enforcement.enabled,
+        inventory,
+        transparent_listen,
+        raw,
+    })
+}
+
+fn selectors(
+    c: &mut Checker,
+    key: &str,
+    v: &[String],
+    names: &HashSet<String>,
+) -> Vec<SourceSelector> {
+    v.iter()
+        .enumerate()
+        .filter_map(|(j, s)| {
+            if let Some(net) = parse_net(s) {
+                Some(SourceSelector::Net(net))
+            } else if names.contains(s) {
+                Some(SourceSelector::Name(s.clone()))
+            } else {
+                c.err(
+                    format!("{key}[{j}]"),
+                    format!("{s:?} is neither a CIDR nor a [[sources]] name"),
+                );
+                None
+            }
+        })
+        .collect()
+}
+
+fn rule(c: &mut Checker, i: usize, r: &RawRule, names: &HashSet<String>) -> Rule {
+    let key = format!("rules[{i}]");
+    let action = match r.action.as_str() {
+        "observe" => Action::Observe,
+        "block" => Action::Block,
+        "upgrade" => Action::Upgrade,
+        other => {
+            c.err(
+                format!("{key}.action"),
+                format!("{other:?}: must be \"observe\", \"block\" or \"upgrade\""),
+            );
+            Action::Observe
+        }
+    };
+    if action != Action::Observe {
+        c.not_yet(&format!("{key}.action"), "enforcement (block/upgrade)");
+    }
+    let expires = r.expires.as_deref().and_then(|s| match parse_expiry(s) {
+        Some(t) => Some(t),
+        None => {
+            c.err(
+                format!("{key}.expires"),
+                format!("{s:?} is not a date (\"2027-01-31\") or an RFC 3339 time"),
+            );
+            None
+        }
+    });
+    Rule {
+        name: r.name.clone().unwrap_or_else(|| key.clone()),
+        destinations: c.patterns(&format!("{key}.destinations"), &r.destinations),
+        sources: selectors(c, &format!("{key}.sources"), &r.sources, names),
+        exempt: selectors(c, &format!("{key}.exempt"), &r.exempt, names),
+        action,
+        dry_run: r.dry_run,
+        expires,
+    }
+}
+
+/// A date means the end of that day (UTC): the rule applies through the whole day.
+fn parse_expiry(s: &str) -> Option<SystemTime> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Some(t);
+    }
+    let t = humantime::parse_rfc3339_weak(&format!("{s} 00:00:00")).ok()?;
+    Some(t + Duration::from_secs(86_400))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,399 @@
+//! Cardinality guard for metrics labelled by source and destination.
+//!
+//! Sources are strangers' addresses: without a bound, a scan or a large network turns
+//! `/metrics` into millions of series. The guard keeps at most `max` series per metric and
+//! reserves a quarter of them for legacy series, because finding legacy callers is the
+//! point: a new legacy caller is never folded away (when even the whole budget is full, the
+//! least recently updated non-legacy series is evicted to make room). Non-legacy series from
+//! unnamed sources fold into `source="other"` when their share is used up. Every fold and
+//! every drop is counted in `tlspeek_label_overflow_total{metric}`. Series not updated for
+//! `idle_expiry` are removed.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{GaugeVec, IntCounter, IntCounterVec, Opts};
+
+/// The label value that folded sources get.
+pub const OTHER: &str = "other";
+
+/// Labels of one observation. `source` is always the first label of a guarded metric.
+pub struct Labels<'a> {
+    /// Label values, `source` first.
+    pub values: &'a [&'a str],
+    /// A legacy series (kept first).
+    pub legacy: bool,
+    /// `source` is a per-IP value (foldable); named sources and "other" are bounded by config.
+    pub source_is_ip: bool,
+}
+
+struct Series {
+    last_used: Instant,
+    legacy: bool,
+}
+
+struct Budget {
+    series: HashMap<Vec<String>, Series>,
+    non_legacy: usize,
+}
+
+enum Slot {
+    Use(Vec<String>),
+    Drop,
+}
+
+/// The bookkeeping shared by guarded counters and gauges.
+struct Guard {
+    name: String,
+    max: usize,
+    legacy_reserve: usize,
+    idle_expiry: Duration,
+    budget: Mutex<Budget>,
+    overflow: IntCounter,
+}
+
+impl Guard {
+    fn new(name: String, max: usize, idle_expiry: Duration, overflow: IntCounter) -> Guard {
+        Guard {
+            name,
+            max,
+            legacy_reserve: (max / 4).max(1),
+            idle_expiry,
+            budget: Mutex::new(Budget {
+                series: HashMap::new(),
+                non_legacy: 0,
+            }),
+            overflow,
+        }
+    }
+
+    /// Decides which series an observation goes to. `remove` deletes an evicted series from
+    /// the underlying vector.
+    fn admit(&self, labels: &Labels<'_>, now: Instant, remove: impl Fn(&[String])) -> Slot {
+        let Ok(mut b) = self.budget.lock() else {
+            return Slot::Drop;
+        };
+        let key: Vec<String> = labels.values.iter().map(|s| s.to_string()).collect();
+        if let Some(s) = b.series.get_mut(&key) {
+            s.last_used = now;
+            s.legacy |= labels.legacy;
+            return Slot::Use(key);
+        }
+        let non_legacy_cap = self.max.saturating_sub(self.legacy_reserve);
+        let fits = if labels.legacy {
+            b.series.len() < self.max || self.evict_oldest_non_legacy(&mut b, &remove)
+        } else if labels.source_is_ip {
+            b.series.len() < self.max && b.non_legacy < non_legacy_cap
+        } else {
+            // Named sources are bounded by the config; they may use the non-reserved room
+            // that per-IP sources leave.
+            b.series.len()
+                < self
+                    .max
+                    .saturating_sub(self.legacy_reserve.saturating_sub(self.legacy_series(&b)))
+        };
+        if fits {
+            return Slot::Use(self.insert(&mut b, key, labels.legacy, now));
+        }
+        if !labels.legacy && !labels.source_is_ip {
+            // Nothing to fold into: the source already is a name or "other".
+            self.overflow.inc();
+            return Slot::Drop;
+        }
+        // Fold the source into "other" (legacy series only get here when nothing could be
+        // evicted, i.e. the whole budget is legacy).
+        self.overflow.inc();
+        let mut folded = key;
+        if let Some(first) = folded.first_mut() {
+            *first = OTHER.to_string();
+        }
+        if let Some(s) = b.series.get_mut(&folded) {
+            s.last_used = now;
+            return Slot::Use(folded);
+        }
+        if b.series.len() < self.max || self.evict_oldest_non_legacy(&mut b, &remove) {
+            return Slot::Use(self.insert(&mut b, folded, labels.legacy, now));
+        }
+        Slot::Drop
+    }
+
+    fn legacy_series(&self, b: &Budget) -> usize {
+        b.series.len().saturating_sub(b.non_legacy)
+    }
+
+    fn insert(&self, b: &mut Budget, key: Vec<String>, legacy: bool, now: Instant) -> Vec<String> {
+        if !legacy {
+            b.non_legacy += 1;
+        }
+        b.series.insert(
+            key.clone(),
+            Series {
+                last_used: now,
+                legacy,
+            },
+        );
+        key
+    }
+
+    fn evict_oldest_non_legacy(&self, b: &mut Budget, remove: &impl Fn(&[String])) -> bool {
+        let oldest = b
+            .series
+            .iter()
+            .filter(|(_, s)| !s.legacy)
+            .min_by_key(|(_, s)| s.last_used)
+            .map(|(k, _)| k.clone());
+        match oldest {
+            Some(k) => {
+                b.series.remove(&k);
+                b.non_legacy = b.non_legacy.saturating_sub(1);
+                remove(&k);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes series idle for longer than `idle_expiry`; returns how many.
+    fn expire(&self, now: Instant, remove: impl Fn(&[String])) -> usize {
+        let Ok(mut b) = self.budget.lock() else {
+            return 0;
+        };
+        let expiry = self.idle_expiry;
+        let stale: Vec<Vec<String>> = b
+            .series
+            .iter()
+            .filter(|(_, s)| now.saturating_duration_since(s.last_used) >= expiry)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &stale {
+            if let Some(s) = b.series.remove(k) {
+                if !s.legacy {
+                    b.non_legacy = b.non_legacy.saturating_sub(1);
+                }
+            }
+            remove(k);
+        }
+        stale.len()
+    }
+
+    fn len(&self) -> usize {
+        self.budget.lock().map(|b| b.series.len()).unwrap_or(0)
+    }
+}
+
+fn as_strs(k: &[String]) -> Vec<&str> {
+    k.iter().map(String::as_str).collect()
+}
+
+/// A counter vector behind the cardinality guard.
+pub struct GuardedCounter {
+    vec: IntCounterVec,
+    guard: Guard,
+}
+
+impl GuardedCounter {
+    pub fn new(
+        opts: Opts,
+        labels: &[&str],
+        max: usize,
+        idle_expiry: Duration,
+        overflow: &IntCounterVec,
+    ) -> prometheus::Result<GuardedCounter> {
+        let name = opts.name.clone();
+        let overflow = overflow.get_metric_with_label_values(&[&name])?;
+        Ok(GuardedCounter {
+            vec: IntCounterVec::new(opts, labels)?,
+            guard: Guard::new(name, max, idle_expiry, overflow),
+        })
+    }
+
+    pub fn inc(&self, labels: &Labels<'_>) {
+        self.inc_at(labels, Instant::now());
+    }
+
+    pub fn inc_at(&self, labels: &Labels<'_>, now: Instant) {
+        if let Slot::Use(key) = self.guard.admit(labels, now, |k| self.remove(k)) {
+            if let Ok(c) = self.vec.get_metric_with_label_values(&as_strs(&key)) {
+                c.inc();
+            }
+        }
+    }
+
+    fn remove(&self, k: &[String]) {
+        let _ = self.vec.remove_label_values(&as_strs(k));
+    }
+
+    pub fn expire(&self, now: Instant) -> usize {
+        self.guard.expire(now, |k| self.remove(k))
+    }
+
+    pub fn series(&self) -> usize {
+        self.guard.len()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.guard.name
+    }
+}
+
+impl Collector for GuardedCounter {
+    fn desc(&self) -> Vec<&Desc> {
+        self.vec.desc()
+    }
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.vec.collect()
+    }
+}
+
+/// A gauge vector behind the cardinality guard (the last-legacy timestamp).
+pub struct GuardedGauge {
+    vec: GaugeVec,
+    guard: Guard,
+}
+
+impl GuardedGauge {
+    pub fn new(
+        opts: Opts,
+        labels: &[&str],
+        max: usize,
+        idle_expiry: Duration,
+        overflow: &IntCounterVec,
+    ) -> prometheus::Result<GuardedGauge> {
+        let name = opts.name.clone();
+        let overflow = overflow.get_metric_with_label_values(&[&name])?;
+        Ok(GuardedGauge {
+            vec: GaugeVec::new(opts, labels)?,
+            guard: Guard::new(name, max, idle_expiry, overflow),
+        })
+    }
+
+    pub fn set(&self, labels: &Labels<'_>, value: f64) {
+        if let Slot::Use(key) = self.guard.admit(labels, Instant::now(), |k| self.remove(k)) {
+            if let Ok(g) = self.vec.get_metric_with_label_values(&as_strs(&key)) {
+                // Several connections may race; the gauge only moves forward.
+                if value > g.get() {
+                    g.set(value);
+                }
+            }
+        }
+    }
+
+    fn remove(&self, k: &[String]) {
+        let _ = self.vec.remove_label_values(&as_strs(k));
+    }
+
+    pub fn expire(&self, now: Instant) -> usize {
+        self.guard.expire(now, |k| self.remove(k))
+    }
+}
+
+impl Collector for GuardedGauge {
+    fn desc(&self) -> Vec<&Desc> {
+        self.vec.desc()
+    }
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.vec.collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::Encoder;
+
+    fn setup(max: usize) -> (GuardedCounter, IntCounterVec) {
+        let overflow = IntCounterVec::new(Opts::new("overflow_total", "o"), &["metric"]).unwrap();
+        let c = GuardedCounter::new(
+            Opts::new("hellos_total", "h"),
+            &["source", "destination"],
+            max,
+            Duration::from_secs(60),
+            &overflow,
+        )
+        .unwrap();
+        (c, overflow)
+    }
+
+    fn text(c: &GuardedCounter) -> String {
+        let mut out = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&c.collect(), &mut out)
+            .unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    fn obs<'a>(v: &'a [&'a str], legacy: bool) -> Labels<'a> {
+        Labels {
+            values: v,
+            legacy,
+            source_is_ip: true,
+        }
+    }
+
+    #[test]
+    fn non_legacy_folds_into_other_and_is_counted() {
+        let (c, overflow) = setup(8); // reserve 2, non-legacy cap 6
+        for i in 0..10 {
+            let ip = format!("10.0.0.{i}");
+            c.inc(&obs(&[&ip, "x"], false));
+        }
+        let t = text(&c);
+        assert!(t.contains("source=\"10.0.0.5\""), "{t}");
+        assert!(!t.contains("source=\"10.0.0.6\""), "{t}");
+        assert!(
+            t.contains("hellos_total{destination=\"x\",source=\"other\"} 4"),
+            "{t}"
+        );
+        assert_eq!(overflow.with_label_values(&["hellos_total"]).get(), 4);
+    }
+
+    #[test]
+    fn a_new_legacy_caller_is_never_folded() {
+        let (c, _) = setup(8);
+        for i in 0..50 {
+            let ip = format!("10.0.0.{i}");
+            c.inc(&obs(&[&ip, "x"], false));
+        }
+        // The budget is full of non-legacy series and "other"; legacy callers still get
+        // their own series, evicting non-legacy ones when needed.
+        for i in 0..6 {
+            let ip = format!("10.9.9.{i}");
+            c.inc(&obs(&[&ip, "login"], true));
+        }
+        let t = text(&c);
+        for i in 0..6 {
+            assert!(t.contains(&format!("source=\"10.9.9.{i}\"")), "{i}: {t}");
+        }
+        assert!(c.series() <= 8);
+    }
+
+    #[test]
+    fn when_all_series_are_legacy_the_excess_folds() {
+        let (c, overflow) = setup(4);
+        for i in 0..6 {
+            let ip = format!("10.9.9.{i}");
+            c.inc(&obs(&[&ip, "login"], true));
+        }
+        assert_eq!(c.series(), 4);
+        assert_eq!(overflow.with_label_values(&["hellos_total"]).get(), 2);
+        let t = text(&c);
+        assert!(t.contains("source=\"10.9.9.3\""), "{t}");
+        assert!(!t.contains("source=\"other\""), "{t}");
+    }
+
+    #[test]
+    fn idle_series_expire() {
+        let (c, _) = setup(8);
+        let t0 = Instant::now();
+        c.inc_at(&obs(&["10.0.0.1", "x"], false), t0);
+        c.inc_at(&obs(&["10.0.0.2", "x"], true), t0 + Duration::from_secs(30));
+        assert_eq!(c.expire(t0 + Duration::from_secs(61)), 1);
+        let t = text(&c);
+        assert!(!t.contains("10.0.0.1"), "{t}");
+        assert!(t.contains("10.0.0.2"), "{t}");
+        assert_eq!(c.series(), 1);
+    }
+}

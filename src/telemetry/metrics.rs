@@ -1,0 +1,335 @@
+//! Every Prometheus metric tlspeek exports, in one struct built once and shared. Names and
+//! labels are a contract (DESIGN.md "Metrics"); the README documents each one.
+
+use std::time::{Duration, Instant};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use super::guard::{GuardedCounter, GuardedGauge, Labels};
+use super::record::{Kind, Mode, Outcome};
+
+/// Upstream connect latency buckets, from 0.5 ms (loopback and same-site) to 10 s.
+const CONNECT_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    pub client_hellos: GuardedCounter,
+    pub handshakes: GuardedCounter,
+    pub legacy_connections: GuardedCounter,
+    pub actions: GuardedCounter,
+    pub last_legacy: GuardedGauge,
+    pub connections: IntCounterVec,
+    pub first_flights: IntCounterVec,
+    pub active_tunnels: IntGauge,
+    pub bytes_up: IntCounter,
+    pub bytes_down: IntCounter,
+    pub upstream_connect_seconds: Histogram,
+    pub config_reloads: IntCounterVec,
+    pub label_overflow: IntCounterVec,
+    pub accept_errors: IntCounterVec,
+    pub event_log_errors: IntCounter,
+    pub events_dropped: IntCounter,
+}
+
+/// Label values for the per-connection counters.
+pub struct Who<'a> {
+    pub source: &'a str,
+    pub source_is_ip: bool,
+    pub destination: &'a str,
+}
+
+impl Metrics {
+    pub fn new(max_series: usize, idle_expiry: Duration) -> prometheus::Result<Metrics> {
+        let registry = Registry::new();
+        let label_overflow = IntCounterVec::new(
+            Opts::new(
+                "tlspeek_label_overflow_total",
+                "Observations whose source label was folded into \"other\" (or dropped) by the cardinality guard.",
+            ),
+            &["metric"],
+        )?;
+        let guarded = |name: &str, help: &str, labels: &[&str]| {
+            GuardedCounter::new(
+                Opts::new(name, help),
+                labels,
+                max_series,
+                idle_expiry,
+                &label_overflow,
+            )
+        };
+        let client_hellos = guarded(
+            "tlspeek_client_hellos_total",
+            "ClientHellos parsed, by source, destination, highest offered version and hello-time legacy verdict.",
+            &["source", "destination", "version", "legacy"],
+        )?;
+        let handshakes = guarded(
+            "tlspeek_handshakes_total",
+            "ServerHellos parsed, by source, destination, negotiated version and cipher suite (IANA name).",
+            &["source", "destination", "version", "cipher"],
+        )?;
+        let legacy_connections = guarded(
+            "tlspeek_legacy_connections_total",
+            "Connections known to be legacy, counted once each, by the first of their legacy reasons.",
+            &["source", "destination", "reason"],
+        )?;
+        let actions = guarded(
+            "tlspeek_actions_total",
+            "Policy decisions: passed, blocked, upgraded, would_block, would_upgrade.",
+            &["source", "destination", "action"],
+        )?;
+        let last_legacy = GuardedGauge::new(
+            Opts::new(
+                "tlspeek_source_last_legacy_timestamp_seconds",
+                "Unix time of the last legacy connection from a source to a destination.",
+            ),
+            &["source", "destination"],
+            max_series,
+            idle_expiry,
+            &label_overflow,
+        )?;
+        let connections = IntCounterVec::new(
+            Opts::new(
+                "tlspeek_connections_total",
+                "Connections ended, by mode and outcome.",
+            ),
+            &["mode", "outcome"],
+        )?;
+        let first_flights = IntCounterVec::new(
+            Opts::new(
+                "tlspeek_first_flights_total",
+                "What tunnels carried first: tls, sslv2, not_tls, truncated, too_large, none.",
+            ),
+            &["mode", "kind"],
+        )?;
+        let active_tunnels = IntGauge::new("tlspeek_active_tunnels", "Tunnels open now.")?;
+        let bytes = IntCounterVec::new(
+            Opts::new(
+                "tlspeek_tunnel_bytes_total",
+                "Bytes spliced through tunnels, by direction.",
+            ),
+            &["direction"],
+        )?;
+        let upstream_connect_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "tlspeek_upstream_connect_seconds",
+                "Time to establish the TCP connection to the upstream.",
+            )
+            .buckets(CONNECT_BUCKETS.to_vec()),
+        )?;
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "tlspeek_config_reloads_total",
+                "Configuration reloads, by result.",
+            ),
+            &["result"],
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "tlspeek_build_info",
+                "Always 1; the version of this tlspeek.",
+            ),
+            &["version"],
+        )?;
+        let accept_errors = IntCounterVec::new(
+            Opts::new(
+                "tlspeek_accept_errors_total",
+                "Errors accepting connections (e.g. out of file descriptors), by listener.",
+            ),
+            &["listener"],
+        )?;
+        let event_log_errors = IntCounter::new(
+            "tlspeek_event_log_errors_total",
+            "Event lines that could not be written (disk full, file unwritable).",
+        )?;
+        let events_dropped = IntCounter::new(
+            "tlspeek_events_dropped_total",
+            "Event lines dropped because the writer fell behind (bounded queue full).",
+        )?;
+
+        registry.register(Box::new(label_overflow.clone()))?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(first_flights.clone()))?;
+        registry.register(Box::new(active_tunnels.clone()))?;
+        registry.register(Box::new(bytes.clone()))?;
+        registry.register(Box::new(upstream_connect_seconds.clone()))?;
+        registry.register(Box::new(config_reloads.clone()))?;
+        registry.register(Box::new(build_info.clone()))?;
+        registry.register(Box::new(accept_errors.clone()))?;
+        registry.register(Box::new(event_log_errors.clone()))?;
+        registry.register(Box::new(events_dropped.clone()))?;
+
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        // Series that exist from the start, so rate() and alerts see a zero, not nothing.
+        for outcome in Outcome::ALL {
+            connections.with_label_values(&[Mode::Connect.as_str(), outcome.as_str()]);
+        }
+        for result in ["success", "failure"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        for m in [
+            "tlspeek_client_hellos_total",
+            "tlspeek_handshakes_total",
+            "tlspeek_legacy_connections_total",
+            "tlspeek_actions_total",
+            "tlspeek_source_last_legacy_timestamp_seconds",
+        ] {
+            label_overflow.with_label_values(&[m]);
+        }
+        accept_errors.with_label_values(&["proxy"]);
+
+        Ok(Metrics {
+            bytes_up: bytes.with_label_values(&["up"]),
+            bytes_down: bytes.with_label_values(&["down"]),
+            registry,
+            client_hellos,
+            handshakes,
+            legacy_connections,
+            actions,
+            last_legacy,
+            connections,
+            first_flights,
+            active_tunnels,
+            upstream_connect_seconds,
+            config_reloads,
+            label_overflow,
+            accept_errors,
+            event_log_errors,
+            events_dropped,
+        })
+    }
+
+    /// A ClientHello was parsed.
+    pub fn client_hello(&self, who: &Who<'_>, version: &str, legacy: bool) {
+        self.client_hellos.inc(&Labels {
+            values: &[
+                who.source,
+                who.destination,
+                version,
+                if legacy { "true" } else { "false" },
+            ],
+            legacy,
+            source_is_ip: who.source_is_ip,
+        });
+    }
+
+    /// A connection is first known to be legacy: count it once, and move the last-seen gauge.
+    pub fn legacy_connection(&self, who: &Who<'_>, reason: &str, unix_seconds: f64) {
+        let labels = Labels {
+            values: &[who.source, who.destination, reason],
+            legacy: true,
+            source_is_ip: who.source_is_ip,
+        };
+        self.legacy_connections.inc(&labels);
+        self.last_legacy.set(
+            &Labels {
+                values: &[who.source, who.destination],
+                legacy: true,
+                source_is_ip: who.source_is_ip,
+            },
+            unix_seconds,
+        );
+    }
+
+    /// The policy decided `action` (passed, blocked, upgraded, would_block, would_upgrade).
+    pub fn action(&self, who: &Who<'_>, action: &str, legacy: bool) {
+        self.actions.inc(&Labels {
+            values: &[who.source, who.destination, action],
+            legacy,
+            source_is_ip: who.source_is_ip,
+        });
+    }
+
+    pub fn connection_ended(&self, mode: Mode, outcome: Outcome) {
+        self.connections
+            .with_label_values(&[mode.as_str(), outcome.as_str()])
+            .inc();
+    }
+
+    pub fn first_flight(&self, mode: Mode, kind: Kind) {
+        self.first_flights
+            .with_label_values(&[mode.as_str(), kind.as_str()])
+            .inc();
+    }
+
+    /// Drops guarded series idle for longer than the configured expiry.
+    pub fn expire_idle_series(&self, now: Instant) -> usize {
+        self.client_hellos.expire(now)
+            + self.handshakes.expire(now)
+            + self.legacy_connections.expire(now)
+            + self.actions.expire(now)
+            + self.last_legacy.expire(now)
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut families = self.registry.gather();
+        for c in [
+            &self.client_hellos,
+            &self.handshakes,
+            &self.legacy_connections,
+            &self.actions,
+        ] {
+            families.extend(prometheus::core::Collector::collect(c));
+        }
+        families.extend(prometheus::core::Collector::collect(&self.last_legacy));
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut out = Vec::with_capacity(16 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_contract_metric() {
+        let m = Metrics::new(100, Duration::from_secs(3600)).unwrap();
+        let who = Who {
+            source: "10.0.0.1",
+            source_is_ip: true,
+            destination: "login.microsoftonline.com",
+        };
+        m.client_hello(&who, "TLS1.0", true);
+        m.legacy_connection(&who, "max_version_below_tls12", 1.7e9);
+        m.action(&who, "passed", true);
+        m.handshakes.inc(&Labels {
+            values: &[
+                "10.0.0.1",
+                "login.microsoftonline.com",
+                "TLS1.0",
+                "TLS_RSA_WITH_AES_128_CBC_SHA",
+            ],
+            legacy: true,
+            source_is_ip: true,
+        });
+        m.upstream_connect_seconds.observe(0.001);
+        let t = m.render();
+        for name in [
+            "tlspeek_client_hellos_total{destination=\"login.microsoftonline.com\",legacy=\"true\",source=\"10.0.0.1\",version=\"TLS1.0\"} 1",
+            "tlspeek_handshakes_total{",
+            "tlspeek_legacy_connections_total{destination=\"login.microsoftonline.com\",reason=\"max_version_below_tls12\",source=\"10.0.0.1\"} 1",
+            "tlspeek_actions_total{action=\"passed\"",
+            "tlspeek_source_last_legacy_timestamp_seconds{destination=\"login.microsoftonline.com\",source=\"10.0.0.1\"} 1700000000",
+            "tlspeek_connections_total{mode=\"connect\",outcome=\"refused_source\"} 0",
+            "tlspeek_active_tunnels 0",
+            "tlspeek_tunnel_bytes_total{direction=\"up\"} 0",
+            "tlspeek_upstream_connect_seconds_bucket{le=\"0.0005\"} 0",
+            "tlspeek_config_reloads_total{result=\"failure\"} 0",
+            "tlspeek_label_overflow_total{metric=\"tlspeek_client_hellos_total\"} 0",
+            "tlspeek_build_info{version=\"",
+        ] {
+            assert!(t.contains(name), "missing {name} in\n{t}");
+        }
+    }
+}

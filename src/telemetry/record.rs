@@ -1,0 +1,274 @@
+//! The connection record: everything known about one connection, written as one JSON event
+//! line when the connection ends. Field names and value strings are a contract (DESIGN.md,
+//! "Event line"): dashboards, reports and users' log pipelines read them.
+
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::hello::{self, ClientHelloSummary, HelloFormat, Verdict};
+
+/// How the connection reached tlspeek.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Connect,
+    Transparent,
+    Http,
+    Pcap,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Connect => "connect",
+            Mode::Transparent => "transparent",
+            Mode::Http => "http",
+            Mode::Pcap => "pcap",
+        }
+    }
+}
+
+/// What the client's first flight turned out to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Tls,
+    Sslv2,
+    NotTls,
+    Truncated,
+    TooLarge,
+    /// The client sent nothing (before the hello timeout, or at all).
+    None,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Tls => "tls",
+            Kind::Sslv2 => "sslv2",
+            Kind::NotTls => "not_tls",
+            Kind::Truncated => "truncated",
+            Kind::TooLarge => "too_large",
+            Kind::None => "none",
+        }
+    }
+}
+
+/// How the connection ended (DESIGN.md "outcome").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Closed,
+    RefusedSource,
+    RefusedPort,
+    RefusedDestination,
+    RefusedLimit,
+    BadRequest,
+    AuthRequired,
+    DnsFailed,
+    ConnectFailed,
+    ConnectTimeout,
+    RejectedByServer,
+    UpstreamReset,
+    ClientReset,
+    IdleTimeout,
+    Blocked,
+    UpgradeFailed,
+    InternalError,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 17] = [
+        Outcome::Closed,
+        Outcome::RefusedSource,
+        Outcome::RefusedPort,
+        Outcome::RefusedDestination,
+        Outcome::RefusedLimit,
+        Outcome::BadRequest,
+        Outcome::AuthRequired,
+        Outcome::DnsFailed,
+        Outcome::ConnectFailed,
+        Outcome::ConnectTimeout,
+        Outcome::RejectedByServer,
+        Outcome::UpstreamReset,
+        Outcome::ClientReset,
+        Outcome::IdleTimeout,
+        Outcome::Blocked,
+        Outcome::UpgradeFailed,
+        Outcome::InternalError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Closed => "closed",
+            Outcome::RefusedSource => "refused_source",
+            Outcome::RefusedPort => "refused_port",
+            Outcome::RefusedDestination => "refused_destination",
+            Outcome::RefusedLimit => "refused_limit",
+            Outcome::BadRequest => "bad_request",
+            Outcome::AuthRequired => "auth_required",
+            Outcome::DnsFailed => "dns_failed",
+            Outcome::ConnectFailed => "connect_failed",
+            Outcome::ConnectTimeout => "connect_timeout",
+            Outcome::RejectedByServer => "rejected_by_server",
+            Outcome::UpstreamReset => "upstream_reset",
+            Outcome::ClientReset => "client_reset",
+            Outcome::IdleTimeout => "idle_timeout",
+            Outcome::Blocked => "blocked",
+            Outcome::UpgradeFailed => "upgrade_failed",
+            Outcome::InternalError => "internal_error",
+        }
+    }
+}
+
+/// What the policy did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionTaken {
+    Passed,
+    Blocked,
+    Upgraded,
+}
+
+/// One event line. Absent values serialize as `null`, lists as `[]`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConnectionRecord {
+    #[serde(serialize_with = "rfc3339")]
+    pub ts: SystemTime,
+    pub id: u64,
+    pub mode: Mode,
+    pub source_ip: String,
+    pub source_port: u16,
+    pub source: String,
+    pub source_name: Option<String>,
+    pub user: Option<String>,
+    pub target_host: Option<String>,
+    pub target_port: Option<u16>,
+    pub upstream_ip: Option<String>,
+    pub kind: Option<Kind>,
+    pub record_version: Option<&'static str>,
+    pub client_version: Option<&'static str>,
+    pub supported_versions: Vec<&'static str>,
+    pub max_version: Option<&'static str>,
+    pub cipher_suites: Vec<String>,
+    pub offers_3des: Option<bool>,
+    pub sni: Option<String>,
+    pub alpn: Vec<String>,
+    pub ech: Option<bool>,
+    pub ja3: Option<String>,
+    pub ja3_hash: Option<String>,
+    pub ja4: Option<String>,
+    pub negotiated_version: Option<&'static str>,
+    pub negotiated_cipher: Option<String>,
+    pub ja3s: Option<String>,
+    pub server_alert: Option<&'static str>,
+    pub legacy: bool,
+    pub legacy_reasons: Vec<&'static str>,
+    pub rule: Option<String>,
+    pub action: Option<ActionTaken>,
+    pub would: Option<&'static str>,
+    pub upstream_version: Option<&'static str>,
+    pub upstream_cipher: Option<String>,
+    pub user_agent: Option<String>,
+    pub request: Option<String>,
+    pub outcome: Outcome,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub duration_ms: u64,
+}
+
+fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*t))
+}
+
+impl ConnectionRecord {
+    /// A record for a connection that has just been accepted.
+    pub fn new(id: u64, mode: Mode, peer: SocketAddr, source: String) -> ConnectionRecord {
+        ConnectionRecord {
+            ts: SystemTime::now(),
+            id,
+            mode,
+            source_ip: peer.ip().to_canonical().to_string(),
+            source_port: peer.port(),
+            source,
+            source_name: None,
+            user: None,
+            target_host: None,
+            target_port: None,
+            upstream_ip: None,
+            kind: None,
+            record_version: None,
+            client_version: None,
+            supported_versions: Vec::new(),
+            max_version: None,
+            cipher_suites: Vec::new(),
+            offers_3des: None,
+            sni: None,
+            alpn: Vec::new(),
+            ech: None,
+            ja3: None,
+            ja3_hash: None,
+            ja4: None,
+            negotiated_version: None,
+            negotiated_cipher: None,
+            ja3s: None,
+            server_alert: None,
+            legacy: false,
+            legacy_reasons: Vec::new(),
+            rule: None,
+            action: None,
+            would: None,
+            upstream_version: None,
+            upstream_cipher: None,
+            user_agent: None,
+            request: None,
+            outcome: Outcome::Closed,
+            bytes_up: 0,
+            bytes_down: 0,
+            duration_ms: 0,
+        }
+    }
+
+    /// Copies the ClientHello's fields and the hello-time verdict into the record.
+    pub fn set_client_hello(&mut self, h: &ClientHelloSummary, verdict: &Verdict) {
+        self.kind = Some(match h.format {
+            HelloFormat::Tls => Kind::Tls,
+            HelloFormat::Sslv2 => Kind::Sslv2,
+        });
+        self.record_version = Some(hello::version_name(h.record_version));
+        self.client_version = Some(hello::version_name(h.client_version));
+        self.supported_versions = h
+            .supported_versions
+            .iter()
+            .map(|v| hello::version_name(*v))
+            .collect();
+        self.max_version = Some(hello::version_name(h.max_version()));
+        self.cipher_suites = h.cipher_suites_hex();
+        self.offers_3des = Some(h.offers_3des());
+        self.sni = h.sni.clone();
+        self.alpn = h.alpn.clone();
+        self.ech = Some(h.ech);
+        self.ja3 = Some(h.ja3());
+        self.ja3_hash = Some(h.ja3_hash());
+        self.ja4 = Some(h.ja4());
+        self.set_verdict(verdict);
+    }
+
+    pub fn set_verdict(&mut self, verdict: &Verdict) {
+        self.legacy = verdict.legacy;
+        self.legacy_reasons = verdict.reasons.iter().map(|r| r.as_str()).collect();
+    }
+
+    /// The event line, without the trailing newline.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            format!(
+                "{{\"id\":{},\"outcome\":\"internal_error\",\"error\":{:?}}}",
+                self.id,
+                e.to_string()
+            )
+        })
+    }
+}
