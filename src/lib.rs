@@ -9,7 +9,10 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod admin;
 pub mod config;
 pub mod hello;
 pub mod names;
+pub mod policy;
+pub mod proxy;
 pub mod telemetry;

@@ -63,6 +63,35 @@ pub enum LoadError {
     Invalid { path: PathBuf, errors: ConfigErrors },
 }
 
+/// Values given on the command line; each replaces one key of the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `proxy.listen`
+    pub listen: Option<String>,
+    /// `admin.listen`
+    pub admin_listen: Option<String>,
+    /// `events.path`
+    pub event_log: Option<String>,
+}
+
+impl Overrides {
+    fn apply(&self, t: &mut toml::Table) {
+        let mut set = |table: &str, key: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                let entry = t
+                    .entry(table.to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                if let toml::Value::Table(tt) = entry {
+                    tt.insert(key.to_string(), toml::Value::String(v.clone()));
+                }
+            }
+        };
+        set("proxy", "listen", &self.listen);
+        set("admin", "listen", &self.admin_listen);
+        set("events", "path", &self.event_log);
+    }
+}
+
 /// What to do when the client sends no ClientHello within `hello_timeout`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnHelloTimeout {
@@ -202,6 +231,40 @@ impl Config {
     pub fn from_toml_str(user: &str) -> Result<Config, ConfigErrors> {
         let (raw, unknown_keys) = validate::merge_and_deserialize(DEFAULT_TOML, user)?;
         validate::validate(raw, unknown_keys)
+    }
+
+    /// Reads a config file (or none: the embedded default), lays the command-line
+    /// `overrides` over it, and validates the result.
+    pub fn load_with_overrides(
+        path: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<Config, LoadError> {
+        let (text, shown) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|source| LoadError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?,
+                p.to_path_buf(),
+            ),
+            None => (String::new(), PathBuf::from("(embedded default)")),
+        };
+        let mut user: toml::Table = match text.parse() {
+            Ok(t) => t,
+            // Let the normal path report the syntax error with its line.
+            Err(_) => {
+                return Config::from_toml_str(&text).map_err(|errors| LoadError::Invalid {
+                    path: shown,
+                    errors,
+                });
+            }
+        };
+        overrides.apply(&mut user);
+        let text = toml::to_string(&user).unwrap_or_default();
+        Config::from_toml_str(&text).map_err(|errors| LoadError::Invalid {
+            path: shown,
+            errors,
+        })
     }
 
     /// Reads and validates a config file.

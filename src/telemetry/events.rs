@@ -9,8 +9,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -25,11 +25,13 @@ const QUEUE: usize = 65_536;
 enum Msg {
     Line(String),
     Reopen,
+    /// Write what is queued before this, flush, and stop.
+    Close,
 }
 
 pub struct EventLog {
-    tx: Option<SyncSender<Msg>>,
-    thread: Option<JoinHandle<()>>,
+    tx: SyncSender<Msg>,
+    thread: Mutex<Option<JoinHandle<()>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -48,16 +50,15 @@ impl EventLog {
             .name("tlspeek-events".into())
             .spawn(move || writer.run(rx))?;
         Ok(EventLog {
-            tx: Some(tx),
-            thread: Some(thread),
+            tx,
+            thread: Mutex::new(Some(thread)),
             metrics,
         })
     }
 
     /// Queues the record's line; never blocks.
     pub fn write(&self, record: &ConnectionRecord) {
-        let Some(tx) = &self.tx else { return };
-        match tx.try_send(Msg::Line(record.to_json())) {
+        match self.tx.try_send(Msg::Line(record.to_json())) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.metrics.events_dropped.inc();
@@ -67,16 +68,21 @@ impl EventLog {
 
     /// Reopens the file (after logrotate moved it).
     pub fn reopen(&self) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.try_send(Msg::Reopen);
-        }
+        let _ = self.tx.try_send(Msg::Reopen);
     }
 
-    /// Writes what is queued, flushes and stops the writer (bounded by `timeout`).
-    pub fn close(mut self, timeout: Duration) {
-        self.tx = None;
-        if let Some(t) = self.thread.take() {
-            let end = Instant::now() + timeout;
+    /// Writes what is queued, flushes and stops the writer (bounded by `timeout`). Lines
+    /// written after this are counted as dropped.
+    pub fn close(&self, timeout: Duration) {
+        let end = Instant::now() + timeout;
+        while let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Close) {
+            if Instant::now() >= end {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = thread {
             while !t.is_finished() && Instant::now() < end {
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -204,17 +210,24 @@ impl Writer {
 
     fn run(mut self, rx: Receiver<Msg>) {
         while let Ok(msg) = rx.recv() {
-            self.handle(msg);
+            let mut go_on = self.handle(msg);
             // Write whatever else is queued, then flush once.
-            while let Ok(m) = rx.try_recv() {
-                self.handle(m);
+            while go_on {
+                match rx.try_recv() {
+                    Ok(m) => go_on = self.handle(m),
+                    Err(_) => break,
+                }
             }
             self.flush();
+            if !go_on {
+                return;
+            }
         }
         self.flush();
     }
 
-    fn handle(&mut self, msg: Msg) {
+    /// Returns false when the writer should stop.
+    fn handle(&mut self, msg: Msg) -> bool {
         match msg {
             Msg::Line(l) => self.write(&l),
             Msg::Reopen => {
@@ -222,6 +235,8 @@ impl Writer {
                 self.open();
                 tracing::info!(path = %self.path().display(), "event log reopened");
             }
+            Msg::Close => return false,
         }
+        true
     }
 }

@@ -279,6 +279,9 @@ impl Metrics {
             families.extend(prometheus::core::Collector::collect(c));
         }
         families.extend(prometheus::core::Collector::collect(&self.last_legacy));
+        // The encoder refuses a family without samples (a guarded metric before its first
+        // observation); the registry's own gather() leaves those out the same way.
+        families.retain(|f| !f.get_metric().is_empty());
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::with_capacity(16 * 1024);
         if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
@@ -330,6 +333,17 @@ mod tests {
             "tlspeek_build_info{version=\"",
         ] {
             assert!(t.contains(name), "missing {name} in\n{t}");
+        }
+        // Before any observation the guarded metrics have no samples; the rest still renders.
+        let fresh = Metrics::new(100, Duration::from_secs(3600))
+            .unwrap()
+            .render();
+        for name in [
+            "tlspeek_build_info{",
+            "tlspeek_active_tunnels 0",
+            "tlspeek_connections_total{",
+        ] {
+            assert!(fresh.contains(name), "missing {name} in\n{fresh}");
         }
     }
 }

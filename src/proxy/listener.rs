@@ -1,0 +1,71 @@
+//! The accept loop: race `accept()` against shutdown; never let a transient accept error
+//! end the loop (count it, and back off when out of file descriptors or memory instead of
+//! spinning); admit (source allow-list, then a connection permit) before spawning, so a
+//! refused client is answered at once, never queued.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info_span, warn};
+
+use super::Shared;
+use super::connection::{self, Refusal};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Errors that mean "out of a resource": wait before trying again.
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
+    )
+}
+
+pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    let mut backoff = BACKOFF_MIN;
+    let accept_errors = shared.metrics.accept_errors.with_label_values(&["proxy"]);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => {
+                backoff = BACKOFF_MIN;
+                x
+            }
+            Err(e) => {
+                accept_errors.inc();
+                if is_resource_exhaustion(&e) {
+                    if backoff == BACKOFF_MIN {
+                        error!(error = %e, "cannot accept connections: out of resources; backing off");
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                } else {
+                    warn!(error = %e, "accept failed");
+                }
+                continue;
+            }
+        };
+        let id = shared.next_id();
+        let cfg = shared.config.load_full();
+        let admission = if !cfg.proxy.allowed_sources.contains(peer.ip()) {
+            Err(Refusal::source(peer.ip()))
+        } else {
+            shared.limits.try_acquire(peer.ip()).map_err(Refusal::limit)
+        };
+        let span = info_span!("conn", id, src = %peer, target = tracing::field::Empty);
+        shared.tracker.spawn(
+            connection::handle(shared.clone(), cfg, stream, peer, id, admission).instrument(span),
+        );
+    }
+}

@@ -1,0 +1,174 @@
+//! The async shell: listeners, the accept loop, per-connection tasks and graceful shutdown.
+
+pub mod admission;
+pub mod authority;
+pub mod connection;
+pub mod listener;
+pub mod peek;
+pub mod request;
+pub mod splice;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::admin;
+use crate::config::Config;
+use crate::telemetry::{EventLog, Metrics};
+
+use admission::Limits;
+
+/// State shared by every connection task.
+pub struct Shared {
+    /// The configuration; each connection takes one snapshot when it is accepted.
+    pub config: ArcSwap<Config>,
+    pub metrics: Arc<Metrics>,
+    pub events: EventLog,
+    pub limits: Arc<Limits>,
+    next_id: AtomicU64,
+    /// Every connection task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Cancelled when the shutdown grace period is over: open tunnels end now.
+    pub hard_stop: CancellationToken,
+    /// Cancelled as soon as shutdown begins (readiness turns false).
+    pub draining: CancellationToken,
+}
+
+impl Shared {
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot set up metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("cannot start the event log writer: {0}")]
+    Events(std::io::Error),
+}
+
+/// Signals the running proxy reacts to.
+pub enum Control {
+    /// Stop accepting, drain for `shutdown_grace`, then stop.
+    Shutdown,
+    /// Reopen the event log file (logrotate).
+    ReopenEvents,
+}
+
+/// Runs tlspeek until a `Control::Shutdown` arrives on `control`, then drains.
+pub async fn run(
+    cfg: Config,
+    mut control: tokio::sync::mpsc::Receiver<Control>,
+) -> Result<(), RunError> {
+    let proxy_addr = cfg.proxy.listen;
+    let admin_addr = cfg.admin.listen;
+    let proxy_listener = TcpListener::bind(proxy_addr)
+        .await
+        .map_err(|source| RunError::Bind {
+            what: "proxy.listen",
+            addr: proxy_addr,
+            source,
+        })?;
+    let admin_listener = TcpListener::bind(admin_addr)
+        .await
+        .map_err(|source| RunError::Bind {
+            what: "admin.listen",
+            addr: admin_addr,
+            source,
+        })?;
+    let metrics = Arc::new(Metrics::new(
+        cfg.metrics.max_series_per_metric,
+        cfg.metrics.series_idle_expiry,
+    )?);
+    let events = EventLog::start(&cfg.events, metrics.clone()).map_err(RunError::Events)?;
+    let shared = Arc::new(Shared {
+        limits: Limits::new(
+            cfg.proxy.max_connections,
+            cfg.proxy.max_connections_per_source,
+        ),
+        config: ArcSwap::from_pointee(cfg),
+        metrics: metrics.clone(),
+        events,
+        next_id: AtomicU64::new(1),
+        tracker: TaskTracker::new(),
+        hard_stop: CancellationToken::new(),
+        draining: CancellationToken::new(),
+    });
+
+    let stop_accepting = CancellationToken::new();
+    // The admin listener stays up while draining (readiness says 503, metrics still scrape).
+    let stop_admin = CancellationToken::new();
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        shared.clone(),
+        stop_admin.clone(),
+    ));
+    let expiry_task = tokio::spawn(expire_series(shared.clone(), stop_admin.clone()));
+    let accept_task = tokio::spawn(listener::accept_loop(
+        proxy_listener,
+        shared.clone(),
+        stop_accepting.clone(),
+    ));
+    info!(proxy = %proxy_addr, admin = %admin_addr, version = env!("CARGO_PKG_VERSION"), "tlspeek listening");
+
+    while let Some(Control::ReopenEvents) = control.recv().await {
+        shared.events.reopen();
+    }
+
+    let grace = shared.config.load().proxy.shutdown_grace;
+    let open = shared.tracker.len();
+    info!(open_connections = open, grace = ?grace, "shutting down: no new connections, draining");
+    shared.draining.cancel();
+    stop_accepting.cancel();
+    let _ = accept_task.await;
+    shared.tracker.close();
+    if tokio::time::timeout(grace, shared.tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            open_connections = shared.tracker.len(),
+            "shutdown grace over: closing open tunnels"
+        );
+        shared.hard_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), shared.tracker.wait()).await;
+    }
+    stop_admin.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(1), admin_task).await;
+    let _ = expiry_task.await;
+    let events_shared = shared.clone();
+    let _ = tokio::task::spawn_blocking(move || events_shared.events.close(Duration::from_secs(5)))
+        .await;
+    info!("tlspeek stopped");
+    Ok(())
+}
+
+/// Drops idle metric series once a minute.
+async fn expire_series(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                let n = shared.metrics.expire_idle_series(std::time::Instant::now());
+                if n > 0 {
+                    info!(series = n, "dropped idle metric series");
+                }
+            }
+        }
+    }
+}
