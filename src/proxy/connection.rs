@@ -218,7 +218,7 @@ fn head_refusal(e: &HeadError) -> Option<Refusal> {
         HeadError::Malformed(_) => {
             Refusal::new(400, "Bad Request", Outcome::BadRequest, e.to_string())
         }
-        HeadError::ClosedEarly | HeadError::Io(_) => return None,
+        HeadError::ClosedEarly { .. } | HeadError::Io(_) => return None,
     };
     Some(r)
 }
@@ -265,6 +265,9 @@ impl Conn<'_> {
                             debug!(error = %e, "client left before a whole request");
                             match e {
                                 HeadError::Io(_) => Outcome::ClientReset,
+                                // Connected and closed without a byte: a port probe or
+                                // a health check, not a bad request.
+                                HeadError::ClosedEarly { got: 0 } => Outcome::Closed,
                                 _ => Outcome::BadRequest,
                             }
                         }
@@ -574,7 +577,7 @@ mod tests {
         let r = head_refusal(&HeadError::TooLarge).unwrap();
         assert_eq!((r.status, r.outcome), (431, Outcome::BadRequest));
         assert_eq!(head_refusal(&HeadError::Timeout).unwrap().status, 408);
-        assert!(head_refusal(&HeadError::ClosedEarly).is_none());
+        assert!(head_refusal(&HeadError::ClosedEarly { got: 0 }).is_none());
         let dns = ConnectError::Dns {
             host: "x".into(),
             reason: "nx".into(),

@@ -41,8 +41,8 @@ pub enum HeadError {
     Timeout,
     #[error("malformed request: {0}")]
     Malformed(&'static str),
-    #[error("client closed before sending a whole request head")]
-    ClosedEarly,
+    #[error("client closed after {got} bytes, before a whole request head")]
+    ClosedEarly { got: usize },
     #[error("reading the request: {0}")]
     Io(#[from] io::Error),
 }
@@ -61,7 +61,7 @@ pub async fn read_head(stream: &TcpStream, deadline: Instant) -> Result<RequestH
             return Err(HeadError::TooLarge);
         };
         match stream.try_read(spare) {
-            Ok(0) => return Err(HeadError::ClosedEarly),
+            Ok(0) => return Err(HeadError::ClosedEarly { got: len }),
             Ok(n) => len += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(HeadError::Io(e)),

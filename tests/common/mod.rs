@@ -1,0 +1,417 @@
+//! Test harness: real tlspeek processes, real TLS servers (`openssl s_server`,
+//! `gnutls-serv`) and real clients (`curl`, `openssl s_client`, `gnutls-cli` via `socat`),
+//! all on 127.0.0.1, all killed when the test ends.
+//!
+//! A test whose prerequisite (a command) is missing must not pass silently: with `CI=true`
+//! it fails; otherwise it prints `SKIP: <why>` and returns (`.ci/run` fails on any SKIP).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use serde_json::Value;
+
+/// Returns true when every command exists. Otherwise fails under CI, or prints SKIP.
+pub fn require(cmds: &[&str]) -> bool {
+    let missing: Vec<&str> = cmds
+        .iter()
+        .copied()
+        .filter(|c| {
+            !Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {c}"))
+                .stdout(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!("missing commands: {} (apt-get install gnutls-bin socat ...)", missing.join(", "));
+    if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
+        panic!("prerequisite missing under CI: {why}");
+    }
+    println!("SKIP: {why}");
+    eprintln!("SKIP: {why}");
+    false
+}
+
+/// A child process killed (and reaped) on drop.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something accepts on 127.0.0.1:port.
+pub fn wait_port(port: u16, within: Duration) -> bool {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    false
+}
+
+pub struct Certs {
+    pub dir: PathBuf,
+    pub crt: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A self-signed certificate for login.microsoftonline.com (and *.login..., localhost),
+/// made once per test binary.
+pub fn certs() -> &'static Certs {
+    static CERTS: OnceLock<Certs> = OnceLock::new();
+    CERTS.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("tlspeek-test-certs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let crt = dir.join("server.crt");
+        let key = dir.join("server.key");
+        let ok = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&crt)
+            .args([
+                "-subj",
+                "/CN=login.microsoftonline.com",
+                "-addext",
+                "subjectAltName=DNS:login.microsoftonline.com,DNS:*.login.microsoftonline.com,DNS:localhost",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "openssl req failed");
+        Certs { dir, crt, key }
+    })
+}
+
+fn spawn_server(mut make: impl FnMut(u16) -> Command) -> (Proc, u16) {
+    for _ in 0..5 {
+        let port = free_port();
+        let child = make(port)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn server");
+        let mut p = Proc(child);
+        if wait_port(port, Duration::from_secs(10)) {
+            return (p, port);
+        }
+        let _ = p.0.kill();
+    }
+    panic!("server did not start");
+}
+
+/// `openssl s_server -www` accepting TLS 1.0–1.3 (narrow it with `extra`).
+pub fn openssl_server(extra: &[&str]) -> (Proc, u16) {
+    let c = certs();
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    spawn_server(|port| {
+        let mut cmd = Command::new("openssl");
+        cmd.args(["s_server", "-accept", &format!("127.0.0.1:{port}")])
+            .arg("-cert")
+            .arg(&c.crt)
+            .arg("-key")
+            .arg(&c.key)
+            .args(["-www", "-quiet", "-cipher", "ALL:@SECLEVEL=0"]);
+        if !extra.iter().any(|a| a.starts_with("-min_protocol") || a.starts_with("-tls1")) {
+            cmd.args(["-min_protocol", "TLSv1"]);
+        }
+        cmd.args(&extra);
+        cmd
+    })
+}
+
+/// `gnutls-serv --http` (3DES and TLS 1.0/1.1 enabled by default here).
+pub fn gnutls_server(priority: &str) -> (Proc, u16) {
+    let c = certs();
+    let priority = priority.to_string();
+    spawn_server(|port| {
+        let mut cmd = Command::new("gnutls-serv");
+        cmd.args(["--http", "--port", &port.to_string()])
+            .arg("--x509certfile")
+            .arg(&c.crt)
+            .arg("--x509keyfile")
+            .arg(&c.key)
+            .args(["--priority", &priority]);
+        cmd
+    })
+}
+
+/// A running tlspeek with its own config, event file and stderr log.
+pub struct Tlspeek {
+    pub proc: Proc,
+    pub proxy_port: u16,
+    pub admin_port: u16,
+    pub dir: tempfile::TempDir,
+    pub events_path: PathBuf,
+    pub stderr_path: PathBuf,
+}
+
+pub fn exe() -> &'static str {
+    env!("CARGO_BIN_EXE_tlspeek")
+}
+
+impl Tlspeek {
+    /// Starts tlspeek. `proxy_extra` lines go into `[proxy]` (after listen), `extra` after
+    /// the other sections (e.g. `[[sources]]`). Loopback is not denied unless `proxy_extra`
+    /// sets `deny_destinations`, since the test upstreams live there.
+    pub fn start(proxy_extra: &str, extra: &str) -> Tlspeek {
+        for _ in 0..5 {
+            if let Some(t) = Tlspeek::try_start(proxy_extra, extra) {
+                return t;
+            }
+        }
+        panic!("tlspeek did not start");
+    }
+
+    fn try_start(proxy_extra: &str, extra: &str) -> Option<Tlspeek> {
+        let dir = tempfile::tempdir().unwrap();
+        let (proxy_port, admin_port) = (free_port(), free_port());
+        let events_path = dir.path().join("events.jsonl");
+        let stderr_path = dir.path().join("tlspeek.err");
+        let deny = if proxy_extra.contains("deny_destinations") {
+            ""
+        } else {
+            "deny_destinations = []\n"
+        };
+        let cfg = format!(
+            "[proxy]\nlisten = \"127.0.0.1:{proxy_port}\"\n{deny}{proxy_extra}\n\
+             [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
+             [events]\npath = \"{}\"\n{extra}\n",
+            events_path.display()
+        );
+        let cfg_path = dir.path().join("tlspeek.toml");
+        std::fs::write(&cfg_path, cfg).unwrap();
+        let child = Command::new(exe())
+            .arg("run")
+            .arg("--config")
+            .arg(&cfg_path)
+            .env("RUST_LOG", "info,tlspeek=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .unwrap();
+        let mut proc = Proc(child);
+        let up = wait_port(proxy_port, Duration::from_secs(10)) && wait_port(admin_port, Duration::from_secs(5));
+        if !up {
+            let _ = proc.0.kill();
+            eprintln!("tlspeek failed to start: {}", std::fs::read_to_string(&stderr_path).unwrap_or_default());
+            return None;
+        }
+        Some(Tlspeek {
+            proc,
+            proxy_port,
+            admin_port,
+            dir,
+            events_path,
+            stderr_path,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.0.id()
+    }
+
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        http_get(self.admin_port, path)
+    }
+
+    pub fn metrics(&self) -> String {
+        let (status, body) = self.admin_get("/metrics");
+        assert_eq!(status, 200, "metrics: {body}");
+        body
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.events_path).unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Events of connections that got as far as naming a target (leaves out the harness's
+    /// own port probes, which connect and close without a request).
+    pub fn target_events(&self) -> Vec<Value> {
+        self.events().into_iter().filter(|e| e["target_host"].is_string()).collect()
+    }
+
+    /// Polls the event file until `pred` holds for the events so far (or panics).
+    pub fn wait_events(&self, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let end = Instant::now() + Duration::from_secs(15);
+        loop {
+            let ev = self.target_events();
+            if pred(&ev) {
+                return ev;
+            }
+            if Instant::now() > end {
+                panic!("timed out waiting for events: {what}\nevents: {ev:#?}\nstderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit.
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            if let Ok(Some(s)) = self.proc.0.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+/// A minimal HTTP/1.0 GET on 127.0.0.1:port; returns (status, body).
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// Sum of the samples of `name` whose labels include all of `labels`; None if no sample.
+pub fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut total = None;
+    for line in metrics.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = match line.rsplit_once(' ') {
+            Some(x) => x,
+            None => continue,
+        };
+        let (metric, label_text) = match series.split_once('{') {
+            Some((m, rest)) => (m, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if metric != name {
+            continue;
+        }
+        let got: HashMap<&str, &str> = label_text
+            .split("\",")
+            .filter_map(|kv| kv.split_once("=\""))
+            .map(|(k, v)| (k.trim_start_matches(','), v.trim_end_matches('"')))
+            .collect();
+        if labels.iter().all(|(k, v)| got.get(k) == Some(v)) {
+            *total.get_or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    total
+}
+
+/// curl through the proxy to `https://<host>/` with `--connect-to host:443:127.0.0.1:PORT`
+/// (so curl sends `CONNECT 127.0.0.1:PORT` and the SNI `host`). Returns (http_code, stderr).
+pub fn curl_via(proxy_port: u16, upstream_port: u16, host: &str, args: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-sSk", "-m", "10", "-x", &format!("http://127.0.0.1:{proxy_port}")])
+        .args(["--connect-to", &format!("{host}:443:127.0.0.1:{upstream_port}")])
+        .args(args)
+        .arg(format!("https://{host}/"))
+        .args(["-o", "/dev/null", "-w", "%{http_code}"])
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+pub const LOGIN: &str = "login.microsoftonline.com";
+pub const OLD: &[&str] = &["--ciphers", "DEFAULT:@SECLEVEL=0"];
+
+/// Opens a raw CONNECT tunnel; returns the stream and the status line.
+pub fn connect_tunnel(proxy_port: u16, target: &str) -> (TcpStream, String) {
+    connect_tunnel_from("127.0.0.1", proxy_port, target)
+}
+
+/// Like `connect_tunnel`, from another loopback source address (e.g. "127.0.0.7").
+pub fn connect_tunnel_from(source: &str, proxy_port: u16, target: &str) -> (TcpStream, String) {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let src: std::net::IpAddr = source.parse().unwrap();
+    sock.bind(&SocketAddr::new(src, 0).into()).unwrap();
+    sock.connect(&SocketAddr::from(([127, 0, 0, 1], proxy_port)).into()).unwrap();
+    let mut s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    write!(s, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").unwrap();
+    let head = read_head(&mut s);
+    let status = head.lines().next().unwrap_or_default().to_string();
+    (s, status)
+}
+
+/// Reads a response head byte by byte (so nothing after it is consumed).
+pub fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).to_string()
+}
+
+/// Sends raw bytes to the proxy and returns the whole response (until close).
+pub fn raw_request(proxy_port: u16, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", proxy_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).to_string()
+}
+
+pub fn status_of(response: &str) -> u16 {
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
