@@ -4,6 +4,9 @@
 //! The crate is a pure core (`hello`: bytes in, values out) and a thin async shell
 //! around it (`proxy`, `admin`, `telemetry`).
 #![forbid(unsafe_code)]
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod hello;
