@@ -159,13 +159,14 @@ pub(crate) fn parse_tls_client_hello(
         return Err(Malformed("no cipher suites"));
     }
     let mut h = ClientHelloSummary::empty(HelloFormat::Tls, record_version, ch.version.0);
-    h.cipher_suites = ch
-        .ciphers
-        .iter()
-        .map(|c| c.0)
-        .filter(|&c| !is_grease(c))
-        .map(u32::from)
-        .collect();
+    h.cipher_suites.reserve_exact(ch.ciphers.len());
+    h.cipher_suites.extend(
+        ch.ciphers
+            .iter()
+            .map(|c| c.0)
+            .filter(|&c| !is_grease(c))
+            .map(u32::from),
+    );
     if let Some(block) = ch.ext {
         parse_client_extensions(block, &mut h)?;
     }

@@ -28,6 +28,8 @@ pub(crate) fn parse_client_extensions(
     h: &mut ClientHelloSummary,
 ) -> Result<(), Malformed> {
     let mut r = Reader::new(block);
+    // Every extension takes at least 4 bytes; real hellos have fewer than 32.
+    h.extensions.reserve_exact((block.len() / 4).min(32));
     // Which of the extensions we read have been seen (first occurrence wins).
     let mut seen = [false; 6];
     while !r.is_empty() {
@@ -86,10 +88,10 @@ fn whole<'a>(
 }
 
 fn u16_list(list: &[u8]) -> Result<Vec<u16>, Malformed> {
-    Ok(u16_items(list)
-        .ok_or(Malformed("odd list length"))?
-        .filter(|&v| !is_grease(v))
-        .collect())
+    let items = u16_items(list).ok_or(Malformed("odd list length"))?;
+    let mut out = Vec::with_capacity(list.len() / 2);
+    out.extend(items.filter(|&v| !is_grease(v)));
+    Ok(out)
 }
 
 /// First `host_name` (type 0) entry of a `ServerNameList`. An empty extension (what a

@@ -7,11 +7,11 @@
 //!
 //! For an SSLv2-format hello (which neither JA3 nor JA4 defines) the same recipes are
 //! applied to what the hello has: its version, its cipher specs (3-byte specs as their
-//! numeric value in JA3 and as 6 hex digits in JA4, `0x00XXXX` as a TLS suite), and no
-//! extensions.
+//! numeric value in JA3 and as 6 hex digits in JA4, sorted numerically; `0x00XXXX` is a
+//! TLS suite), and no extensions.
 //!
-//! Numbers are formatted by hand into one preallocated string: a hello has dozens of
-//! them and `format!` per number would dominate the cost.
+//! Text is built as ASCII bytes in one preallocated buffer: a hello has dozens of numbers,
+//! and `format!` or `String::push` per character would cost more than the hashing.
 
 use md5::{Digest as _, Md5};
 use sha2::Sha256;
@@ -21,35 +21,42 @@ use super::ext::{EXT_ALPN, EXT_SERVER_NAME};
 use super::grease::is_grease;
 use super::server::ServerHelloSummary;
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
 /// JA4's value for a list with nothing in it.
-const JA4_EMPTY_HASH: &str = "000000000000";
+const JA4_EMPTY_HASH: &[u8] = b"000000000000";
 
 impl ClientHelloSummary {
     /// The JA3 string, e.g. `771,4865-4866-49195,0-23-65281,29-23-24,0`.
     pub fn ja3(&self) -> String {
-        let mut s = String::with_capacity(
-            16 + 6 * (self.cipher_suites.len() + self.extensions.len() + self.groups.len())
-                + 4 * self.point_formats.len(),
-        );
-        push_dec(&mut s, u32::from(self.client_version));
-        s.push(',');
-        push_dec_list(
-            &mut s,
-            self.cipher_suites.iter().copied().filter(|&c| !grease32(c)),
-        );
-        s.push(',');
-        push_dec_list(&mut s, non_grease(&self.extensions).map(u32::from));
-        s.push(',');
-        push_dec_list(&mut s, non_grease(&self.groups).map(u32::from));
-        s.push(',');
-        push_dec_list(&mut s, self.point_formats.iter().copied().map(u32::from));
-        s
+        self.ja3_text().into_string()
     }
 
     /// MD5 of [`Self::ja3`], 32 lowercase hex digits.
     pub fn ja3_hash(&self) -> String {
-        md5_hex(self.ja3().as_bytes())
+        md5_hex(&self.ja3_text().0)
+    }
+
+    /// [`Self::ja3`] and [`Self::ja3_hash`] together, building the string once.
+    pub fn ja3_with_hash(&self) -> (String, String) {
+        let text = self.ja3_text();
+        let hash = md5_hex(&text.0);
+        (text.into_string(), hash)
+    }
+
+    fn ja3_text(&self) -> Text {
+        let mut t = Text::with_capacity(
+            16 + 6 * (self.cipher_suites.len() + self.extensions.len() + self.groups.len())
+                + 4 * self.point_formats.len(),
+        );
+        t.dec(u32::from(self.client_version));
+        t.byte(b',');
+        t.dec_list(self.cipher_suites.iter().copied().filter(|&c| !grease32(c)));
+        t.byte(b',');
+        t.dec_list(non_grease(&self.extensions).map(u32::from));
+        t.byte(b',');
+        t.dec_list(non_grease(&self.groups).map(u32::from));
+        t.byte(b',');
+        t.dec_list(self.point_formats.iter().copied().map(u32::from));
+        t
     }
 
     /// The JA4 fingerprint, e.g. `t13d1516h2_8daaf6152771_e5627efa2ab1`:
@@ -66,139 +73,127 @@ impl ClientHelloSummary {
     ///   signature algorithms in wire order when there are any (`000000000000` when the
     ///   sorted extension list is empty).
     pub fn ja4(&self) -> String {
-        let parts = self.ja4_lists();
-        let mut s = String::with_capacity(36);
-        self.push_ja4_a(&mut s);
-        s.push('_');
-        if parts.ciphers.is_empty() {
-            s.push_str(JA4_EMPTY_HASH);
-        } else {
-            push_sha256_12(&mut s, parts.ciphers.as_bytes());
+        let (ciphers, extensions) = self.ja4_lists();
+        let mut t = Text::with_capacity(36);
+        self.ja4_a(&mut t);
+        for list in [ciphers, extensions] {
+            t.byte(b'_');
+            if list.0.is_empty() {
+                t.bytes(JA4_EMPTY_HASH);
+            } else {
+                t.hex_bytes(Sha256::digest(&list.0).get(..6).unwrap_or_default());
+            }
         }
-        s.push('_');
-        if parts.extensions.is_empty() {
-            s.push_str(JA4_EMPTY_HASH);
-        } else {
-            push_sha256_12(&mut s, parts.extensions.as_bytes());
-        }
-        s
+        t.into_string()
     }
 
     /// JA4_r, the raw form of [`Self::ja4`]: the same `a` part, then the strings that
     /// JA4 hashes (`a_ciphers_extensions_sigalgs`, the last part only when non-empty).
     pub fn ja4_r(&self) -> String {
-        let parts = self.ja4_lists();
-        let mut s = String::with_capacity(16 + parts.ciphers.len() + parts.extensions.len());
-        self.push_ja4_a(&mut s);
-        s.push('_');
-        s.push_str(&parts.ciphers);
-        s.push('_');
-        s.push_str(&parts.extensions);
-        s
+        let (ciphers, extensions) = self.ja4_lists();
+        let mut t = Text::with_capacity(16 + ciphers.0.len() + extensions.0.len());
+        self.ja4_a(&mut t);
+        for list in [ciphers, extensions] {
+            t.byte(b'_');
+            t.bytes(&list.0);
+        }
+        t.into_string()
     }
 
-    fn push_ja4_a(&self, s: &mut String) {
-        s.push('t');
-        s.push_str(ja4_version(self.max_version()));
+    fn ja4_a(&self, t: &mut Text) {
+        t.byte(b't');
+        t.bytes(ja4_version(self.max_version()));
         let sni = self.extensions.contains(&EXT_SERVER_NAME);
-        s.push(if sni { 'd' } else { 'i' });
+        t.byte(if sni { b'd' } else { b'i' });
         let ciphers = self.cipher_suites.iter().filter(|&&c| !grease32(c)).count();
-        push_count99(s, ciphers);
-        push_count99(s, non_grease(&self.extensions).count());
-        push_ja4_alpn(s, self.alpn_first_raw.as_deref());
+        t.count99(ciphers);
+        t.count99(non_grease(&self.extensions).count());
+        ja4_alpn(t, self.alpn_first_raw.as_deref());
     }
 
-    /// The strings JA4 hashes: sorted suites; sorted extensions (no SNI, no ALPN), then
-    /// `_` and the signature algorithms when there are any. Empty when the sorted list is.
-    fn ja4_lists(&self) -> Ja4Lists {
-        let mut ciphers: Vec<u32> = self
-            .cipher_suites
-            .iter()
-            .copied()
-            .filter(|&c| !grease32(c))
-            .collect();
+    /// The texts JA4 hashes: the sorted suites; the sorted extensions (no SNI, no ALPN),
+    /// then `_` and the signature algorithms when there are any (empty when the sorted
+    /// extension list is).
+    fn ja4_lists(&self) -> (Text, Text) {
+        let mut ciphers: Vec<u32> = Vec::with_capacity(self.cipher_suites.len());
+        ciphers.extend(self.cipher_suites.iter().copied().filter(|&c| !grease32(c)));
         ciphers.sort_unstable();
-        let mut cipher_str = String::with_capacity(5 * ciphers.len());
+        let mut cipher_text = Text::with_capacity(5 * ciphers.len());
         for (i, &c) in ciphers.iter().enumerate() {
             if i > 0 {
-                cipher_str.push(',');
+                cipher_text.byte(b',');
             }
             match u16::try_from(c) {
-                Ok(c) => push_hex4(&mut cipher_str, c),
-                Err(_) => push_hex6(&mut cipher_str, c),
+                Ok(c) => cipher_text.hex4(c),
+                Err(_) => cipher_text.hex6(c),
             }
         }
 
-        let mut exts: Vec<u16> = non_grease(&self.extensions)
-            .filter(|&e| e != EXT_SERVER_NAME && e != EXT_ALPN)
-            .collect();
+        let mut exts: Vec<u16> = Vec::with_capacity(self.extensions.len());
+        exts.extend(
+            non_grease(&self.extensions).filter(|&e| e != EXT_SERVER_NAME && e != EXT_ALPN),
+        );
         exts.sort_unstable();
-        let mut ext_str = String::with_capacity(5 * (exts.len() + self.signature_algorithms.len()));
+        let mut ext_text = Text::with_capacity(5 * (exts.len() + self.signature_algorithms.len()));
         if !exts.is_empty() {
-            push_hex4_list(&mut ext_str, exts.iter().copied());
+            ext_text.hex4_list(exts.iter().copied());
             let mut sigs = non_grease(&self.signature_algorithms).peekable();
             if sigs.peek().is_some() {
-                ext_str.push('_');
-                push_hex4_list(&mut ext_str, sigs);
+                ext_text.byte(b'_');
+                ext_text.hex4_list(sigs);
             }
         }
-        Ja4Lists {
-            ciphers: cipher_str,
-            extensions: ext_str,
-        }
+        (cipher_text, ext_text)
     }
-}
-
-struct Ja4Lists {
-    ciphers: String,
-    extensions: String,
 }
 
 impl ServerHelloSummary {
     /// The JA3S string: `SSLVersion,Cipher,Extensions` (legacy version, decimal).
     pub fn ja3s(&self) -> String {
-        let mut s = String::with_capacity(16 + 6 * self.extensions.len());
-        push_dec(&mut s, u32::from(self.legacy_version));
-        s.push(',');
-        push_dec(&mut s, u32::from(self.cipher_suite));
-        s.push(',');
-        push_dec_list(&mut s, non_grease(&self.extensions).map(u32::from));
-        s
+        self.ja3s_text().into_string()
     }
 
     /// MD5 of [`Self::ja3s`], 32 lowercase hex digits.
     pub fn ja3s_hash(&self) -> String {
-        md5_hex(self.ja3s().as_bytes())
+        md5_hex(&self.ja3s_text().0)
+    }
+
+    fn ja3s_text(&self) -> Text {
+        let mut t = Text::with_capacity(16 + 6 * self.extensions.len());
+        t.dec(u32::from(self.legacy_version));
+        t.byte(b',');
+        t.dec(u32::from(self.cipher_suite));
+        t.byte(b',');
+        t.dec_list(non_grease(&self.extensions).map(u32::from));
+        t
     }
 }
 
-fn ja4_version(v: u16) -> &'static str {
+fn ja4_version(v: u16) -> &'static [u8] {
     match v {
-        0x0304 => "13",
-        0x0303 => "12",
-        0x0302 => "11",
-        0x0301 => "10",
-        0x0300 => "s3",
-        0x0002 => "s2",
-        0xfeff => "d1",
-        0xfefd => "d2",
-        0xfefc => "d3",
-        _ => "00",
+        0x0304 => b"13",
+        0x0303 => b"12",
+        0x0302 => b"11",
+        0x0301 => b"10",
+        0x0300 => b"s3",
+        0x0002 => b"s2",
+        0xfeff => b"d1",
+        0xfefd => b"d2",
+        0xfefc => b"d3",
+        _ => b"00",
     }
 }
 
-fn push_ja4_alpn(s: &mut String, first: Option<&[u8]>) {
+fn ja4_alpn(t: &mut Text, first: Option<&[u8]>) {
     let (Some(&first), Some(&last)) = (first.and_then(<[u8]>::first), first.and_then(<[u8]>::last))
     else {
-        s.push_str("00");
+        t.bytes(b"00");
         return;
     };
     if first.is_ascii_alphanumeric() && last.is_ascii_alphanumeric() {
-        s.push(char::from(first));
-        s.push(char::from(last));
+        t.bytes(&[first, last]);
     } else {
-        s.push(hex_digit(first >> 4));
-        s.push(hex_digit(last & 0x0f));
+        t.bytes(&[hex_digit(first >> 4), hex_digit(last)]);
     }
 }
 
@@ -210,80 +205,95 @@ fn non_grease(list: &[u16]) -> impl Iterator<Item = u16> + '_ {
     list.iter().copied().filter(|&v| !is_grease(v))
 }
 
-fn push_count99(s: &mut String, n: usize) {
-    let n = n.min(99) as u8;
-    s.push(char::from(b'0' + n / 10));
-    s.push(char::from(b'0' + n % 10));
-}
-
-fn push_dec(s: &mut String, mut v: u32) {
-    let mut digits = [0u8; 10];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        if let Some(d) = digits.get_mut(i) {
-            *d = b'0' + (v % 10) as u8;
-        }
-        v /= 10;
-        if v == 0 || i == 0 {
-            break;
-        }
-    }
-    for &d in digits.get(i..).unwrap_or_default() {
-        s.push(char::from(d));
-    }
-}
-
-fn push_dec_list(s: &mut String, items: impl Iterator<Item = u32>) {
-    for (i, v) in items.enumerate() {
-        if i > 0 {
-            s.push('-');
-        }
-        push_dec(s, v);
-    }
-}
-
-fn hex_digit(nibble: u8) -> char {
-    char::from(HEX.get(usize::from(nibble & 0x0f)).copied().unwrap_or(b'0'))
-}
-
-fn push_hex4(s: &mut String, v: u16) {
-    for shift in [12, 8, 4, 0] {
-        s.push(hex_digit((v >> shift) as u8));
-    }
-}
-
-fn push_hex6(s: &mut String, v: u32) {
-    for shift in [20, 16, 12, 8, 4, 0] {
-        s.push(hex_digit((v >> shift) as u8));
-    }
-}
-
-fn push_hex4_list(s: &mut String, items: impl Iterator<Item = u16>) {
-    for (i, v) in items.enumerate() {
-        if i > 0 {
-            s.push(',');
-        }
-        push_hex4(s, v);
-    }
-}
-
-fn push_hex_bytes(s: &mut String, bytes: &[u8]) {
-    for &b in bytes {
-        s.push(hex_digit(b >> 4));
-        s.push(hex_digit(b));
-    }
-}
-
 fn md5_hex(data: &[u8]) -> String {
-    let mut s = String::with_capacity(32);
-    push_hex_bytes(&mut s, &Md5::digest(data));
-    s
+    let mut t = Text::with_capacity(32);
+    t.hex_bytes(&Md5::digest(data));
+    t.into_string()
 }
 
-fn push_sha256_12(s: &mut String, data: &[u8]) {
-    let digest = Sha256::digest(data);
-    push_hex_bytes(s, digest.get(..6).unwrap_or_default());
+/// Lowercase hex digit of the low nibble.
+fn hex_digit(v: u8) -> u8 {
+    match v & 0x0f {
+        n @ 0..=9 => b'0' + n,
+        n => b'a' + (n - 10),
+    }
+}
+
+/// ASCII text under construction.
+struct Text(Vec<u8>);
+
+impl Text {
+    fn with_capacity(n: usize) -> Self {
+        Text(Vec::with_capacity(n))
+    }
+
+    fn byte(&mut self, b: u8) {
+        self.0.push(b);
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        self.0.extend_from_slice(b);
+    }
+
+    fn dec(&mut self, mut v: u32) {
+        let mut digits = [0u8; 10];
+        let mut start = digits.len();
+        for slot in digits.iter_mut().rev() {
+            *slot = b'0' + (v % 10) as u8;
+            v /= 10;
+            start -= 1;
+            if v == 0 {
+                break;
+            }
+        }
+        self.bytes(digits.get(start..).unwrap_or_default());
+    }
+
+    fn dec_list(&mut self, items: impl Iterator<Item = u32>) {
+        for (i, v) in items.enumerate() {
+            if i > 0 {
+                self.byte(b'-');
+            }
+            self.dec(v);
+        }
+    }
+
+    fn hex4(&mut self, v: u16) {
+        let [hi, lo] = v.to_be_bytes();
+        self.hex_bytes(&[hi, lo]);
+    }
+
+    fn hex6(&mut self, v: u32) {
+        let [_, a, b, c] = v.to_be_bytes();
+        self.hex_bytes(&[a, b, c]);
+    }
+
+    fn hex4_list(&mut self, items: impl Iterator<Item = u16>) {
+        for (i, v) in items.enumerate() {
+            if i > 0 {
+                self.byte(b',');
+            }
+            self.hex4(v);
+        }
+    }
+
+    fn hex_bytes(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.bytes(&[hex_digit(b >> 4), hex_digit(b)]);
+        }
+    }
+
+    fn count99(&mut self, n: usize) {
+        let n = n.min(99) as u8;
+        self.bytes(&[b'0' + n / 10, b'0' + n % 10]);
+    }
+
+    /// Only ASCII is ever written, so the conversion cannot fail; lossy all the same
+    /// rather than a panic path.
+    fn into_string(self) -> String {
+        String::from_utf8(self.0)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }
 }
 
 #[cfg(test)]
@@ -361,13 +371,13 @@ mod tests {
             (b"/x", "28"), // hex 2f78
         ];
         for &(alpn, want) in cases {
-            let mut s = String::new();
-            push_ja4_alpn(&mut s, Some(alpn));
-            assert_eq!(s, want, "{alpn:x?}");
+            let mut t = Text::with_capacity(2);
+            ja4_alpn(&mut t, Some(alpn));
+            assert_eq!(t.into_string(), want, "{alpn:x?}");
         }
-        let mut s = String::new();
-        push_ja4_alpn(&mut s, None);
-        assert_eq!(s, "00");
+        let mut t = Text::with_capacity(2);
+        ja4_alpn(&mut t, None);
+        assert_eq!(t.into_string(), "00");
     }
 
     #[test]
@@ -403,6 +413,7 @@ mod tests {
              27-0-51-16-17513-23-45-13-5-35-18-43-65281-11-10-21,29-23,0"
         );
         assert_eq!(h.ja3_hash().len(), 32);
+        assert_eq!(h.ja3_with_hash(), (h.ja3(), h.ja3_hash()));
         let empty = ClientHelloSummary::empty(HelloFormat::Tls, 0x0301, 0x0300);
         assert_eq!(empty.ja3(), "768,,,,");
         // The MD5 helper itself (RFC 1321 test vector).
@@ -426,15 +437,15 @@ mod tests {
 
     #[test]
     fn decimal_and_hex_helpers() {
-        let mut s = String::new();
+        let mut t = Text::with_capacity(0);
         for v in [0, 9, 10, 65535, u32::MAX] {
-            push_dec(&mut s, v);
-            s.push(' ');
+            t.dec(v);
+            t.byte(b' ');
         }
-        assert_eq!(s, "0 9 10 65535 4294967295 ");
-        let mut s = String::new();
-        push_hex4(&mut s, 0xc02f);
-        push_hex6(&mut s, 0x0700c0);
-        assert_eq!(s, "c02f0700c0");
+        t.hex4(0xc02f);
+        t.hex6(0x0700c0);
+        t.count99(7);
+        t.count99(123);
+        assert_eq!(t.into_string(), "0 9 10 65535 4294967295 c02f0700c00799");
     }
 }
