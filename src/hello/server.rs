@@ -103,3 +103,104 @@ pub(crate) fn parse_server_hello(
     }
     Ok(s)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ServerHello message: version, 32-byte random, 32-byte session id, suite, null
+    /// compression, then `tail` (the extension block with its length, or nothing).
+    fn message(version: u16, random: [u8; 32], suite: u16, tail: &[u8]) -> Vec<u8> {
+        let mut body = version.to_be_bytes().to_vec();
+        body.extend_from_slice(&random);
+        body.push(32);
+        body.extend_from_slice(&[0x42; 32]);
+        body.extend_from_slice(&suite.to_be_bytes());
+        body.push(0);
+        body.extend_from_slice(tail);
+        let mut msg = vec![2];
+        msg.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+        msg.extend(body);
+        msg
+    }
+
+    fn block(exts: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for (ty, data) in exts {
+            b.extend_from_slice(&ty.to_be_bytes());
+            b.extend_from_slice(&(data.len() as u16).to_be_bytes());
+            b.extend_from_slice(data);
+        }
+        let mut out = (b.len() as u16).to_be_bytes().to_vec();
+        out.extend(b);
+        out
+    }
+
+    #[test]
+    fn tls13_version_comes_from_supported_versions() {
+        let tail = block(&[(0x002b, &[3, 4]), (0x0033, &[0, 0x1d, 0, 0]), (0x3a3a, &[])]);
+        let msg = message(0x0303, [7; 32], 0x1301, &tail);
+        let s = parse_server_hello(&msg, 0x0303, 99).unwrap();
+        assert_eq!(s.legacy_version, 0x0303);
+        assert_eq!(s.negotiated_version, 0x0304);
+        assert_eq!(s.cipher_suite, 0x1301);
+        assert_eq!(s.extensions, [0x002b, 0x0033]);
+        assert!(!s.hello_retry_request);
+        assert_eq!(s.hello_len, 99);
+    }
+
+    #[test]
+    fn hello_retry_request() {
+        let msg = message(0x0303, HRR_RANDOM, 0x1302, &block(&[(0x002b, &[3, 4])]));
+        assert!(
+            parse_server_hello(&msg, 0x0303, 0)
+                .unwrap()
+                .hello_retry_request
+        );
+    }
+
+    #[test]
+    fn ssl3_with_and_without_extensions() {
+        // tls-parser does not read extensions for 0x0300; they are read here.
+        let s = parse_server_hello(&message(0x0300, [1; 32], 0x000a, &[]), 0x0300, 0).unwrap();
+        assert_eq!((s.negotiated_version, s.extensions.len()), (0x0300, 0));
+        let tail = block(&[(0xff01, &[0])]);
+        let s = parse_server_hello(&message(0x0300, [1; 32], 0x000a, &tail), 0x0300, 0).unwrap();
+        assert_eq!(s.extensions, [0xff01]);
+    }
+
+    #[test]
+    fn malformed_server_hellos() {
+        let mut lying = block(&[(0xff01, &[0])]);
+        lying[1] += 1;
+        let mut trailing = block(&[(0xff01, &[0])]);
+        trailing.push(0);
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "lying block length",
+                message(0x0303, [1; 32], 0xc02f, &lying),
+            ),
+            (
+                "byte after extensions",
+                message(0x0303, [1; 32], 0xc02f, &trailing),
+            ),
+            ("one stray byte", message(0x0303, [1; 32], 0xc02f, &[0])),
+            (
+                "supported_versions too long",
+                message(0x0303, [1; 32], 0x1301, &block(&[(0x002b, &[3, 4, 0])])),
+            ),
+            (
+                "unknown legacy version",
+                message(0x0200, [1; 32], 0x0001, &[]),
+            ),
+            ("a ClientHello", {
+                let mut m = message(0x0303, [1; 32], 0xc02f, &[]);
+                m[0] = 1;
+                m
+            }),
+        ];
+        for (what, msg) in cases {
+            assert!(parse_server_hello(&msg, 0x0303, 0).is_err(), "{what}");
+        }
+    }
+}

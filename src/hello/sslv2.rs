@@ -126,13 +126,13 @@ fn parse(buf: &[u8], len: usize, version: u16) -> Option<ClientHelloSummary> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
     /// An SSLv2-compatible hello as OpenSSL 0.9.8 sent it with `-ssl2 -ssl3 -tls1`
     /// allowed: version TLS 1.0, TLS suites as `0x00XXXX` specs mixed with native SSLv2
     /// specs, no session id, a 16-byte challenge.
-    pub(crate) fn compat_hello() -> Vec<u8> {
+    fn compat_hello() -> Vec<u8> {
         let specs: &[u32] = &[
             0x000039, // TLS_DHE_RSA_WITH_AES_256_CBC_SHA
             0x000035, // TLS_RSA_WITH_AES_256_CBC_SHA
