@@ -167,6 +167,7 @@ fn client_fixtures_summaries_and_fingerprints() {
         let h = hello(f.bytes);
         let name = f.name;
         assert_eq!(h.format, HelloFormat::Tls, "{name}");
+        assert_eq!(detect_client_hello(f.bytes, MAX_HELLO_BYTES).kind(), "tls");
         assert_eq!(h.hello_len, f.bytes.len(), "{name}");
         assert_eq!(
             version_name(h.record_version),

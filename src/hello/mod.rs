@@ -57,6 +57,21 @@ pub enum Detection {
     TooLarge,
 }
 
+impl Detection {
+    /// The event/label `kind` this answer stands for if it is the last one: `tls` or
+    /// `sslv2` for a hello, `not_tls`, `too_large`, and `truncated` for `NeedMore` (the
+    /// client stopped or timed out mid-hello). A caller that received no byte at all
+    /// reports `none` instead.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Detection::NeedMore => "truncated",
+            Detection::Hello(h) => h.format.as_str(),
+            Detection::NotTls => "not_tls",
+            Detection::TooLarge => "too_large",
+        }
+    }
+}
+
 /// Looks at the client's first bytes. Any prefix of a valid hello gives `NeedMore`; the
 /// answer depends only on `buf` and `max`, so calling again with more bytes is correct.
 pub fn detect_client_hello(buf: &[u8], max: usize) -> Detection {
@@ -84,14 +99,15 @@ pub fn detect_client_hello(buf: &[u8], max: usize) -> Detection {
 /// Result of looking at the server's first bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServerDetection {
+    /// A valid prefix of a ServerHello: read more.
     NeedMore,
+    /// One whole ServerHello (`hello_len` says where its records end).
     Hello(Box<ServerHelloSummary>),
     /// The server answered with an alert record before any ServerHello.
-    Alert {
-        level: u8,
-        description: u8,
-    },
+    Alert { level: u8, description: u8 },
+    /// Not a TLS handshake or alert record, or a malformed ServerHello.
     NotTls,
+    /// The ServerHello would exceed `max` bytes.
     TooLarge,
 }
 
@@ -111,5 +127,27 @@ pub fn detect_server_hello(buf: &[u8], max: usize) -> ServerDetection {
             Ok(s) => ServerDetection::Hello(Box::new(s)),
             Err(_) => ServerDetection::NotTls,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds() {
+        assert_eq!(Detection::NeedMore.kind(), "truncated");
+        assert_eq!(Detection::NotTls.kind(), "not_tls");
+        assert_eq!(Detection::TooLarge.kind(), "too_large");
+        let h = ClientHelloSummary::empty(HelloFormat::Sslv2, SSL2_VERSION, 0x0301);
+        assert_eq!(Detection::Hello(Box::new(h)).kind(), "sslv2");
+        assert_eq!(
+            detect_client_hello(b"", MAX_HELLO_BYTES),
+            Detection::NeedMore
+        );
+        assert_eq!(
+            detect_server_hello(b"", MAX_HELLO_BYTES),
+            ServerDetection::NeedMore
+        );
     }
 }
