@@ -8,7 +8,7 @@
 
 use std::sync::OnceLock;
 
-use tls_parser::{CIPHERS, TlsCipherAu, TlsCipherEnc, TlsCipherKx};
+use tls_parser::{CIPHERS, TlsCipherAu, TlsCipherEnc, TlsCipherKx, TlsCipherSuite};
 
 use super::names::UNREGISTERED_SUITES;
 
@@ -28,35 +28,48 @@ pub(crate) enum SuiteClass {
     Other,
 }
 
-fn registry_class(id: u16) -> SuiteClass {
-    if id == 0x00ff || id == 0x5600 || (0x1301..=0x1305).contains(&id) {
+fn registry_class(suite: &TlsCipherSuite) -> SuiteClass {
+    if suite.kx == TlsCipherKx::Tls13 {
         return SuiteClass::NotCounted;
     }
-    if let Some(suite) = CIPHERS.get(&id) {
-        if suite.kx == TlsCipherKx::Tls13 {
-            return SuiteClass::NotCounted;
+    match suite.enc {
+        TlsCipherEnc::TripleDes => SuiteClass::TripleDes,
+        TlsCipherEnc::Null | TlsCipherEnc::Des | TlsCipherEnc::Rc2 | TlsCipherEnc::Rc4 => {
+            SuiteClass::Weak
         }
-        return match suite.enc {
-            TlsCipherEnc::TripleDes => SuiteClass::TripleDes,
-            TlsCipherEnc::Null | TlsCipherEnc::Des | TlsCipherEnc::Rc2 | TlsCipherEnc::Rc4 => {
-                SuiteClass::Weak
-            }
-            _ if suite.au == TlsCipherAu::Null => SuiteClass::Weak,
-            _ => SuiteClass::Other,
+        _ if suite.au == TlsCipherAu::Null => SuiteClass::Weak,
+        _ => SuiteClass::Other,
+    }
+}
+
+/// One class per 16-bit suite value, built once from the ~350 registry entries.
+fn build_table() -> Box<[SuiteClass]> {
+    let mut table = vec![SuiteClass::Other; 1 << 16].into_boxed_slice();
+    let mut set = |id: u16, class: SuiteClass| {
+        if let Some(slot) = table.get_mut(usize::from(id)) {
+            *slot = class;
+        }
+    };
+    for (&id, suite) in CIPHERS.entries() {
+        set(id, registry_class(suite));
+    }
+    for &(id, name) in UNREGISTERED_SUITES {
+        let class = if name.contains("3DES") {
+            SuiteClass::TripleDes
+        } else {
+            SuiteClass::Weak
         };
+        set(id, class);
     }
-    if let Some((_, name)) = UNREGISTERED_SUITES.iter().find(|(v, _)| *v == id) {
-        if name.contains("3DES") {
-            return SuiteClass::TripleDes;
-        }
-        return SuiteClass::Weak;
+    for id in [0x00ff, 0x5600, 0x1301, 0x1302, 0x1303, 0x1304, 0x1305] {
+        set(id, SuiteClass::NotCounted);
     }
-    SuiteClass::Other
+    table
 }
 
 fn table() -> &'static [SuiteClass] {
     static TABLE: OnceLock<Box<[SuiteClass]>> = OnceLock::new();
-    TABLE.get_or_init(|| (0..=u16::MAX).map(registry_class).collect())
+    TABLE.get_or_init(build_table)
 }
 
 /// Class of a suite as stored in `ClientHelloSummary::cipher_suites`: a TLS suite, or a
