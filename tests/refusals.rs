@@ -10,14 +10,23 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn outcome(t: &Tlspeek, outcome: &str) -> f64 {
-    sample(&t.metrics(), "tlspeek_connections_total", &[("mode", "connect"), ("outcome", outcome)]).unwrap_or(-1.0)
+    sample(
+        &t.metrics(),
+        "tlspeek_connections_total",
+        &[("mode", "connect"), ("outcome", outcome)],
+    )
+    .unwrap_or(-1.0)
 }
 
 /// Waits for the outcome counter to reach `n` (it moves when the connection task ends).
 fn wait_outcome(t: &Tlspeek, name: &str, n: f64) {
     let end = Instant::now() + Duration::from_secs(10);
     while outcome(t, name) < n {
-        assert!(Instant::now() < end, "{name} did not reach {n}: {}", t.metrics());
+        assert!(
+            Instant::now() < end,
+            "{name} did not reach {n}: {}",
+            t.metrics()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -25,16 +34,32 @@ fn wait_outcome(t: &Tlspeek, name: &str, n: f64) {
 #[test]
 fn request_errors_get_their_status_body_and_count() {
     let t = Tlspeek::start("allowed_ports = [443]\nheader_timeout = \"1s\"\n", "");
-    let r = raw_request(t.proxy_port, b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r = raw_request(
+        t.proxy_port,
+        b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
     assert_eq!(status_of(&r), 403, "{r}");
     assert!(r.contains("port 22 is not allowed"), "{r}");
     wait_outcome(&t, "refused_port", 1.0);
 
-    for bad in ["bad host:443", "login.microsoftonline.com", "a\tb:443", "10.0.0.300:443", "[::1:443", "h:0"] {
-        let r = raw_request(t.proxy_port, format!("CONNECT {bad} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+    for bad in [
+        "bad host:443",
+        "login.microsoftonline.com",
+        "a\tb:443",
+        "10.0.0.300:443",
+        "[::1:443",
+        "h:0",
+    ] {
+        let r = raw_request(
+            t.proxy_port,
+            format!("CONNECT {bad} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+        );
         assert!(matches!(status_of(&r), 400), "{bad}: {r}");
     }
-    let r = raw_request(t.proxy_port, b"CONNECT x\r\n.example.com:443 HTTP/1.1\r\n\r\n");
+    let r = raw_request(
+        t.proxy_port,
+        b"CONNECT x\r\n.example.com:443 HTTP/1.1\r\n\r\n",
+    );
     assert_eq!(status_of(&r), 400, "CR/LF in the authority: {r}");
 
     let r = raw_request(t.proxy_port, b"DELETE /x HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -65,19 +90,32 @@ fn request_errors_get_their_status_body_and_count() {
     let bad = 6.0 + 1.0 + 1.0 + 1.0 + 1.0 + 1.0;
     wait_outcome(&t, "bad_request", bad);
     let err = t.stderr();
-    assert!(err.contains("refused") && err.contains("bad_request"), "{err}");
+    assert!(
+        err.contains("refused") && err.contains("bad_request"),
+        "{err}"
+    );
 }
 
 #[test]
 fn source_outside_the_allow_list_gets_403() {
-    let t = Tlspeek::start("allowed_ports = [443]\nallowed_sources = [\"127.0.0.2/32\"]\n", "");
-    let r = raw_request(t.proxy_port, b"CONNECT login.microsoftonline.com:443 HTTP/1.1\r\n\r\n");
+    let t = Tlspeek::start(
+        "allowed_ports = [443]\nallowed_sources = [\"127.0.0.2/32\"]\n",
+        "",
+    );
+    let r = raw_request(
+        t.proxy_port,
+        b"CONNECT login.microsoftonline.com:443 HTTP/1.1\r\n\r\n",
+    );
     assert_eq!(status_of(&r), 403, "{r}");
     assert!(r.contains("source 127.0.0.1 is not allowed"), "{r}");
     wait_outcome(&t, "refused_source", 1.0);
     let end = Instant::now() + Duration::from_secs(10);
     let ev = loop {
-        let ev: Vec<Value> = t.events().into_iter().filter(|e| e["outcome"] == "refused_source").collect();
+        let ev: Vec<Value> = t
+            .events()
+            .into_iter()
+            .filter(|e| e["outcome"] == "refused_source")
+            .collect();
         if !ev.is_empty() || Instant::now() > end {
             break ev;
         }
@@ -111,7 +149,10 @@ fn denied_destinations_are_checked_after_resolution() {
     wait_outcome(&t, "refused_destination", 6.0);
     let ev = t.wait_events("6 refusals", |e| e.len() >= 6);
     assert_eq!(ev.len(), 6);
-    assert!(ev.iter().all(|e| e["outcome"] == "refused_destination" && e["upstream_ip"].is_null()));
+    assert!(
+        ev.iter()
+            .all(|e| e["outcome"] == "refused_destination" && e["upstream_ip"].is_null())
+    );
 }
 
 #[test]
@@ -121,12 +162,15 @@ fn upstream_failures_get_502_and_504() {
     // A listener that never accepts, its backlog filled: further SYNs are dropped, so the
     // connect times out (on loopback, without leaving the machine).
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    sock.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
     sock.listen(0).unwrap();
     let full = sock.local_addr().unwrap().as_socket().unwrap().port();
     let mut fillers = Vec::new();
     for _ in 0..4 {
-        if let Ok(s) = TcpStream::connect_timeout(&([127, 0, 0, 1], full).into(), Duration::from_millis(300)) {
+        if let Ok(s) =
+            TcpStream::connect_timeout(&([127, 0, 0, 1], full).into(), Duration::from_millis(300))
+        {
             fillers.push(s);
         }
     }

@@ -62,7 +62,9 @@ fn non_tls_tunnel_is_byte_exact_both_ways_with_half_close() {
     let data = random_bytes(64 << 20, 7);
     let want = Sha256::digest(&data);
     let mut reader = s.try_clone().unwrap();
-    reader.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    reader
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     let got = thread::spawn(move || {
         let mut h = Sha256::new();
         let mut n = 0usize;
@@ -92,7 +94,10 @@ fn non_tls_tunnel_is_byte_exact_both_ways_with_half_close() {
     assert_eq!(ev[0]["bytes_up"], data.len() as u64);
     assert_eq!(ev[0]["bytes_down"], data.len() as u64);
     let m = t.metrics();
-    assert!(sample(&m, "tlspeek_tunnel_bytes_total", &[("direction", "up")]).unwrap() >= data.len() as f64);
+    assert!(
+        sample(&m, "tlspeek_tunnel_bytes_total", &[("direction", "up")]).unwrap()
+            >= data.len() as f64
+    );
     assert_eq!(sample(&m, "tlspeek_active_tunnels", &[]), Some(0.0));
 }
 
@@ -131,7 +136,9 @@ fn upstream_reset_mid_transfer_reaches_the_client_as_a_reset() {
         c.write_all(&[b'x'; 1000]).unwrap();
         thread::sleep(Duration::from_millis(200));
         // Close with SO_LINGER 0: a reset, not a FIN.
-        socket2::SockRef::from(&c).set_linger(Some(Duration::ZERO)).unwrap();
+        socket2::SockRef::from(&c)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
         drop(c);
     });
     let t = Tlspeek::start(&format!("allowed_ports = [{port}]\n"), "");
@@ -142,7 +149,10 @@ fn upstream_reset_mid_transfer_reaches_the_client_as_a_reset() {
     let err = loop {
         let mut buf = [0u8; 4096];
         match s.read(&mut buf) {
-            Ok(0) => panic!("clean EOF after {} bytes: the reset was not passed on", got.len()),
+            Ok(0) => panic!(
+                "clean EOF after {} bytes: the reset was not passed on",
+                got.len()
+            ),
             Ok(n) => got.extend_from_slice(&buf[..n]),
             Err(e) => break e,
         }
@@ -176,7 +186,9 @@ fn client_reset_is_passed_to_the_upstream() {
     assert!(status.contains(" 200 "));
     s.write_all(b"not tls, just bytes").unwrap();
     thread::sleep(Duration::from_millis(200));
-    socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
     drop(s);
     let r = rx.recv_timeout(Duration::from_secs(10)).unwrap();
     assert_eq!(r, Err(ErrorKind::ConnectionReset));
@@ -201,7 +213,10 @@ fn server_speaks_first_and_silent_clients_keep_working() {
             });
         }
     });
-    let t = Tlspeek::start(&format!("allowed_ports = [{port}]\nhello_timeout = \"1s\"\n"), "");
+    let t = Tlspeek::start(
+        &format!("allowed_ports = [{port}]\nhello_timeout = \"1s\"\n"),
+        "",
+    );
     let (mut s, status) = connect_tunnel(t.proxy_port, &format!("127.0.0.1:{port}"));
     assert!(status.contains(" 200 "));
     // The greeting arrives while the proxy is still waiting for a ClientHello.
@@ -209,7 +224,10 @@ fn server_speaks_first_and_silent_clients_keep_working() {
     let mut buf = [0u8; 64];
     let n = s.read(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"220 hello from the server\r\n");
-    assert!(started.elapsed() < Duration::from_millis(900), "greeting was held back");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "greeting was held back"
+    );
     // After the hello timeout the client's bytes still pass.
     thread::sleep(Duration::from_millis(1200));
     s.write_all(b"EHLO me\r\n").unwrap();
@@ -219,14 +237,19 @@ fn server_speaks_first_and_silent_clients_keep_working() {
     let ev = t.wait_events("event", |e| !e.is_empty());
     assert_eq!(ev[0]["kind"], "none");
     let m = t.metrics();
-    assert_eq!(sample(&m, "tlspeek_first_flights_total", &[("kind", "none")]), Some(1.0));
+    assert_eq!(
+        sample(&m, "tlspeek_first_flights_total", &[("kind", "none")]),
+        Some(1.0)
+    );
 }
 
 #[test]
 fn on_hello_timeout_close_ends_silent_tunnels() {
     let echo = echo_server();
     let t = Tlspeek::start(
-        &format!("allowed_ports = [{echo}]\nhello_timeout = \"500ms\"\non_hello_timeout = \"close\"\n"),
+        &format!(
+            "allowed_ports = [{echo}]\nhello_timeout = \"500ms\"\non_hello_timeout = \"close\"\n"
+        ),
         "",
     );
     let (mut s, status) = connect_tunnel(t.proxy_port, &format!("127.0.0.1:{echo}"));
@@ -251,7 +274,9 @@ fn garbage_and_truncated_hellos_pass_through_unchanged() {
     s.read_to_end(&mut got).unwrap();
     assert_eq!(got, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     // The first 40 bytes of a TLS record claiming 512 bytes, then EOF.
-    let mut partial = vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
+    let mut partial = vec![
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
     partial.extend_from_slice(&[0xab; 29]);
     let (mut s, _) = connect_tunnel(t.proxy_port, &format!("127.0.0.1:{echo}"));
     s.write_all(&partial).unwrap();
@@ -260,18 +285,30 @@ fn garbage_and_truncated_hellos_pass_through_unchanged() {
     s.read_to_end(&mut got).unwrap();
     assert_eq!(got, partial);
     let ev = t.wait_events("two events", |e| e.len() >= 2);
-    let kinds: Vec<&str> = ev.iter().map(|e| e["kind"].as_str().unwrap_or("?")).collect();
+    let kinds: Vec<&str> = ev
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap_or("?"))
+        .collect();
     assert!(kinds.contains(&"not_tls"), "{kinds:?}");
     assert!(kinds.contains(&"truncated"), "{kinds:?}");
     let m = t.metrics();
-    assert_eq!(sample(&m, "tlspeek_first_flights_total", &[("kind", "truncated")]), Some(1.0));
-    assert_eq!(sample(&m, "tlspeek_first_flights_total", &[("kind", "not_tls")]), Some(1.0));
+    assert_eq!(
+        sample(&m, "tlspeek_first_flights_total", &[("kind", "truncated")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&m, "tlspeek_first_flights_total", &[("kind", "not_tls")]),
+        Some(1.0)
+    );
 }
 
 #[test]
 fn shutdown_stops_accepting_and_drains_open_tunnels() {
     let echo = echo_server();
-    let mut t = Tlspeek::start(&format!("allowed_ports = [{echo}]\nshutdown_grace = \"10s\"\n"), "");
+    let mut t = Tlspeek::start(
+        &format!("allowed_ports = [{echo}]\nshutdown_grace = \"10s\"\n"),
+        "",
+    );
     let (mut s, status) = connect_tunnel(t.proxy_port, &format!("127.0.0.1:{echo}"));
     assert!(status.contains(" 200 "));
     s.write_all(b"before").unwrap();
@@ -290,14 +327,19 @@ fn shutdown_stops_accepting_and_drains_open_tunnels() {
         assert!(Instant::now() < end, "readyz never turned 503");
         thread::sleep(Duration::from_millis(20));
     }
-    assert!(TcpStream::connect(("127.0.0.1", t.proxy_port)).is_err(), "still accepting");
+    assert!(
+        TcpStream::connect(("127.0.0.1", t.proxy_port)).is_err(),
+        "still accepting"
+    );
     s.write_all(b"during").unwrap();
     s.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"during");
     s.shutdown(Shutdown::Write).unwrap();
     let mut rest = Vec::new();
     s.read_to_end(&mut rest).unwrap();
-    let status = t.terminate(Duration::from_secs(10)).expect("tlspeek did not exit after draining");
+    let status = t
+        .terminate(Duration::from_secs(10))
+        .expect("tlspeek did not exit after draining");
     assert!(status.success(), "{status:?}");
     let ev = t.target_events();
     assert_eq!(ev.len(), 1, "{ev:?}\n{}", t.stderr());

@@ -250,8 +250,9 @@ impl ConnectionRecord {
         self.sni = h.sni.clone();
         self.alpn = h.alpn.clone();
         self.ech = Some(h.ech);
-        self.ja3 = Some(h.ja3());
-        self.ja3_hash = Some(h.ja3_hash());
+        let (ja3, ja3_hash) = h.ja3_with_hash();
+        self.ja3 = Some(ja3);
+        self.ja3_hash = Some(ja3_hash);
         self.ja4 = Some(h.ja4());
         self.set_verdict(verdict);
     }

@@ -34,7 +34,10 @@ pub fn require(cmds: &[&str]) -> bool {
     if missing.is_empty() {
         return true;
     }
-    let why = format!("missing commands: {} (apt-get install gnutls-bin socat ...)", missing.join(", "));
+    let why = format!(
+        "missing commands: {} (apt-get install gnutls-bin socat ...)",
+        missing.join(", ")
+    );
     if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
         panic!("prerequisite missing under CI: {why}");
     }
@@ -65,7 +68,12 @@ pub fn free_port() -> u16 {
 pub fn wait_port(port: u16, within: Duration) -> bool {
     let end = Instant::now() + within;
     while Instant::now() < end {
-        if TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_ok() {
+        if TcpStream::connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_millis(200),
+        )
+        .is_ok()
+        {
             return true;
         }
         std::thread::sleep(Duration::from_millis(25));
@@ -139,7 +147,10 @@ pub fn openssl_server(extra: &[&str]) -> (Proc, u16) {
             .arg("-key")
             .arg(&c.key)
             .args(["-www", "-quiet", "-cipher", "ALL:@SECLEVEL=0"]);
-        if !extra.iter().any(|a| a.starts_with("-min_protocol") || a.starts_with("-tls1")) {
+        if !extra
+            .iter()
+            .any(|a| a.starts_with("-min_protocol") || a.starts_with("-tls1"))
+        {
             cmd.args(["-min_protocol", "TLSv1"]);
         }
         cmd.args(&extra);
@@ -219,10 +230,14 @@ impl Tlspeek {
             .spawn()
             .unwrap();
         let mut proc = Proc(child);
-        let up = wait_port(proxy_port, Duration::from_secs(10)) && wait_port(admin_port, Duration::from_secs(5));
+        let up = wait_port(proxy_port, Duration::from_secs(10))
+            && wait_port(admin_port, Duration::from_secs(5));
         if !up {
             let _ = proc.0.kill();
-            eprintln!("tlspeek failed to start: {}", std::fs::read_to_string(&stderr_path).unwrap_or_default());
+            eprintln!(
+                "tlspeek failed to start: {}",
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            );
             return None;
         }
         Some(Tlspeek {
@@ -264,7 +279,10 @@ impl Tlspeek {
     /// Events of connections that got as far as naming a target (leaves out the harness's
     /// own port probes, which connect and close without a request).
     pub fn target_events(&self) -> Vec<Value> {
-        self.events().into_iter().filter(|e| e["target_host"].is_string()).collect()
+        self.events()
+            .into_iter()
+            .filter(|e| e["target_host"].is_string())
+            .collect()
     }
 
     /// Polls the event file until `pred` holds for the events so far (or panics).
@@ -276,7 +294,10 @@ impl Tlspeek {
                 return ev;
             }
             if Instant::now() > end {
-                panic!("timed out waiting for events: {what}\nevents: {ev:#?}\nstderr:\n{}", self.stderr());
+                panic!(
+                    "timed out waiting for events: {what}\nevents: {ev:#?}\nstderr:\n{}",
+                    self.stderr()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -284,7 +305,9 @@ impl Tlspeek {
 
     /// Sends SIGTERM and waits (bounded) for the exit.
     pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
         let end = Instant::now() + within;
         while Instant::now() < end {
             if let Ok(Some(s)) = self.proc.0.try_wait() {
@@ -308,7 +331,10 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -344,10 +370,24 @@ pub fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64>
 
 /// curl through the proxy to `https://<host>/` with `--connect-to host:443:127.0.0.1:PORT`
 /// (so curl sends `CONNECT 127.0.0.1:PORT` and the SNI `host`). Returns (http_code, stderr).
-pub fn curl_via(proxy_port: u16, upstream_port: u16, host: &str, args: &[&str]) -> (String, String) {
+pub fn curl_via(
+    proxy_port: u16,
+    upstream_port: u16,
+    host: &str,
+    args: &[&str],
+) -> (String, String) {
     let out = Command::new("curl")
-        .args(["-sSk", "-m", "10", "-x", &format!("http://127.0.0.1:{proxy_port}")])
-        .args(["--connect-to", &format!("{host}:443:127.0.0.1:{upstream_port}")])
+        .args([
+            "-sSk",
+            "-m",
+            "10",
+            "-x",
+            &format!("http://127.0.0.1:{proxy_port}"),
+        ])
+        .args([
+            "--connect-to",
+            &format!("{host}:443:127.0.0.1:{upstream_port}"),
+        ])
         .args(args)
         .arg(format!("https://{host}/"))
         .args(["-o", "/dev/null", "-w", "%{http_code}"])
@@ -372,7 +412,8 @@ pub fn connect_tunnel_from(source: &str, proxy_port: u16, target: &str) -> (TcpS
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     let src: std::net::IpAddr = source.parse().unwrap();
     sock.bind(&SocketAddr::new(src, 0).into()).unwrap();
-    sock.connect(&SocketAddr::from(([127, 0, 0, 1], proxy_port)).into()).unwrap();
+    sock.connect(&SocketAddr::from(([127, 0, 0, 1], proxy_port)).into())
+        .unwrap();
     let mut s: TcpStream = sock.into();
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     write!(s, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").unwrap();
