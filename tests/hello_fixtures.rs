@@ -638,7 +638,7 @@ fn server_fixtures() {
 }
 
 #[test]
-fn negotiated_verdict_replaces_the_hello_verdict() {
+fn negotiated_verdict_decides_and_keeps_the_hello_reasons() {
     let client = |n: &str| hello(CLIENTS.iter().find(|f| f.name == n).unwrap().bytes);
     let server = |n: &str| server_hello(SERVERS.iter().find(|f| f.name == n).unwrap().bytes);
     // curl's TLS 1.0 hello served TLS 1.0: legacy at hello time and after.
@@ -648,7 +648,7 @@ fn negotiated_verdict_replaces_the_hello_verdict() {
     let c = client("gnutls_3des");
     assert!(classify_client_hello(&c).legacy);
     let v = classify_negotiated(Some(&c), &server("server_gnutls_3des"));
-    assert_eq!(v.reasons, [LegacyReason::Negotiated3des]);
+    assert_eq!(v.reasons, [LegacyReason::Negotiated3des, LegacyReason::Only3desCiphers]);
     // A modern hello answered with TLS 1.3 is not legacy.
     let v = classify_negotiated(Some(&client("curl_tls13")), &server("server_openssl_tls13"));
     assert!(!v.legacy);

@@ -102,20 +102,17 @@ fn only_3des_or_weaker(suites: &[u32]) -> bool {
     counted
 }
 
-/// Final verdict once the ServerHello is known: only what was negotiated counts
-/// (`negotiated_ssl3`/`_tls10`/`_tls11` from the negotiated version, `negotiated_3des`
-/// from the chosen suite), replacing the hello-time reasons.
-///
-/// `client` is not consulted: Azure AD judges what was negotiated, so a hello that
-/// offered little but negotiated TLS 1.2 with AES is fine, and a modern hello served
-/// TLS 1.0 is legacy. It is part of the signature so that callers pass what they have
-/// (the hello may be missing, e.g. in a capture that starts mid-handshake) and so that a
-/// rule needing the hello can be added without changing every call site.
+/// Final verdict once the ServerHello is known. Whether a connection is legacy depends
+/// only on what was negotiated (`negotiated_ssl3`/`_tls10`/`_tls11` from the negotiated
+/// version, `negotiated_3des` from the chosen suite), as Azure AD judges it: a hello that
+/// offered little but negotiated TLS 1.2 with AES is fine, and a modern hello served TLS 1.0
+/// is legacy. When it is legacy, the hello-time reasons of `client` (if known) follow the
+/// negotiated ones: they tell whether the caller itself is limited (`max_version_below_tls12`)
+/// or only the server chose an old version.
 pub fn classify_negotiated(
     client: Option<&ClientHelloSummary>,
     server: &ServerHelloSummary,
 ) -> Verdict {
-    let _ = client;
     let mut reasons = Vec::new();
     match server.negotiated_version {
         0x0300 => reasons.push(LegacyReason::NegotiatedSsl3),
@@ -125,6 +122,11 @@ pub fn classify_negotiated(
     }
     if class(u32::from(server.cipher_suite)) == SuiteClass::TripleDes {
         reasons.push(LegacyReason::Negotiated3des);
+    }
+    if !reasons.is_empty() {
+        if let Some(h) = client {
+            reasons.extend(classify_client_hello(h).reasons);
+        }
     }
     Verdict::from_reasons(reasons)
 }
@@ -251,14 +253,21 @@ mod tests {
     }
 
     #[test]
-    fn negotiated_reasons_replace_hello_time_ones() {
+    fn negotiated_reasons_decide() {
         let modern = hello(0x0303, &[0x0304, 0x0303, 0x0302, 0x0301], &[0x1301, 0xc02f]);
         let old = hello(0x0301, &[], &[0x000a, 0x0005]);
         let v = classify_negotiated(Some(&modern), &server(0x0301, 0xc013));
-        assert_eq!(v.reasons, [NegotiatedTls10]);
+        assert_eq!(v.reasons, [NegotiatedTls10], "the server chose TLS 1.0");
         assert_eq!(v.first_reason(), Some(NegotiatedTls10));
-        let v = classify_negotiated(Some(&old), &server(0x0303, 0x009c));
-        assert_eq!(v, Verdict::default(), "old-looking hello, TLS1.2 with AES");
+        let v = classify_negotiated(Some(&old), &server(0x0301, 0x000a));
+        assert_eq!(
+            v.reasons,
+            [NegotiatedTls10, Negotiated3des, MaxVersionBelowTls12, Only3desCiphers],
+            "the caller itself is limited"
+        );
+        let tls12_3des_only = hello(0x0303, &[], &[0x000a, 0x0005]);
+        let v = classify_negotiated(Some(&tls12_3des_only), &server(0x0303, 0x0005));
+        assert_eq!(v, Verdict::default(), "old-looking hello, TLS1.2 without 3DES");
         let v = classify_negotiated(None, &server(0x0302, 0x000a));
         assert_eq!(v.reasons, [NegotiatedTls11, Negotiated3des]);
         assert!(v.legacy);
