@@ -1,6 +1,8 @@
 //! The admin listener: `/metrics` (Prometheus text format), `/healthz` (liveness),
-//! `/readyz` (503 once shutdown begins). Every request is checked against
-//! `[admin] allowed_sources`; admin connections are bounded in number and time.
+//! `/readyz` (503 once shutdown begins), `/legacy` (JSON) and `/legacy.csv` (the inventory,
+//! with `?since=`, `?destination=`, `?legacy=true|false`, `?limit=`). Every request is
+//! checked against `[admin] allowed_sources`; admin connections are bounded in number and
+//! time.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -19,6 +21,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::inventory::writer::unix_now;
+use crate::inventory::{Filter, Store, parse_since, report};
 use crate::proxy::Shared;
 
 /// Admin connections served at once; more wait in the listen backlog.
@@ -48,8 +52,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
         tokio::spawn(async move {
             let _permit = permit;
             let svc = service_fn(move |req| {
-                let resp = route(&shared, peer, &req);
-                async move { Ok::<_, Infallible>(resp) }
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(route(&shared, peer, &req).await) }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -74,18 +78,25 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     r
 }
 
-fn route(shared: &Shared, peer: SocketAddr, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(
+    shared: &Arc<Shared>,
+    peer: SocketAddr,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let cfg = shared.config.load();
     if !cfg.admin.allowed_sources.contains(peer.ip()) {
         debug!(%peer, "admin request from a source that is not allowed");
         return text(StatusCode::FORBIDDEN, "forbidden\n");
     }
     let path = req.uri().path();
-    let known = matches!(path, "/metrics" | "/healthz" | "/readyz");
+    let known = matches!(
+        path,
+        "/metrics" | "/healthz" | "/readyz" | "/legacy" | "/legacy.csv"
+    );
     if !known {
         return text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /healthz, /readyz\n",
+            "not found: try /metrics, /healthz, /readyz, /legacy, /legacy.csv\n",
         );
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -107,6 +118,84 @@ fn route(shared: &Shared, peer: SocketAddr, req: &Request<Incoming>) -> Response
             text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
         }
         "/readyz" => text(StatusCode::OK, "ready\n"),
+        "/legacy" | "/legacy.csv" => legacy(shared, path == "/legacy.csv", req.uri().query()).await,
         _ => text(StatusCode::OK, "ok\n"),
     }
+}
+
+/// Rows answered at most by `/legacy` unless `?limit=` says otherwise.
+const DEFAULT_LIMIT: usize = 10_000;
+
+fn filter_from(query: Option<&str>) -> Result<Filter, String> {
+    let mut f = Filter {
+        limit: Some(DEFAULT_LIMIT),
+        ..Filter::default()
+    };
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
+            "since" => {
+                f.since = Some(parse_since(&v, unix_now()).ok_or_else(|| {
+                    format!(
+                        "since={v:?}: use RFC 3339, a date, Unix seconds or a duration like 24h"
+                    )
+                })?)
+            }
+            "destination" => f.destination = Some(v.to_ascii_lowercase()),
+            "legacy" => {
+                f.legacy = match v.as_ref() {
+                    "true" | "1" => Some(true),
+                    "false" | "0" => Some(false),
+                    _ => return Err(format!("legacy={v:?}: true or false")),
+                }
+            }
+            "limit" => {
+                f.limit = Some(v.parse().map_err(|_| format!("limit={v:?}: a number"))?);
+            }
+            other => return Err(format!("unknown parameter {other:?}")),
+        }
+    }
+    Ok(f)
+}
+
+async fn legacy(shared: &Arc<Shared>, csv: bool, query: Option<&str>) -> Response<Full<Bytes>> {
+    let filter = match filter_from(query) {
+        Ok(f) => f,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    let Some(inv) = &shared.inventory else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "the inventory is off ([inventory] path = \"\")\n",
+        );
+    };
+    let path = inv.path().to_path_buf();
+    let rows = tokio::task::spawn_blocking(move || {
+        if !path.exists() {
+            return Ok(Vec::new());
+        }
+        Store::open_read_only(&path).and_then(|s| s.query(&filter))
+    })
+    .await;
+    let rows = match rows {
+        Ok(Ok(rows)) => rows,
+        Ok(Err(e)) => {
+            warn!(error = %e, "cannot read the inventory");
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot read the inventory: {e}\n"),
+            );
+        }
+        Err(_) => return text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
+    };
+    let (body, content_type) = if csv {
+        (report::to_csv(&rows), "text/csv; charset=utf-8")
+    } else {
+        (report::to_json(&rows), "application/json")
+    };
+    let mut r = text(StatusCode::OK, body);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    r
 }

@@ -11,7 +11,9 @@
 
 pub mod admin;
 pub mod config;
+pub mod dns;
 pub mod hello;
+pub mod inventory;
 pub mod names;
 pub mod policy;
 pub mod proxy;

@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tlspeek::config::{Config, LoadError, Overrides};
+use tlspeek::inventory::report::{self, Format};
+use tlspeek::inventory::writer::unix_now;
+use tlspeek::inventory::{Filter, Store, parse_since};
 use tlspeek::proxy::{self, Control};
 
 #[derive(Parser)]
@@ -34,6 +37,29 @@ enum Command {
         /// The config file (laid over the embedded default).
         file: PathBuf,
     },
+    /// Print the legacy callers of the inventory (several --db are merged).
+    Report(ReportArgs),
+}
+
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// Read the inventory named by this config's [inventory] path.
+    #[arg(long, value_name = "FILE", conflicts_with = "db")]
+    config: Option<PathBuf>,
+    /// An inventory database; repeat to merge the inventories of several instances.
+    #[arg(long, value_name = "PATH")]
+    db: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// Include callers that are not legacy.
+    #[arg(long)]
+    all: bool,
+    /// Only callers seen since: RFC 3339 time, date, Unix seconds, or a duration ("7d").
+    #[arg(long, value_name = "WHEN")]
+    since: Option<String>,
+    /// Only this destination.
+    #[arg(long, value_name = "HOST")]
+    destination: Option<String>,
 }
 
 #[derive(Clone, Copy, Default, ValueEnum)]
@@ -66,6 +92,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
         Command::CheckConfig { file } => check_config(&file),
+        Command::Report(args) => match report(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tlspeek: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run(args) => match run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -92,6 +125,66 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn report(args: ReportArgs) -> anyhow::Result<()> {
+    let dbs: Vec<PathBuf> = if !args.db.is_empty() {
+        args.db
+    } else {
+        let cfg = match &args.config {
+            Some(path) => Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
+            None => Config::embedded_default().map_err(|e| anyhow::anyhow!("{e}"))?,
+        };
+        let path = cfg
+            .inventory
+            .path
+            .context("the inventory is off in this config ([inventory] path = \"\")")?;
+        vec![path]
+    };
+    for db in &dbs {
+        if !db.exists() {
+            anyhow::bail!("no inventory at {}", db.display());
+        }
+    }
+    let since = match &args.since {
+        Some(s) => Some(parse_since(s, unix_now()).with_context(|| {
+            format!("--since {s:?}: use RFC 3339, a date, Unix seconds or a duration like 7d")
+        })?),
+        None => None,
+    };
+    let filter = Filter {
+        since,
+        destination: args.destination.map(|d| d.to_ascii_lowercase()),
+        legacy: (!args.all).then_some(true),
+        limit: None,
+    };
+    let paths: Vec<&std::path::Path> = dbs.iter().map(PathBuf::as_path).collect();
+    let rows = Store::merged(&paths, &filter)?;
+    print!("{}", report::render(&rows, args.format));
+    if rows.is_empty() {
+        let mut began = None;
+        for p in &paths {
+            if let Some(t) = Store::open_read_only(p)?.earliest()? {
+                began = Some(began.map_or(t, |b: i64| b.min(t)));
+            }
+        }
+        let from = match since.or(began) {
+            Some(t) => report::rfc3339(t),
+            None => "the inventory began (it is empty)".to_string(),
+        };
+        let what = if args.all {
+            "callers"
+        } else {
+            "legacy callers"
+        };
+        let line = format!("no {what} seen since {from}");
+        // Keep CSV and JSON on stdout machine-readable.
+        match args.format {
+            Format::Table => println!("{line}"),
+            _ => eprintln!("{line}"),
+        }
+    }
+    Ok(())
 }
 
 fn init_logging(format: LogFormat) {

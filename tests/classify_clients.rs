@@ -87,7 +87,17 @@ fn curl_of_every_version_is_classified() {
                 .all(|c| c.as_str().unwrap().len() == 6)
         );
         if *legacy {
-            assert_eq!(e["legacy_reasons"][0], "max_version_below_tls12", "{e}");
+            // What was negotiated first, then what the hello offered.
+            let negotiated = if *version == "TLS1.0" {
+                "negotiated_tls10"
+            } else {
+                "negotiated_tls11"
+            };
+            assert_eq!(
+                e["legacy_reasons"],
+                serde_json::json!([negotiated, "max_version_below_tls12"]),
+                "{e}"
+            );
             assert!(
                 e["supported_versions"].as_array().unwrap().is_empty(),
                 "{e}"
@@ -257,7 +267,10 @@ fn three_des_only_client_through_socat() {
     let e = &ev[0];
     assert_eq!(e["offers_3des"], true, "{e}");
     assert_eq!(e["legacy"], true);
-    assert_eq!(e["legacy_reasons"][0], "only_3des_ciphers");
+    assert_eq!(
+        e["legacy_reasons"],
+        serde_json::json!(["negotiated_3des", "only_3des_ciphers"])
+    );
     assert_eq!(e["max_version"], "TLS1.2");
     assert!(
         e["cipher_suites"]

@@ -118,7 +118,10 @@ fn no_arguments_runs_the_embedded_default() {
         !busy(3128) && !busy(9748),
         "ports 3128/9748 are taken on this machine: stop what holds them to run this test"
     );
+    // The default inventory path is relative: run where it may be written.
+    let cwd = tempfile::tempdir().unwrap();
     let child = Command::new(exe())
+        .current_dir(cwd.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

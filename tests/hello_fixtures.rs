@@ -648,7 +648,10 @@ fn negotiated_verdict_decides_and_keeps_the_hello_reasons() {
     let c = client("gnutls_3des");
     assert!(classify_client_hello(&c).legacy);
     let v = classify_negotiated(Some(&c), &server("server_gnutls_3des"));
-    assert_eq!(v.reasons, [LegacyReason::Negotiated3des, LegacyReason::Only3desCiphers]);
+    assert_eq!(
+        v.reasons,
+        [LegacyReason::Negotiated3des, LegacyReason::Only3desCiphers]
+    );
     // A modern hello answered with TLS 1.3 is not legacy.
     let v = classify_negotiated(Some(&client("curl_tls13")), &server("server_openssl_tls13"));
     assert!(!v.legacy);

@@ -329,9 +329,6 @@ pub(super) fn validate(raw: RawConfig, earlier: Vec<ConfigError>) -> Result<Conf
         reverse_lookup: raw.dns.reverse_lookup,
         cache_ttl: c.duration("dns.cache_ttl", &raw.dns.cache_ttl, false),
     };
-    if dns.reverse_lookup {
-        c.not_yet("dns.reverse_lookup", "reverse DNS of sources");
-    }
 
     let rules = raw
         .rules

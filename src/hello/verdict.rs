@@ -262,12 +262,21 @@ mod tests {
         let v = classify_negotiated(Some(&old), &server(0x0301, 0x000a));
         assert_eq!(
             v.reasons,
-            [NegotiatedTls10, Negotiated3des, MaxVersionBelowTls12, Only3desCiphers],
+            [
+                NegotiatedTls10,
+                Negotiated3des,
+                MaxVersionBelowTls12,
+                Only3desCiphers
+            ],
             "the caller itself is limited"
         );
         let tls12_3des_only = hello(0x0303, &[], &[0x000a, 0x0005]);
         let v = classify_negotiated(Some(&tls12_3des_only), &server(0x0303, 0x0005));
-        assert_eq!(v, Verdict::default(), "old-looking hello, TLS1.2 without 3DES");
+        assert_eq!(
+            v,
+            Verdict::default(),
+            "old-looking hello, TLS1.2 without 3DES"
+        );
         let v = classify_negotiated(None, &server(0x0302, 0x000a));
         assert_eq!(v.reasons, [NegotiatedTls11, Negotiated3des]);
         assert!(v.legacy);

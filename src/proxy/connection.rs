@@ -14,11 +14,15 @@ use tracing::{debug, info};
 use super::Shared;
 use super::admission::{self, ConnectError, LimitHit, Permit};
 use super::authority::{Authority, parse_authority};
+use super::handshake::{HandshakeWatch, HelloContext};
 use super::peek::{FirstFlight, peek_client_hello};
 use super::request::{self, ESTABLISHED, HeadError, RequestHead};
 use super::splice::{self, Flow, PumpError, Side, SpliceEnd, TunnelStats};
 use crate::config::{Config, OnHelloTimeout};
 use crate::hello::{self, ClientHelloSummary};
+use crate::inventory::Observation;
+use crate::inventory::software::{Facts, SoftwareDb};
+use crate::inventory::writer::unix_now as unix_secs;
 use crate::names::HostName;
 use crate::policy;
 use crate::telemetry::{
@@ -109,12 +113,16 @@ pub async fn handle(
     let src = source_label(&cfg, peer.ip());
     let mut rec = ConnectionRecord::new(id, Mode::Connect, peer, src.value.clone());
     let stats = TunnelStats::new();
-    let outcome = match admission {
+    let watch = HandshakeWatch::new();
+    let mut outcome = match admission {
         Err(refusal) => {
             refuse(&client, &refusal).await;
             refusal.outcome
         }
         Ok(_permit) => {
+            if let Some(dns) = &shared.dns {
+                dns.lookup_later(peer.ip());
+            }
             let conn = Conn {
                 shared: &shared,
                 cfg: &cfg,
@@ -122,6 +130,7 @@ pub async fn handle(
                 peer,
                 src: &src,
                 stats: &stats,
+                watch: &watch,
             };
             let serving = conn.serve(&mut rec, started);
             tokio::select! {
@@ -133,6 +142,18 @@ pub async fn handle(
             }
         }
     };
+    watch.finish(&mut rec);
+    if rec.server_alert.is_some()
+        && matches!(
+            outcome,
+            Outcome::Closed | Outcome::UpstreamReset | Outcome::ClientReset
+        )
+    {
+        outcome = Outcome::RejectedByServer;
+    }
+    if let Some(dns) = &shared.dns {
+        rec.source_name = dns.cached(peer.ip());
+    }
     rec.outcome = outcome;
     rec.bytes_up = stats.up();
     rec.bytes_down = stats.down();
@@ -196,12 +217,13 @@ async fn lingering_close(client: &TcpStream) {
 
 /// The connection being served.
 struct Conn<'a> {
-    shared: &'a Shared,
+    shared: &'a Arc<Shared>,
     cfg: &'a Config,
     client: &'a TcpStream,
     peer: SocketAddr,
     src: &'a SourceLabel,
     stats: &'a TunnelStats,
+    watch: &'a HandshakeWatch,
 }
 
 fn head_refusal(e: &HeadError) -> Option<Refusal> {
@@ -369,7 +391,8 @@ impl Conn<'_> {
     ) -> Outcome {
         let m = &self.shared.metrics;
         let stats = self.stats;
-        let mut no_tap = |_: &[u8]| {};
+        let watch = self.watch;
+        let mut server_hello_tap = |chunk: &[u8]| watch.observe(chunk);
         let mut down = pin!(splice::pump(
             upstream,
             self.client,
@@ -379,7 +402,7 @@ impl Conn<'_> {
                 metric: &m.bytes_down,
                 activity: &stats.activity,
             },
-            &mut no_tap,
+            &mut server_hello_tap,
         ));
         let mut down_done = false;
         let mut peek = pin!(peek_client_hello(
@@ -435,7 +458,7 @@ impl Conn<'_> {
         if up_done {
             let _ = socket2::SockRef::from(upstream).shutdown(std::net::Shutdown::Write);
         }
-        let mut no_tap_up = |_: &[u8]| {};
+        let mut no_tap_up = |_: &[u8]| false;
         let mut up = pin!(splice::pump(
             self.client,
             upstream,
@@ -509,6 +532,7 @@ impl Conn<'_> {
             FirstFlight::Truncated | FirstFlight::TimedOut { partial: true } => Kind::Truncated,
             FirstFlight::Nothing | FirstFlight::TimedOut { partial: false } => Kind::None,
         };
+        self.watch.stop();
         rec.kind = Some(kind);
         match kind {
             Kind::None => debug!(kind = kind.as_str(), "no ClientHello from the client"),
@@ -557,6 +581,64 @@ impl Conn<'_> {
         rec.rule = decision.rule.map(|r| r.name.clone());
         rec.action = Some(ActionTaken::Passed);
         m.action(&who, "passed", verdict.legacy);
+
+        let observation = self
+            .shared
+            .inventory
+            .as_ref()
+            .map(|_| self.observation(h, name, target, max_version, verdict.legacy, rec));
+        self.watch.set_context(HelloContext {
+            shared: self.shared.clone(),
+            source: self.src.value.clone(),
+            source_is_ip: self.src.is_ip,
+            watched: destination != crate::telemetry::guard::OTHER,
+            destination,
+            hello: Box::new(h.clone()),
+            hello_verdict: verdict,
+            observation,
+            source_ip: self.peer.ip(),
+            timeout: self.cfg.proxy.hello_timeout,
+        });
+    }
+
+    /// The inventory observation of this connection, with the likely software.
+    fn observation(
+        &self,
+        h: &ClientHelloSummary,
+        name: Option<&HostName>,
+        target: &Authority,
+        max_version: &str,
+        legacy: bool,
+        rec: &ConnectionRecord,
+    ) -> Observation {
+        let ja4 = rec.ja4.clone().unwrap_or_default();
+        let ja3_hash = rec.ja3_hash.clone().unwrap_or_default();
+        let software = SoftwareDb::embedded().identify(&Facts {
+            hello: h,
+            ja4: &ja4,
+            ja3_hash: &ja3_hash,
+            user_agent: None,
+            request: None,
+        });
+        Observation {
+            at: unix_secs(),
+            source_ip: rec.source_ip.clone(),
+            source: self.src.value.clone(),
+            source_name: None,
+            destination: name.map_or_else(|| target.host.to_string(), |n| n.to_string()),
+            ja4,
+            ja3_hash,
+            sni: rec.sni.clone(),
+            offered_version: Some(max_version.to_string()),
+            negotiated_version: None,
+            negotiated_cipher: None,
+            legacy,
+            legacy_reasons: Vec::new(),
+            software: software.family,
+            software_confidence: software.confidence.as_str().to_string(),
+            fix: software.fix,
+            user_agent: None,
+        }
     }
 }
 

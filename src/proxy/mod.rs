@@ -3,6 +3,7 @@
 pub mod admission;
 pub mod authority;
 pub mod connection;
+pub mod handshake;
 pub mod listener;
 pub mod peek;
 pub mod request;
@@ -21,6 +22,8 @@ use tracing::{info, warn};
 
 use crate::admin;
 use crate::config::Config;
+use crate::dns::ReverseDns;
+use crate::inventory::Inventory;
 use crate::telemetry::{EventLog, Metrics};
 
 use admission::Limits;
@@ -31,6 +34,10 @@ pub struct Shared {
     pub config: ArcSwap<Config>,
     pub metrics: Arc<Metrics>,
     pub events: EventLog,
+    /// The legacy-caller inventory (None when `[inventory] path = ""`).
+    pub inventory: Option<Inventory>,
+    /// Reverse DNS of sources (None unless `[dns] reverse_lookup`).
+    pub dns: Option<Arc<ReverseDns>>,
     pub limits: Arc<Limits>,
     next_id: AtomicU64,
     /// Every connection task, so shutdown can wait for them.
@@ -57,7 +64,7 @@ pub enum RunError {
     },
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-    #[error("cannot start the event log writer: {0}")]
+    #[error("cannot start a writer thread: {0}")]
     Events(std::io::Error),
 }
 
@@ -95,7 +102,14 @@ pub async fn run(
         cfg.metrics.series_idle_expiry,
     )?);
     let events = EventLog::start(&cfg.events, metrics.clone()).map_err(RunError::Events)?;
+    let inventory = Inventory::start(&cfg.inventory, metrics.clone()).map_err(RunError::Events)?;
+    let dns = cfg
+        .dns
+        .reverse_lookup
+        .then(|| ReverseDns::new(cfg.dns.cache_ttl, metrics.clone()));
     let shared = Arc::new(Shared {
+        inventory,
+        dns,
         limits: Limits::new(
             cfg.proxy.max_connections,
             cfg.proxy.max_connections_per_source,

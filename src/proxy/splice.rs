@@ -168,17 +168,18 @@ pub struct Flow<'a> {
     pub activity: &'a Activity,
 }
 
-/// Copies `from` → `to` until end of stream, then half-closes `to`. `tap` sees every chunk
-/// before it is written (it must not block).
+/// Copies `from` → `to` until end of stream, then half-closes `to`. `tap` sees each chunk
+/// before it is written, until it returns false (it must not block).
 pub async fn pump(
     from: &TcpStream,
     to: &TcpStream,
     flow: Flow<'_>,
-    tap: &mut (dyn FnMut(&[u8]) + Send),
+    tap: &mut (dyn FnMut(&[u8]) -> bool + Send),
 ) -> Result<(), PumpError> {
     let reader = flow.from;
     let writer = reader.other();
     let fail = |culprit: Side| move |error: io::Error| PumpError { culprit, error };
+    let mut tapping = true;
     loop {
         from.readable().await.map_err(fail(reader))?;
         let mut buf = PooledBuf::take();
@@ -194,7 +195,9 @@ pub async fn pump(
             Err(e) => return Err(fail(reader)(e)),
         };
         let chunk = buf.as_mut().get(..n).unwrap_or_default();
-        tap(chunk);
+        if tapping {
+            tapping = tap(chunk);
+        }
         write_all(to, chunk).await.map_err(fail(writer))?;
         flow.count.fetch_add(n as u64, Ordering::Relaxed);
         flow.metric.inc_by(n as u64);

@@ -34,6 +34,9 @@ pub struct Metrics {
     pub accept_errors: IntCounterVec,
     pub event_log_errors: IntCounter,
     pub events_dropped: IntCounter,
+    pub inventory_errors: IntCounter,
+    pub inventory_dropped: IntCounter,
+    pub ptr_lookups: IntCounterVec,
 }
 
 /// Label values for the per-connection counters.
@@ -151,6 +154,24 @@ impl Metrics {
             "Event lines dropped because the writer fell behind (bounded queue full).",
         )?;
 
+        let inventory_errors = IntCounter::new(
+            "tlspeek_inventory_errors_total",
+            "Failed inventory database writes (disk full, file unwritable); rows are kept and retried.",
+        )?;
+        let inventory_dropped = IntCounter::new(
+            "tlspeek_inventory_dropped_total",
+            "Inventory observations dropped because the writer's bounded queue or pending set was full.",
+        )?;
+        let ptr_lookups = IntCounterVec::new(
+            Opts::new(
+                "tlspeek_ptr_lookups_total",
+                "Reverse DNS lookups of sources, by result (found, none, unconfirmed, timeout).",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(inventory_errors.clone()))?;
+        registry.register(Box::new(inventory_dropped.clone()))?;
+        registry.register(Box::new(ptr_lookups.clone()))?;
         registry.register(Box::new(label_overflow.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(first_flights.clone()))?;
@@ -202,6 +223,9 @@ impl Metrics {
             accept_errors,
             event_log_errors,
             events_dropped,
+            inventory_errors,
+            inventory_dropped,
+            ptr_lookups,
         })
     }
 
@@ -235,6 +259,15 @@ impl Metrics {
             },
             unix_seconds,
         );
+    }
+
+    /// A ServerHello was parsed: `cipher` is the suite's IANA name.
+    pub fn handshake(&self, who: &Who<'_>, version: &str, cipher: &str, legacy: bool) {
+        self.handshakes.inc(&Labels {
+            values: &[who.source, who.destination, version, cipher],
+            legacy,
+            source_is_ip: who.source_is_ip,
+        });
     }
 
     /// The policy decided `action` (passed, blocked, upgraded, would_block, would_upgrade).

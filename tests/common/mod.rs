@@ -202,15 +202,54 @@ impl Tlspeek {
     /// the other sections (e.g. `[[sources]]`). Loopback is not denied unless `proxy_extra`
     /// sets `deny_destinations`, since the test upstreams live there.
     pub fn start(proxy_extra: &str, extra: &str) -> Tlspeek {
+        Tlspeek::start_via(proxy_extra, extra, &[])
+    }
+
+    /// Like `start`, with `launcher` words in front of the tlspeek command line (e.g.
+    /// `unshare -m sh -c '...; exec "$0" "$@"'`).
+    pub fn start_via(proxy_extra: &str, extra: &str, launcher: &[&str]) -> Tlspeek {
         for _ in 0..5 {
-            if let Some(t) = Tlspeek::try_start(proxy_extra, extra) {
+            if let Some(t) = Tlspeek::try_start(proxy_extra, extra, launcher) {
                 return t;
             }
         }
         panic!("tlspeek did not start");
     }
 
-    fn try_start(proxy_extra: &str, extra: &str) -> Option<Tlspeek> {
+    /// Starts another tlspeek on the same config file, ports and event file (after a crash).
+    pub fn restart(&mut self) {
+        let cfg_path = self.dir.path().join("tlspeek.toml");
+        let child = Command::new(exe())
+            .arg("run")
+            .arg("--config")
+            .arg(&cfg_path)
+            .env("RUST_LOG", "info,tlspeek=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&self.stderr_path)
+                    .unwrap(),
+            )
+            .spawn()
+            .unwrap();
+        self.proc = Proc(child);
+        assert!(
+            wait_port(self.proxy_port, Duration::from_secs(10))
+                && wait_port(self.admin_port, Duration::from_secs(5)),
+            "restart failed: {}",
+            self.stderr()
+        );
+    }
+
+    /// SIGKILL, no chance to flush anything.
+    pub fn kill9(&mut self) {
+        let _ = self.proc.0.kill();
+        let _ = self.proc.0.wait();
+    }
+
+    fn try_start(proxy_extra: &str, extra: &str, launcher: &[&str]) -> Option<Tlspeek> {
         let dir = tempfile::tempdir().unwrap();
         let (proxy_port, admin_port) = (free_port(), free_port());
         let events_path = dir.path().join("events.jsonl");
@@ -220,15 +259,32 @@ impl Tlspeek {
         } else {
             "deny_destinations = []\n"
         };
+        // The inventory lives in the test's own directory unless the test sets it.
+        let inventory = if extra.contains("[inventory]") {
+            String::new()
+        } else {
+            format!(
+                "[inventory]\npath = \"{}\"\n",
+                dir.path().join("inventory.sqlite").display()
+            )
+        };
         let cfg = format!(
             "[proxy]\nlisten = \"127.0.0.1:{proxy_port}\"\n{deny}{proxy_extra}\n\
              [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
-             [events]\npath = \"{}\"\n{extra}\n",
+             [events]\npath = \"{}\"\n{inventory}{extra}\n",
             events_path.display()
         );
         let cfg_path = dir.path().join("tlspeek.toml");
         std::fs::write(&cfg_path, cfg).unwrap();
-        let child = Command::new(exe())
+        let mut cmd = match launcher.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(exe());
+                c
+            }
+            None => Command::new(exe()),
+        };
+        let child = cmd
             .arg("run")
             .arg("--config")
             .arg(&cfg_path)
@@ -265,6 +321,10 @@ impl Tlspeek {
 
     pub fn admin_get(&self, path: &str) -> (u16, String) {
         http_get(self.admin_port, path)
+    }
+
+    pub fn inventory_path(&self) -> PathBuf {
+        self.dir.path().join("inventory.sqlite")
     }
 
     pub fn metrics(&self) -> String {

@@ -1,0 +1,237 @@
+//! The inventory of callers: one row per source × destination × JA4 with first and last
+//! seen, counts, versions offered and negotiated, ciphers negotiated, legacy reasons,
+//! likely software and the fix. Persisted in SQLite by a writer thread (batched, WAL, a
+//! bounded queue) so the proxy never waits on the disk; read by `/legacy`, `tlspeek
+//! report` and `tlspeek analyze`.
+
+pub mod report;
+pub mod software;
+pub mod store;
+pub mod writer;
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+pub use store::{Filter, Store, StoreError, parse_since};
+pub use writer::Inventory;
+
+/// Legacy reasons in their priority order (DESIGN.md), for sorting merged sets.
+const REASON_ORDER: [&str; 6] = [
+    "negotiated_ssl3",
+    "negotiated_tls10",
+    "negotiated_tls11",
+    "negotiated_3des",
+    "max_version_below_tls12",
+    "only_3des_ciphers",
+];
+
+/// What one connection contributes to the inventory.
+#[derive(Clone, Debug, Default)]
+pub struct Observation {
+    /// Unix seconds.
+    pub at: i64,
+    pub source_ip: String,
+    pub source: String,
+    pub source_name: Option<String>,
+    /// The connection's name (SNI, else CONNECT host) or the target address.
+    pub destination: String,
+    pub ja4: String,
+    pub ja3_hash: String,
+    pub sni: Option<String>,
+    pub offered_version: Option<String>,
+    pub negotiated_version: Option<String>,
+    pub negotiated_cipher: Option<String>,
+    pub legacy: bool,
+    pub legacy_reasons: Vec<String>,
+    pub software: String,
+    pub software_confidence: String,
+    pub fix: String,
+    pub user_agent: Option<String>,
+}
+
+/// One inventory row.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CallerRow {
+    pub source_ip: String,
+    pub destination: String,
+    pub ja4: String,
+    pub source: String,
+    pub source_name: Option<String>,
+    /// Unix seconds.
+    pub first_seen: i64,
+    pub last_seen: i64,
+    pub last_legacy_seen: Option<i64>,
+    pub connections: u64,
+    pub legacy_connections: u64,
+    pub legacy: bool,
+    pub versions_offered: Vec<String>,
+    pub versions_negotiated: Vec<String>,
+    pub ciphers_negotiated: Vec<String>,
+    pub legacy_reasons: Vec<String>,
+    pub ja3_hash: String,
+    pub software: String,
+    pub software_confidence: String,
+    pub fix: String,
+    pub last_sni: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// The primary key of a row.
+pub type CallerKey = (String, String, String);
+
+fn union(a: &mut Vec<String>, b: &[String]) {
+    let mut set: BTreeSet<String> = a.drain(..).collect();
+    set.extend(b.iter().cloned());
+    *a = set.into_iter().collect();
+}
+
+fn union_reasons(a: &mut Vec<String>, b: &[String]) {
+    union(a, b);
+    a.sort_by_key(|r| {
+        REASON_ORDER
+            .iter()
+            .position(|x| x == r)
+            .unwrap_or(usize::MAX)
+    });
+}
+
+impl CallerRow {
+    pub fn key(&self) -> CallerKey {
+        (
+            self.source_ip.clone(),
+            self.destination.clone(),
+            self.ja4.clone(),
+        )
+    }
+
+    pub fn from_observation(o: &Observation) -> CallerRow {
+        let mut row = CallerRow {
+            source_ip: o.source_ip.clone(),
+            destination: o.destination.clone(),
+            ja4: o.ja4.clone(),
+            source: o.source.clone(),
+            source_name: o.source_name.clone(),
+            first_seen: o.at,
+            last_seen: o.at,
+            last_legacy_seen: o.legacy.then_some(o.at),
+            connections: 1,
+            legacy_connections: u64::from(o.legacy),
+            legacy: o.legacy,
+            versions_offered: o.offered_version.iter().cloned().collect(),
+            versions_negotiated: o.negotiated_version.iter().cloned().collect(),
+            ciphers_negotiated: o.negotiated_cipher.iter().cloned().collect(),
+            legacy_reasons: Vec::new(),
+            ja3_hash: o.ja3_hash.clone(),
+            software: o.software.clone(),
+            software_confidence: o.software_confidence.clone(),
+            fix: o.fix.clone(),
+            last_sni: o.sni.clone(),
+            user_agent: o.user_agent.clone(),
+        };
+        union_reasons(&mut row.legacy_reasons, &o.legacy_reasons);
+        row
+    }
+
+    /// Folds `other` (same key) into `self`: earliest first, latest last, counts summed,
+    /// sets united; the newer row's descriptive fields win.
+    pub fn merge(&mut self, other: &CallerRow) {
+        let newer = other.last_seen >= self.last_seen;
+        self.first_seen = self.first_seen.min(other.first_seen);
+        self.last_seen = self.last_seen.max(other.last_seen);
+        self.last_legacy_seen = match (self.last_legacy_seen, other.last_legacy_seen) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.connections += other.connections;
+        self.legacy_connections += other.legacy_connections;
+        self.legacy |= other.legacy;
+        union(&mut self.versions_offered, &other.versions_offered);
+        union(&mut self.versions_negotiated, &other.versions_negotiated);
+        union(&mut self.ciphers_negotiated, &other.ciphers_negotiated);
+        union_reasons(&mut self.legacy_reasons, &other.legacy_reasons);
+        if newer {
+            self.source = other.source.clone();
+            if other.source_name.is_some() {
+                self.source_name = other.source_name.clone();
+            }
+            if other.last_sni.is_some() {
+                self.last_sni = other.last_sni.clone();
+            }
+            if !other.ja3_hash.is_empty() {
+                self.ja3_hash = other.ja3_hash.clone();
+            }
+        }
+        // A more certain identification wins over a guess (a User-Agent seen in upgrade
+        // mode names PowerShell where the hello alone only said "SChannel").
+        if rank(&other.software_confidence) > rank(&self.software_confidence)
+            || (newer && rank(&other.software_confidence) == rank(&self.software_confidence))
+        {
+            self.software = other.software.clone();
+            self.software_confidence = other.software_confidence.clone();
+            self.fix = other.fix.clone();
+        }
+        if other.user_agent.is_some() && (newer || self.user_agent.is_none()) {
+            self.user_agent = other.user_agent.clone();
+        }
+    }
+}
+
+fn rank(confidence: &str) -> u8 {
+    match confidence {
+        "exact" => 3,
+        "user_agent" => 2,
+        "heuristic" => 1,
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(at: i64, legacy: bool, negotiated: &str, reasons: &[&str]) -> Observation {
+        Observation {
+            at,
+            source_ip: "10.0.0.1".into(),
+            source: "10.0.0.1".into(),
+            destination: "login.microsoftonline.com".into(),
+            ja4: "t10d".into(),
+            offered_version: Some("TLS1.0".into()),
+            negotiated_version: Some(negotiated.into()),
+            legacy,
+            legacy_reasons: reasons.iter().map(|s| s.to_string()).collect(),
+            software: "unknown".into(),
+            software_confidence: "unknown".into(),
+            ..Observation::default()
+        }
+    }
+
+    #[test]
+    fn merge_keeps_extremes_counts_and_sets() {
+        let mut a = CallerRow::from_observation(&obs(
+            200,
+            true,
+            "TLS1.0",
+            &["max_version_below_tls12", "negotiated_tls10"],
+        ));
+        assert_eq!(
+            a.legacy_reasons,
+            ["negotiated_tls10", "max_version_below_tls12"]
+        );
+        let mut b = CallerRow::from_observation(&obs(100, false, "TLS1.2", &[]));
+        b.software = "curl".into();
+        b.software_confidence = "exact".into();
+        a.merge(&b);
+        assert_eq!(
+            (a.first_seen, a.last_seen, a.last_legacy_seen),
+            (100, 200, Some(200))
+        );
+        assert_eq!(
+            (a.connections, a.legacy_connections, a.legacy),
+            (2, 1, true)
+        );
+        assert_eq!(a.versions_negotiated, ["TLS1.0", "TLS1.2"]);
+        assert_eq!(a.software, "curl", "an exact match wins over unknown");
+    }
+}

@@ -1,0 +1,407 @@
+//! The inventory's SQLite file: schema, batched upserts (read, merge, write in one
+//! transaction), retention, and queries. WAL mode, so readers (`/legacy`, `tlspeek report`)
+//! never block the writer.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use super::{CallerKey, CallerRow};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("inventory database {path}: {source}")]
+    Sqlite {
+        path: String,
+        source: rusqlite::Error,
+    },
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS callers (
+    source_ip TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    ja4 TEXT NOT NULL,
+    source TEXT NOT NULL,
+    source_name TEXT,
+    first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL,
+    last_legacy_seen INTEGER,
+    connections INTEGER NOT NULL,
+    legacy_connections INTEGER NOT NULL,
+    legacy INTEGER NOT NULL,
+    versions_offered TEXT NOT NULL,
+    versions_negotiated TEXT NOT NULL,
+    ciphers_negotiated TEXT NOT NULL,
+    legacy_reasons TEXT NOT NULL,
+    ja3_hash TEXT NOT NULL,
+    software TEXT NOT NULL,
+    software_confidence TEXT NOT NULL,
+    fix TEXT NOT NULL,
+    last_sni TEXT,
+    user_agent TEXT,
+    PRIMARY KEY (source_ip, destination, ja4)
+);
+CREATE INDEX IF NOT EXISTS callers_last_seen ON callers (last_seen);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
+";
+
+const COLUMNS: &str = "source_ip, destination, ja4, source, source_name, first_seen, last_seen, \
+    last_legacy_seen, connections, legacy_connections, legacy, versions_offered, \
+    versions_negotiated, ciphers_negotiated, legacy_reasons, ja3_hash, software, \
+    software_confidence, fix, last_sni, user_agent";
+
+/// Parses a `since` value: RFC 3339 time, a date (its start, UTC), Unix seconds, or a
+/// duration meaning "that long ago" ("24h", "7d").
+pub fn parse_since(s: &str, now: i64) -> Option<i64> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<i64>() {
+        return Some(n);
+    }
+    let unix = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .and_then(|d| i64::try_from(d.as_secs()).ok())
+    };
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return unix(t);
+    }
+    if let Ok(t) = humantime::parse_rfc3339_weak(&format!("{s} 00:00:00")) {
+        return unix(t);
+    }
+    let ago = humantime::parse_duration(s).ok()?;
+    Some(now.saturating_sub(i64::try_from(ago.as_secs()).unwrap_or(i64::MAX)))
+}
+
+/// What to read.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Rows seen at or after this Unix time.
+    pub since: Option<i64>,
+    pub destination: Option<String>,
+    /// `Some(true)`: legacy rows only; `Some(false)`: non-legacy only.
+    pub legacy: Option<bool>,
+    pub limit: Option<usize>,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: String,
+}
+
+fn list(v: &[String]) -> String {
+    v.join(",")
+}
+
+fn unlist(s: String) -> Vec<String> {
+    s.split(',')
+        .filter(|x| !x.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn row_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<CallerRow> {
+    Ok(CallerRow {
+        source_ip: r.get(0)?,
+        destination: r.get(1)?,
+        ja4: r.get(2)?,
+        source: r.get(3)?,
+        source_name: r.get(4)?,
+        first_seen: r.get(5)?,
+        last_seen: r.get(6)?,
+        last_legacy_seen: r.get(7)?,
+        connections: r.get::<_, i64>(8)?.max(0) as u64,
+        legacy_connections: r.get::<_, i64>(9)?.max(0) as u64,
+        legacy: r.get::<_, i64>(10)? != 0,
+        versions_offered: unlist(r.get(11)?),
+        versions_negotiated: unlist(r.get(12)?),
+        ciphers_negotiated: unlist(r.get(13)?),
+        legacy_reasons: unlist(r.get(14)?),
+        ja3_hash: r.get(15)?,
+        software: r.get(16)?,
+        software_confidence: r.get(17)?,
+        fix: r.get(18)?,
+        last_sni: r.get(19)?,
+        user_agent: r.get(20)?,
+    })
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl Store {
+    fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Opens (creating if needed) the inventory for writing.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let shown = path.display().to_string();
+        let e = |source| StoreError::Sqlite {
+            path: shown.clone(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(e)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(e)?;
+        // WAL: readers never block the writer; NORMAL sync: a crash loses at most the last
+        // transactions, never corrupts.
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(e)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(e)?;
+        conn.execute_batch(SCHEMA).map_err(e)?;
+        Ok(Store { conn, path: shown })
+    }
+
+    /// Opens an existing inventory for reading only.
+    pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        let shown = path.display().to_string();
+        let e = |source| StoreError::Sqlite {
+            path: shown.clone(),
+            source,
+        };
+        let conn =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(e)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(e)?;
+        Ok(Store { conn, path: shown })
+    }
+
+    /// Merges `rows` into the stored rows, in one transaction.
+    pub fn apply<'a>(
+        &mut self,
+        rows: impl IntoIterator<Item = &'a CallerRow>,
+    ) -> Result<usize, StoreError> {
+        let path = self.path.clone();
+        let e = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(e)?;
+        let mut n = 0;
+        {
+            let mut get = tx
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM callers WHERE source_ip = ?1 AND destination = ?2 AND ja4 = ?3"
+                ))
+                .map_err(e)?;
+            let mut put = tx
+                .prepare_cached(&format!(
+                    "INSERT OR REPLACE INTO callers ({COLUMNS}) VALUES \
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
+                ))
+                .map_err(e)?;
+            for row in rows {
+                let (ip, dest, ja4) = row.key();
+                let stored = get
+                    .query_row(params![ip, dest, ja4], row_from)
+                    .optional()
+                    .map_err(e)?;
+                let merged = match stored {
+                    Some(mut s) => {
+                        s.merge(row);
+                        s
+                    }
+                    None => row.clone(),
+                };
+                put.execute(params![
+                    merged.source_ip,
+                    merged.destination,
+                    merged.ja4,
+                    merged.source,
+                    merged.source_name,
+                    merged.first_seen,
+                    merged.last_seen,
+                    merged.last_legacy_seen,
+                    to_i64(merged.connections),
+                    to_i64(merged.legacy_connections),
+                    i64::from(merged.legacy),
+                    list(&merged.versions_offered),
+                    list(&merged.versions_negotiated),
+                    list(&merged.ciphers_negotiated),
+                    list(&merged.legacy_reasons),
+                    merged.ja3_hash,
+                    merged.software,
+                    merged.software_confidence,
+                    merged.fix,
+                    merged.last_sni,
+                    merged.user_agent,
+                ])
+                .map_err(e)?;
+                n += 1;
+            }
+        }
+        tx.commit().map_err(e)?;
+        Ok(n)
+    }
+
+    /// Deletes rows last seen before `before` (Unix seconds); returns how many.
+    pub fn prune(&self, before: i64) -> Result<usize, StoreError> {
+        self.conn
+            .execute("DELETE FROM callers WHERE last_seen < ?1", params![before])
+            .map_err(|e| self.err(e))
+    }
+
+    /// Rows matching `f`, most recently seen first.
+    pub fn query(&self, f: &Filter) -> Result<Vec<CallerRow>, StoreError> {
+        let mut sql = format!("SELECT {COLUMNS} FROM callers WHERE last_seen >= ?1");
+        if f.destination.is_some() {
+            sql.push_str(" AND destination = ?2");
+        } else {
+            sql.push_str(" AND ?2 IS NULL");
+        }
+        match f.legacy {
+            Some(true) => sql.push_str(" AND legacy = 1"),
+            Some(false) => sql.push_str(" AND legacy = 0"),
+            None => {}
+        }
+        sql.push_str(" ORDER BY last_seen DESC, source_ip, destination, ja4 LIMIT ?3");
+        let limit = f
+            .limit
+            .map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(
+                params![f.since.unwrap_or(i64::MIN), f.destination, limit],
+                row_from,
+            )
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    /// Earliest first_seen in the file (when the inventory began), if any row exists.
+    pub fn earliest(&self) -> Result<Option<i64>, StoreError> {
+        self.conn
+            .query_row("SELECT MIN(first_seen) FROM callers", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Reads every row of each file and merges rows with the same key (one inventory per
+    /// instance, several instances per report).
+    pub fn merged(paths: &[&Path], f: &Filter) -> Result<Vec<CallerRow>, StoreError> {
+        let mut by_key: std::collections::BTreeMap<CallerKey, CallerRow> = Default::default();
+        let all = Filter {
+            limit: None,
+            ..f.clone()
+        };
+        for p in paths {
+            for row in Store::open_read_only(p)?.query(&all)? {
+                match by_key.get_mut(&row.key()) {
+                    Some(r) => r.merge(&row),
+                    None => {
+                        by_key.insert(row.key(), row);
+                    }
+                }
+            }
+        }
+        let mut rows: Vec<CallerRow> = by_key.into_values().collect();
+        rows.sort_by(|a, b| {
+            b.last_seen
+                .cmp(&a.last_seen)
+                .then_with(|| a.key().cmp(&b.key()))
+        });
+        if let Some(l) = f.limit {
+            rows.truncate(l);
+        }
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Observation;
+    use super::*;
+
+    fn row(ip: &str, at: i64, legacy: bool) -> CallerRow {
+        CallerRow::from_observation(&Observation {
+            at,
+            source_ip: ip.into(),
+            source: ip.into(),
+            destination: "login.microsoftonline.com".into(),
+            ja4: "t10d0906h2_c491f621fb4c_d4d584b446d3".into(),
+            offered_version: Some("TLS1.0".into()),
+            legacy,
+            legacy_reasons: if legacy {
+                vec!["max_version_below_tls12".into()]
+            } else {
+                vec![]
+            },
+            software: "curl (OpenSSL 3.0)".into(),
+            software_confidence: "exact".into(),
+            fix: "remove --tls-max".into(),
+            ..Observation::default()
+        })
+    }
+
+    #[test]
+    fn upsert_merge_query_prune_and_merge_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.sqlite");
+        let mut s = Store::open(&a).unwrap();
+        s.apply(&[row("10.0.0.1", 100, true), row("10.0.0.2", 150, false)])
+            .unwrap();
+        s.apply(&[row("10.0.0.1", 300, true)]).unwrap();
+        let all = s.query(&Filter::default()).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].source_ip, "10.0.0.1", "most recent first");
+        assert_eq!(
+            (all[0].first_seen, all[0].last_seen, all[0].connections),
+            (100, 300, 2)
+        );
+        let legacy = s
+            .query(&Filter {
+                legacy: Some(true),
+                ..Filter::default()
+            })
+            .unwrap();
+        assert_eq!(legacy.len(), 1);
+        let since = s
+            .query(&Filter {
+                since: Some(200),
+                ..Filter::default()
+            })
+            .unwrap();
+        assert_eq!(since.len(), 1);
+        let other = s
+            .query(&Filter {
+                destination: Some("x".into()),
+                ..Filter::default()
+            })
+            .unwrap();
+        assert!(other.is_empty());
+        assert_eq!(s.earliest().unwrap(), Some(100));
+
+        let b = dir.path().join("b.sqlite");
+        let mut t = Store::open(&b).unwrap();
+        t.apply(&[row("10.0.0.1", 50, true)]).unwrap();
+        let merged = Store::merged(&[&a, &b], &Filter::default()).unwrap();
+        assert_eq!(merged.len(), 2);
+        assert_eq!((merged[0].first_seen, merged[0].connections), (50, 3));
+
+        assert_eq!(s.prune(200).unwrap(), 1);
+        assert_eq!(s.query(&Filter::default()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn since_values() {
+        assert_eq!(parse_since("1700000000", 0), Some(1_700_000_000));
+        assert_eq!(parse_since("2023-11-14T22:13:20Z", 0), Some(1_700_000_000));
+        assert_eq!(parse_since("2023-11-14", 0), Some(1_699_920_000));
+        assert_eq!(parse_since("24h", 100_000), Some(100_000 - 86_400));
+        assert_eq!(parse_since("yesterday", 0), None);
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error_for_readers() {
+        let e = Store::open_read_only(Path::new("/nonexistent/x.sqlite"))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("/nonexistent/x.sqlite"));
+    }
+}

@@ -1,0 +1,219 @@
+//! The inventory writer: a thread that folds observations into pending rows and writes
+//! them in one transaction every `flush_interval` (so a crash loses at most that much).
+//! The queue and the pending set are bounded; when the disk is full or the file is
+//! unwritable the error is logged and counted (`tlspeek_inventory_errors_total`), pending
+//! rows are kept and retried, and the proxy keeps proxying.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::{CallerKey, CallerRow, Observation, Store};
+use crate::config::InventoryConfig;
+use crate::telemetry::Metrics;
+
+/// Observations queued for the writer at most.
+const QUEUE: usize = 16_384;
+/// Distinct rows held in memory while the database cannot be written.
+const MAX_PENDING: usize = 100_000;
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+
+enum Msg {
+    Observe(Box<Observation>),
+    Close,
+}
+
+/// Handle to the inventory writer.
+pub struct Inventory {
+    tx: SyncSender<Msg>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    metrics: Arc<Metrics>,
+    path: PathBuf,
+}
+
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Inventory {
+    /// Starts the writer, or returns `None` when the inventory is off (`path = ""`).
+    pub fn start(
+        cfg: &InventoryConfig,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Option<Inventory>> {
+        let Some(path) = cfg.path.clone() else {
+            return Ok(None);
+        };
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let mut w = Writer {
+            path: path.clone(),
+            store: None,
+            pending: HashMap::new(),
+            flush_interval: cfg.flush_interval,
+            retention: cfg.retention,
+            last_retention: None,
+            failing: false,
+            metrics: metrics.clone(),
+        };
+        w.open();
+        let thread = std::thread::Builder::new()
+            .name("tlspeek-inventory".into())
+            .spawn(move || w.run(rx))?;
+        Ok(Some(Inventory {
+            tx,
+            thread: Mutex::new(Some(thread)),
+            metrics,
+            path,
+        }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues an observation; never blocks (a full queue drops it and counts it).
+    pub fn record(&self, o: Observation) {
+        if self.tx.try_send(Msg::Observe(Box::new(o))).is_err() {
+            self.metrics.inventory_dropped.inc();
+        }
+    }
+
+    /// Writes what is pending and stops the writer (bounded by `timeout`).
+    pub fn close(&self, timeout: Duration) {
+        let end = Instant::now() + timeout;
+        while let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Close) {
+            if Instant::now() >= end {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = thread {
+            while !t.is_finished() && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                tracing::warn!(
+                    "inventory writer did not finish in time; the last updates may be lost"
+                );
+            }
+        }
+    }
+}
+
+struct Writer {
+    path: PathBuf,
+    store: Option<Store>,
+    pending: HashMap<CallerKey, CallerRow>,
+    flush_interval: Duration,
+    retention: Duration,
+    last_retention: Option<Instant>,
+    failing: bool,
+    metrics: Arc<Metrics>,
+}
+
+impl Writer {
+    fn open(&mut self) {
+        match Store::open(&self.path) {
+            Ok(s) => {
+                if self.failing {
+                    tracing::info!(path = %self.path.display(), "inventory database writable again");
+                }
+                self.failing = false;
+                self.store = Some(s);
+                self.apply_retention();
+            }
+            Err(e) => self.failed(&e),
+        }
+    }
+
+    fn failed(&mut self, e: &dyn std::fmt::Display) {
+        self.metrics.inventory_errors.inc();
+        if !self.failing {
+            tracing::error!(error = %e, pending_rows = self.pending.len(), "cannot write the inventory; proxying continues, rows are kept in memory and retried");
+        }
+        self.failing = true;
+    }
+
+    fn observe(&mut self, o: &Observation) {
+        let row = CallerRow::from_observation(o);
+        let full = self.pending.len() >= MAX_PENDING;
+        match self.pending.get_mut(&row.key()) {
+            Some(r) => r.merge(&row),
+            None if full => self.metrics.inventory_dropped.inc(),
+            None => {
+                self.pending.insert(row.key(), row);
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        if self.store.is_none() {
+            self.open();
+        }
+        let Some(store) = self.store.as_mut() else {
+            return;
+        };
+        match store.apply(self.pending.values()) {
+            Ok(_) => {
+                self.pending.clear();
+                if self.failing {
+                    tracing::info!(path = %self.path.display(), "inventory database writable again");
+                    self.failing = false;
+                }
+            }
+            Err(e) => {
+                // Reopen next time: the file may have been replaced or the disk remounted.
+                self.store = None;
+                self.failed(&e);
+            }
+        }
+    }
+
+    fn apply_retention(&mut self) {
+        let Some(store) = &self.store else { return };
+        let keep = i64::try_from(self.retention.as_secs()).unwrap_or(i64::MAX);
+        match store.prune(unix_now().saturating_sub(keep)) {
+            Ok(n) if n > 0 => tracing::info!(rows = n, "inventory rows past retention removed"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "inventory retention failed"),
+        }
+        self.last_retention = Some(Instant::now());
+    }
+
+    fn run(mut self, rx: Receiver<Msg>) {
+        let mut next_flush = Instant::now() + self.flush_interval;
+        loop {
+            let wait = next_flush.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(Msg::Observe(o)) => self.observe(&o),
+                Ok(Msg::Close) | Err(RecvTimeoutError::Disconnected) => {
+                    self.flush();
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if Instant::now() >= next_flush {
+                self.flush();
+                if self
+                    .last_retention
+                    .is_none_or(|t| t.elapsed() >= RETENTION_EVERY)
+                {
+                    self.apply_retention();
+                }
+                next_flush = Instant::now() + self.flush_interval;
+            }
+        }
+    }
+}
