@@ -18,3 +18,4 @@ pub mod names;
 pub mod policy;
 pub mod proxy;
 pub mod telemetry;
+pub mod upgrade;

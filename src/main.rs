@@ -39,6 +39,28 @@ enum Command {
     },
     /// Print the legacy callers of the inventory (several --db are merged).
     Report(ReportArgs),
+    /// The local CA of upgrade mode.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Write ca.crt and ca.key (mode 0600) into DIR; never overwrites.
+    Init {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Limit the CA to this domain and the names below it (repeat). Default: the Azure
+        /// AD / Entra domains of the default watched destinations.
+        #[arg(long, value_name = "DOMAIN")]
+        permit: Vec<String>,
+        /// No name constraints at all: the CA can sign for any name (not recommended).
+        #[arg(long, conflicts_with = "permit")]
+        unconstrained: bool,
+        /// Validity of the CA certificate in days.
+        #[arg(long, default_value_t = 1825)]
+        days: u32,
+    },
 }
 
 #[derive(clap::Args)]
@@ -92,6 +114,42 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
         Command::CheckConfig { file } => check_config(&file),
+        Command::Ca(CaCommand::Init {
+            out,
+            permit,
+            unconstrained,
+            days,
+        }) => {
+            let permit: Vec<String> = if unconstrained {
+                Vec::new()
+            } else if permit.is_empty() {
+                tlspeek::upgrade::ca::DEFAULT_PERMITTED
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            } else {
+                permit
+            };
+            match tlspeek::upgrade::ca::init(&out, &permit, days) {
+                Ok((crt, key)) => {
+                    println!("wrote {} and {} (0600)", crt.display(), key.display());
+                    if permit.is_empty() {
+                        println!("the CA has no name constraints: it can sign for any name");
+                    } else {
+                        println!("the CA may sign only for: {}", permit.join(", "));
+                    }
+                    println!(
+                        "install {} as a trusted root on the legacy callers (see README, \"Upgrade mode\")",
+                        crt.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tlspeek: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Report(args) => match report(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

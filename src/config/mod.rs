@@ -197,6 +197,23 @@ pub struct Rule {
     pub expires: Option<std::time::SystemTime>,
 }
 
+/// What to do with a legacy client an upgrade rule applies to but tlspeek cannot terminate
+/// (it offers nothing the local OpenSSL speaks, e.g. 3DES only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnUnsupported {
+    Block,
+    Pass,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpgradeConfig {
+    pub ca_cert: Option<PathBuf>,
+    pub ca_key: Option<PathBuf>,
+    pub upstream_extra_ca: Option<PathBuf>,
+    pub never_upgrade: HostPatterns,
+    pub on_unsupported: OnUnsupported,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InventoryConfig {
     pub path: Option<PathBuf>,
@@ -215,6 +232,7 @@ pub struct Config {
     pub dns: DnsConfig,
     pub rules: Vec<Rule>,
     pub enforcement_enabled: bool,
+    pub upgrade: UpgradeConfig,
     pub inventory: InventoryConfig,
     pub transparent_listen: Option<SocketAddr>,
     /// The written form, for `check-config` and logs.

@@ -12,8 +12,8 @@ use ipnet::IpNet;
 use super::raw::{RawConfig, RawRule};
 use super::{
     Action, AdminConfig, Config, ConfigError, ConfigErrors, DnsConfig, EventsTarget,
-    InventoryConfig, MetricsConfig, NetList, OnHelloTimeout, ProxyConfig, Rule, SourceNames,
-    SourceSelector,
+    InventoryConfig, MetricsConfig, NetList, OnHelloTimeout, OnUnsupported, ProxyConfig, Rule,
+    SourceNames, SourceSelector, UpgradeConfig,
 };
 use crate::names::{HostPattern, HostPatterns};
 
@@ -211,6 +211,24 @@ impl Checker {
     }
 }
 
+/// A private key file must exist and be readable by its owner only: a CA key that others
+/// can read lets them impersonate every name the CA may sign.
+fn check_private_key_file(c: &mut Checker, key: &str, path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Err(e) => c.err(key, format!("{}: {e}", path.display())),
+        Ok(m) if m.permissions().mode() & 0o077 != 0 => c.err(
+            key,
+            format!(
+                "{} is readable by group or others (mode {:04o}); run chmod 600 on it",
+                path.display(),
+                m.permissions().mode() & 0o7777
+            ),
+        ),
+        Ok(_) => {}
+    }
+}
+
 /// An IP network in CIDR form, or a single address (host route). Host bits are cleared.
 pub(crate) fn parse_net(s: &str) -> Option<IpNet> {
     if let Ok(n) = IpNet::from_str(s) {
@@ -330,7 +348,7 @@ pub(super) fn validate(raw: RawConfig, earlier: Vec<ConfigError>) -> Result<Conf
         cache_ttl: c.duration("dns.cache_ttl", &raw.dns.cache_ttl, false),
     };
 
-    let rules = raw
+    let rules: Vec<Rule> = raw
         .rules
         .iter()
         .enumerate()
@@ -348,24 +366,50 @@ pub(super) fn validate(raw: RawConfig, earlier: Vec<ConfigError>) -> Result<Conf
     };
 
     let u = &raw.upgrade;
-    for (i, s) in u.never_upgrade.iter().enumerate() {
-        if let Err(reason) = HostPattern::parse(s) {
-            c.err(format!("upgrade.never_upgrade[{i}]"), reason);
-        }
-    }
-    if !matches!(u.on_unsupported.as_str(), "block" | "pass") {
+    let upgrade = UpgradeConfig {
+        ca_cert: c.optional_path(&u.ca_cert),
+        ca_key: c.optional_path(&u.ca_key),
+        upstream_extra_ca: c.optional_path(&u.upstream_extra_ca),
+        never_upgrade: c.patterns("upgrade.never_upgrade", &u.never_upgrade),
+        on_unsupported: match u.on_unsupported.as_str() {
+            "block" => OnUnsupported::Block,
+            "pass" => OnUnsupported::Pass,
+            other => {
+                c.err(
+                    "upgrade.on_unsupported",
+                    format!("{other:?}: must be \"block\" or \"pass\""),
+                );
+                OnUnsupported::Block
+            }
+        },
+    };
+    if upgrade.ca_cert.is_some() != upgrade.ca_key.is_some() {
         c.err(
-            "upgrade.on_unsupported",
-            format!("{:?}: must be \"block\" or \"pass\"", u.on_unsupported),
+            "upgrade.ca_key",
+            "upgrade.ca_cert and upgrade.ca_key go together",
         );
     }
-    for (key, v) in [
-        ("upgrade.ca_cert", &u.ca_cert),
-        ("upgrade.ca_key", &u.ca_key),
-        ("upgrade.upstream_extra_ca", &u.upstream_extra_ca),
+    if let Some(key) = &upgrade.ca_key {
+        check_private_key_file(&mut c, "upgrade.ca_key", key);
+    }
+    for (key, path) in [
+        ("upgrade.ca_cert", &upgrade.ca_cert),
+        ("upgrade.upstream_extra_ca", &upgrade.upstream_extra_ca),
     ] {
-        if !v.is_empty() {
-            c.not_yet(key, "upgrade mode");
+        if let Some(p) = path {
+            if !p.is_file() {
+                c.err(key, format!("{} is not a readable file", p.display()));
+            }
+        }
+    }
+    if upgrade.ca_cert.is_none() {
+        for (i, r) in rules.iter().enumerate() {
+            if r.action == Action::Upgrade && !r.dry_run {
+                c.err(
+                    format!("rules[{i}].action"),
+                    "\"upgrade\" needs upgrade.ca_cert and upgrade.ca_key (make them with `tlspeek ca init`)",
+                );
+            }
         }
     }
 
@@ -399,6 +443,7 @@ pub(super) fn validate(raw: RawConfig, earlier: Vec<ConfigError>) -> Result<Conf
         dns,
         rules,
         enforcement_enabled: raw.enforcement.enabled,
+        upgrade,
         inventory,
         transparent_listen,
         raw,
@@ -443,9 +488,6 @@ fn rule(c: &mut Checker, i: usize, r: &RawRule, names: &HashSet<String>) -> Rule
             Action::Observe
         }
     };
-    if action != Action::Observe {
-        c.not_yet(&format!("{key}.action"), "enforcement (block/upgrade)");
-    }
     let expires = r.expires.as_deref().and_then(|s| match parse_expiry(s) {
         Some(t) => Some(t),
         None => {

@@ -3,9 +3,8 @@
 //! bytes already flow to the client) → classify → policy → splice.
 
 use std::net::{IpAddr, SocketAddr};
-use std::pin::pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -14,21 +13,14 @@ use tracing::{debug, info};
 use super::Shared;
 use super::admission::{self, ConnectError, LimitHit, Permit};
 use super::authority::{Authority, parse_authority};
-use super::handshake::{HandshakeWatch, HelloContext};
-use super::peek::{FirstFlight, peek_client_hello};
+use super::handshake::HandshakeWatch;
 use super::request::{self, ESTABLISHED, HeadError, RequestHead};
-use super::splice::{self, Flow, PumpError, Side, SpliceEnd, TunnelStats};
-use crate::config::{Config, OnHelloTimeout};
-use crate::hello::{self, ClientHelloSummary};
-use crate::inventory::Observation;
-use crate::inventory::software::{Facts, SoftwareDb};
-use crate::inventory::writer::unix_now as unix_secs;
+use super::splice::{self, TunnelStats};
+use super::tunnel::TunnelEnd;
+use crate::config::Config;
+use crate::hello::ClientHelloSummary;
 use crate::names::HostName;
-use crate::policy;
-use crate::telemetry::{
-    ActionTaken, ConnectionRecord, Kind, Mode, Outcome, SourceLabel, Who, destination_label,
-    source_label,
-};
+use crate::telemetry::{ConnectionRecord, Mode, Outcome, SourceLabel, source_label};
 
 /// Writing a refusal (or the 200) to a client gets at most this long.
 const RESPONSE_WRITE_LIMIT: Duration = Duration::from_secs(5);
@@ -197,7 +189,7 @@ async fn refuse(client: &TcpStream, r: &Refusal) {
     lingering_close(client).await;
 }
 
-async fn lingering_close(client: &TcpStream) {
+pub(super) async fn lingering_close(client: &TcpStream) {
     let _ = socket2::SockRef::from(client).shutdown(std::net::Shutdown::Write);
     let deadline = Instant::now() + Duration::from_secs(1);
     let mut sink = [0u8; 4096];
@@ -216,14 +208,14 @@ async fn lingering_close(client: &TcpStream) {
 }
 
 /// The connection being served.
-struct Conn<'a> {
-    shared: &'a Arc<Shared>,
-    cfg: &'a Config,
-    client: &'a TcpStream,
-    peer: SocketAddr,
-    src: &'a SourceLabel,
-    stats: &'a TunnelStats,
-    watch: &'a HandshakeWatch,
+pub(super) struct Conn<'a> {
+    pub(super) shared: &'a Arc<Shared>,
+    pub(super) cfg: &'a Config,
+    pub(super) client: &'a TcpStream,
+    pub(super) peer: SocketAddr,
+    pub(super) src: &'a SourceLabel,
+    pub(super) stats: &'a TunnelStats,
+    pub(super) watch: &'a HandshakeWatch,
 }
 
 fn head_refusal(e: &HeadError) -> Option<Refusal> {
@@ -263,13 +255,6 @@ fn connect_refusal(e: &ConnectError) -> Refusal {
             Refusal::new(502, "Bad Gateway", Outcome::ConnectFailed, e.to_string())
         }
     }
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 impl Conn<'_> {
@@ -318,7 +303,53 @@ impl Conn<'_> {
             return Outcome::ClientReset;
         }
         let _active = ActiveTunnel::open(&self.shared.metrics.active_tunnels);
-        self.tunnel(&upstream, &target, head.rest, rec).await
+        match self.tunnel(&upstream, &target, head.rest, rec).await {
+            TunnelEnd::Done(outcome) => outcome,
+            TunnelEnd::Upgrade { held, name, hello } => {
+                self.upgrade(&upstream, held, &name, &hello, rec).await
+            }
+        }
+    }
+
+    /// Re-originates the connection with TLS 1.2+ (the tunnel's pumps are stopped and the
+    /// client's hello is held, not forwarded).
+    async fn upgrade(
+        &self,
+        upstream: &TcpStream,
+        held: Vec<u8>,
+        name: &HostName,
+        hello: &ClientHelloSummary,
+        rec: &mut ConnectionRecord,
+    ) -> Outcome {
+        let Some(upgrader) = &self.shared.upgrader else {
+            return Outcome::InternalError;
+        };
+        let p = &self.cfg.proxy;
+        let r = upgrader
+            .run(
+                self.client,
+                upstream,
+                held,
+                hello,
+                name,
+                p.connect_timeout,
+                p.idle_timeout,
+                self.stats,
+                &self.shared.metrics,
+            )
+            .await;
+        rec.upstream_version = r.upstream_version;
+        rec.upstream_cipher = r.upstream_cipher.clone();
+        rec.user_agent = r.user_agent.clone();
+        rec.request = r.request.clone();
+        if let Some(e) = &r.error {
+            rec.note = Some(format!("upgrade failed: {e}"));
+        }
+        if let (Some(v), Some(c)) = (r.client_version, r.client_cipher) {
+            self.watch
+                .upgraded(v, c, r.user_agent.as_deref(), r.request.as_deref());
+        }
+        r.outcome.unwrap_or(Outcome::InternalError)
     }
 
     /// Method, target and port checks.
@@ -379,266 +410,6 @@ impl Conn<'_> {
         let _ = upstream.set_nodelay(true);
         let _ = self.client.set_nodelay(true);
         Ok(upstream)
-    }
-
-    /// The tunnel: upstream → client flows at once; client → upstream waits for the peek.
-    async fn tunnel(
-        &self,
-        upstream: &TcpStream,
-        target: &Authority,
-        early: Vec<u8>,
-        rec: &mut ConnectionRecord,
-    ) -> Outcome {
-        let m = &self.shared.metrics;
-        let stats = self.stats;
-        let watch = self.watch;
-        let mut server_hello_tap = |chunk: &[u8]| watch.observe(chunk);
-        let mut down = pin!(splice::pump(
-            upstream,
-            self.client,
-            Flow {
-                from: Side::Upstream,
-                count: &stats.bytes_down,
-                metric: &m.bytes_down,
-                activity: &stats.activity,
-            },
-            &mut server_hello_tap,
-        ));
-        let mut down_done = false;
-        let mut peek = pin!(peek_client_hello(
-            self.client,
-            early,
-            self.cfg.proxy.hello_timeout
-        ));
-        let peeked = loop {
-            tokio::select! {
-                p = &mut peek => break p,
-                r = &mut down, if !down_done => match r {
-                    Ok(()) => down_done = true,
-                    Err(e) => return self.failed(upstream, e),
-                },
-            }
-        };
-        let peeked = match peeked {
-            Ok(p) => p,
-            Err(error) => {
-                return self.failed(
-                    upstream,
-                    PumpError {
-                        culprit: Side::Client,
-                        error,
-                    },
-                );
-            }
-        };
-        let kind = self.first_flight(&peeked.flight, target, rec);
-        m.first_flight(Mode::Connect, kind);
-        if matches!(peeked.flight, FirstFlight::TimedOut { .. })
-            && self.cfg.proxy.on_hello_timeout == OnHelloTimeout::Close
-        {
-            debug!("no ClientHello within hello_timeout: closing (on_hello_timeout = close)");
-            return Outcome::Closed;
-        }
-
-        if let Err(error) = splice::write_all(upstream, &peeked.held).await {
-            return self.failed(
-                upstream,
-                PumpError {
-                    culprit: Side::Upstream,
-                    error,
-                },
-            );
-        }
-        let held = peeked.held.len() as u64;
-        stats.add_up(held);
-        m.bytes_up.inc_by(held);
-        stats.activity.touch();
-
-        let mut up_done = peeked.client_eof;
-        if up_done {
-            let _ = socket2::SockRef::from(upstream).shutdown(std::net::Shutdown::Write);
-        }
-        let mut no_tap_up = |_: &[u8]| false;
-        let mut up = pin!(splice::pump(
-            self.client,
-            upstream,
-            Flow {
-                from: Side::Client,
-                count: &stats.bytes_up,
-                metric: &m.bytes_up,
-                activity: &stats.activity,
-            },
-            &mut no_tap_up,
-        ));
-        let mut idle = pin!(splice::idle_watch(
-            &stats.activity,
-            self.cfg.proxy.idle_timeout
-        ));
-        let end = loop {
-            if up_done && down_done {
-                break SpliceEnd::Closed;
-            }
-            tokio::select! {
-                r = &mut up, if !up_done => match r {
-                    Ok(()) => up_done = true,
-                    Err(e) => break SpliceEnd::Failed(e),
-                },
-                r = &mut down, if !down_done => match r {
-                    Ok(()) => down_done = true,
-                    Err(e) => break SpliceEnd::Failed(e),
-                },
-                _ = &mut idle => break SpliceEnd::Idle,
-            }
-        };
-        match end {
-            SpliceEnd::Closed => Outcome::Closed,
-            SpliceEnd::Idle => {
-                debug!(idle_timeout = ?self.cfg.proxy.idle_timeout, "tunnel idle: closing");
-                Outcome::IdleTimeout
-            }
-            SpliceEnd::Failed(e) => self.failed(upstream, e),
-        }
-    }
-
-    /// One side failed: reset the other, so a cut-off stream never looks complete.
-    fn failed(&self, upstream: &TcpStream, e: PumpError) -> Outcome {
-        debug!(culprit = ?e.culprit, error = %e.error, "tunnel side failed: resetting the other");
-        match e.culprit {
-            Side::Client => {
-                splice::reset_on_close(upstream);
-                Outcome::ClientReset
-            }
-            Side::Upstream => {
-                splice::reset_on_close(self.client);
-                Outcome::UpstreamReset
-            }
-        }
-    }
-
-    /// Records what the first flight was, counts hellos, and applies the policy.
-    fn first_flight(
-        &self,
-        flight: &FirstFlight,
-        target: &Authority,
-        rec: &mut ConnectionRecord,
-    ) -> Kind {
-        let kind = match flight {
-            FirstFlight::Hello(h) => {
-                self.on_hello(h, target, rec);
-                return rec.kind.unwrap_or(Kind::Tls);
-            }
-            FirstFlight::NotTls => Kind::NotTls,
-            FirstFlight::TooLarge => Kind::TooLarge,
-            FirstFlight::Truncated | FirstFlight::TimedOut { partial: true } => Kind::Truncated,
-            FirstFlight::Nothing | FirstFlight::TimedOut { partial: false } => Kind::None,
-        };
-        self.watch.stop();
-        rec.kind = Some(kind);
-        match kind {
-            Kind::None => debug!(kind = kind.as_str(), "no ClientHello from the client"),
-            _ => info!(
-                kind = kind.as_str(),
-                "first flight is not a whole ClientHello; passing it through"
-            ),
-        }
-        kind
-    }
-
-    fn on_hello(&self, h: &ClientHelloSummary, target: &Authority, rec: &mut ConnectionRecord) {
-        let verdict = hello::classify_client_hello(h);
-        rec.set_client_hello(h, &verdict);
-        // The name is the SNI, else the CONNECT host, and only a valid host name.
-        let sni_name = h.sni.as_deref().and_then(HostName::parse);
-        let name = sni_name.as_ref().or(target.name());
-        let destination = destination_label(self.cfg, name);
-        let who = Who {
-            source: &self.src.value,
-            source_is_ip: self.src.is_ip,
-            destination: &destination,
-        };
-        let m = &self.shared.metrics;
-        let max_version = hello::version_name(h.max_version());
-        m.client_hello(&who, max_version, verdict.legacy);
-        if let Some(first) = verdict.reasons.first() {
-            m.legacy_connection(&who, first.as_str(), unix_now());
-            info!(
-                source = %self.src.value,
-                destination = %destination,
-                sni = ?rec.sni,
-                max_version,
-                reasons = ?rec.legacy_reasons,
-                ja4 = ?rec.ja4,
-                "legacy ClientHello"
-            );
-        }
-        let decision = policy::decide(
-            self.cfg,
-            name,
-            self.peer.ip(),
-            verdict.legacy,
-            SystemTime::now(),
-        );
-        rec.rule = decision.rule.map(|r| r.name.clone());
-        rec.action = Some(ActionTaken::Passed);
-        m.action(&who, "passed", verdict.legacy);
-
-        let observation = self
-            .shared
-            .inventory
-            .as_ref()
-            .map(|_| self.observation(h, name, target, max_version, verdict.legacy, rec));
-        self.watch.set_context(HelloContext {
-            shared: self.shared.clone(),
-            source: self.src.value.clone(),
-            source_is_ip: self.src.is_ip,
-            watched: destination != crate::telemetry::guard::OTHER,
-            destination,
-            hello: Box::new(h.clone()),
-            hello_verdict: verdict,
-            observation,
-            source_ip: self.peer.ip(),
-            timeout: self.cfg.proxy.hello_timeout,
-        });
-    }
-
-    /// The inventory observation of this connection, with the likely software.
-    fn observation(
-        &self,
-        h: &ClientHelloSummary,
-        name: Option<&HostName>,
-        target: &Authority,
-        max_version: &str,
-        legacy: bool,
-        rec: &ConnectionRecord,
-    ) -> Observation {
-        let ja4 = rec.ja4.clone().unwrap_or_default();
-        let ja3_hash = rec.ja3_hash.clone().unwrap_or_default();
-        let software = SoftwareDb::embedded().identify(&Facts {
-            hello: h,
-            ja4: &ja4,
-            ja3_hash: &ja3_hash,
-            user_agent: None,
-            request: None,
-        });
-        Observation {
-            at: unix_secs(),
-            source_ip: rec.source_ip.clone(),
-            source: self.src.value.clone(),
-            source_name: None,
-            destination: name.map_or_else(|| target.host.to_string(), |n| n.to_string()),
-            ja4,
-            ja3_hash,
-            sni: rec.sni.clone(),
-            offered_version: Some(max_version.to_string()),
-            negotiated_version: None,
-            negotiated_cipher: None,
-            legacy,
-            legacy_reasons: Vec::new(),
-            software: software.family,
-            software_confidence: software.confidence.as_str().to_string(),
-            fix: software.fix,
-            user_agent: None,
-        }
     }
 }
 

@@ -123,6 +123,48 @@ impl HandshakeWatch {
         }
     }
 
+    /// Upgrade mode: what the client negotiated with tlspeek stands for the ServerHello, and
+    /// its first HTTP request may name its software better than its hello.
+    pub fn upgraded(
+        &self,
+        version: u16,
+        cipher: u16,
+        user_agent: Option<&str>,
+        request: Option<&str>,
+    ) {
+        let Ok(mut s) = self.state.lock() else { return };
+        s.done = true;
+        s.server = Some(ServerOutcome::Hello(Box::new(ServerHelloSummary {
+            record_version: version.min(0x0303),
+            legacy_version: version.min(0x0303),
+            negotiated_version: version,
+            cipher_suite: cipher,
+            extensions: Vec::new(),
+            hello_retry_request: false,
+            hello_len: 0,
+        })));
+        if let Some(ctx) = s.ctx.as_mut() {
+            if let Some(o) = ctx.observation.as_mut() {
+                o.user_agent = user_agent.map(str::to_string);
+                if user_agent.is_some() || request.is_some() {
+                    let m = crate::inventory::software::SoftwareDb::embedded().identify(
+                        &crate::inventory::software::Facts {
+                            hello: &ctx.hello,
+                            ja4: &o.ja4,
+                            ja3_hash: &o.ja3_hash,
+                            user_agent,
+                            request,
+                        },
+                    );
+                    o.software = m.family;
+                    o.software_confidence = m.confidence.as_str().to_string();
+                    o.fix = m.fix;
+                }
+            }
+        }
+        s.report();
+    }
+
     /// Copies what the server said into the record (at close), and writes the inventory
     /// observation if it has not been written yet.
     pub fn finish(&self, rec: &mut ConnectionRecord) {

@@ -8,6 +8,7 @@ pub mod listener;
 pub mod peek;
 pub mod request;
 pub mod splice;
+pub mod tunnel;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use crate::config::Config;
 use crate::dns::ReverseDns;
 use crate::inventory::Inventory;
 use crate::telemetry::{EventLog, Metrics};
+use crate::upgrade::Upgrader;
 
 use admission::Limits;
 
@@ -38,6 +40,8 @@ pub struct Shared {
     pub inventory: Option<Inventory>,
     /// Reverse DNS of sources (None unless `[dns] reverse_lookup`).
     pub dns: Option<Arc<ReverseDns>>,
+    /// Upgrade mode's CA and TLS sides (None without `[upgrade] ca_cert`).
+    pub upgrader: Option<Arc<Upgrader>>,
     pub limits: Arc<Limits>,
     next_id: AtomicU64,
     /// Every connection task, so shutdown can wait for them.
@@ -66,6 +70,8 @@ pub enum RunError {
     Metrics(#[from] prometheus::Error),
     #[error("cannot start a writer thread: {0}")]
     Events(std::io::Error),
+    #[error("{0}")]
+    Upgrade(#[from] crate::upgrade::SetupError),
 }
 
 /// Signals the running proxy reacts to.
@@ -81,6 +87,8 @@ pub async fn run(
     cfg: Config,
     mut control: tokio::sync::mpsc::Receiver<Control>,
 ) -> Result<(), RunError> {
+    // Refuse to start on an upgrade CA that cannot be used (before binding anything).
+    let upgrader = Upgrader::from_config(&cfg.upgrade)?;
     let proxy_addr = cfg.proxy.listen;
     let admin_addr = cfg.admin.listen;
     let proxy_listener = TcpListener::bind(proxy_addr)
@@ -110,6 +118,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         inventory,
         dns,
+        upgrader,
         limits: Limits::new(
             cfg.proxy.max_connections,
             cfg.proxy.max_connections_per_source,

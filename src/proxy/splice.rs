@@ -74,6 +74,10 @@ impl TunnelStats {
         self.bytes_up.fetch_add(n, Ordering::Relaxed);
     }
 
+    pub fn add_down(&self, n: u64) {
+        self.bytes_down.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub fn up(&self) -> u64 {
         self.bytes_up.load(Ordering::Relaxed)
     }

@@ -174,6 +174,8 @@ pub struct ConnectionRecord {
     pub user_agent: Option<String>,
     pub request: Option<String>,
     pub outcome: Outcome,
+    /// Why an action could not be carried out as decided (e.g. "cannot upgrade: …").
+    pub note: Option<String>,
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub duration_ms: u64,
@@ -225,6 +227,7 @@ impl ConnectionRecord {
             user_agent: None,
             request: None,
             outcome: Outcome::Closed,
+            note: None,
             bytes_up: 0,
             bytes_down: 0,
             duration_ms: 0,

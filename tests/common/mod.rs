@@ -525,3 +525,150 @@ pub fn status_of(response: &str) -> u16 {
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// A test CA and a leaf for `cn` signed by it (openssl CLI). Returns (ca.crt, leaf.crt, leaf.key).
+pub fn ca_and_leaf(dir: &Path, cn: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let ok = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "openssl {args:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-keyout",
+        "upca.key",
+        "-out",
+        "upca.crt",
+        "-subj",
+        "/CN=Test Upstream CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        &format!("/CN={cn}"),
+    ]);
+    std::fs::write(
+        dir.join("leaf.ext"),
+        format!("subjectAltName=DNS:{cn},DNS:*.{cn}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "upca.crt",
+        "-CAkey",
+        "upca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+    ]);
+    (
+        dir.join("upca.crt"),
+        dir.join("leaf.crt"),
+        dir.join("leaf.key"),
+    )
+}
+
+/// `openssl s_server -www` with the given certificate.
+pub fn openssl_server_with(crt: &Path, key: &Path, extra: &[&str]) -> (Proc, u16) {
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    let (crt, key) = (crt.to_path_buf(), key.to_path_buf());
+    spawn_server(move |port| {
+        let mut cmd = Command::new("openssl");
+        cmd.args(["s_server", "-accept", &format!("127.0.0.1:{port}")])
+            .arg("-cert")
+            .arg(&crt)
+            .arg("-key")
+            .arg(&key)
+            .args(["-www", "-quiet", "-cipher", "ALL:@SECLEVEL=0"])
+            .args(&extra);
+        cmd
+    })
+}
+
+/// gnutls-cli through socat's CONNECT address to `upstream_port` via the proxy; returns
+/// its combined output.
+pub fn gnutls_via_proxy(proxy_port: u16, upstream_port: u16, priority: &str, sni: &str) -> String {
+    let fwd = free_port();
+    let _socat = Proc(
+        Command::new("socat")
+            .arg(format!("TCP-LISTEN:{fwd},bind=127.0.0.1,reuseaddr"))
+            .arg(format!(
+                "PROXY:127.0.0.1:127.0.0.1:{upstream_port},proxyport={proxy_port}"
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let end = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .contains(&format!(":{fwd:04X} 00000000:0000 0A"))
+    {
+        assert!(Instant::now() < end, "socat did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut child = Command::new("gnutls-cli")
+        .args([
+            "--insecure",
+            "--port",
+            &fwd.to_string(),
+            "--sni-hostname",
+            sni,
+            "--priority",
+            priority,
+            "127.0.0.1",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET / HTTP/1.0\r\n\r\n");
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

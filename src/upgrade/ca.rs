@@ -1,0 +1,458 @@
+//! The local CA of upgrade mode: `tlspeek ca init`, loading (refusing a key others can
+//! read), and minting leaf certificates.
+//!
+//! Legacy clients often offer only `TLS_RSA_*` suites, so everything is RSA: an RSA-2048 CA
+//! and one RSA-2048 leaf key made at start-up, leaf certificates signed with SHA-256 per
+//! name and cached (bounded LRU) so a burst to one host signs once. By default the CA
+//! carries X.509 name constraints limiting it to the watched identity domains, so a stolen
+//! key cannot impersonate the rest of the internet; a leaf for a name outside the CA's
+//! constraints is never minted.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::num::NonZeroUsize;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openssl::asn1::Asn1Time;
+use openssl::bn::{BigNum, MsbOption};
+use openssl::hash::MessageDigest;
+use openssl::nid::Nid;
+use openssl::pkey::{PKey, Private};
+use openssl::rsa::Rsa;
+use openssl::x509::extension::{
+    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
+    SubjectKeyIdentifier,
+};
+use openssl::x509::{X509, X509Builder, X509NameBuilder};
+use tokio::sync::OnceCell;
+
+/// The identity domains a new CA may sign for, unless `ca init --permit` says otherwise:
+/// the registrable domains of the default watched destinations.
+pub const DEFAULT_PERMITTED: &[&str] = &[
+    "microsoftonline.com",
+    "microsoft.com",
+    "windows.net",
+    "microsoftazuread-sso.com",
+    "microsoftonline.us",
+    "microsoft.us",
+    "chinacloudapi.cn",
+];
+
+/// A leaf is valid from a day before minting (clock skew of old hosts) for this long.
+const LEAF_VALIDITY_DAYS: u32 = 30;
+/// A cached leaf is minted again after this long (well within its validity).
+const LEAF_REFRESH: Duration = Duration::from_secs(7 * 24 * 3600);
+const LEAF_CACHE: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("{0} exists already; tlspeek ca init never overwrites a CA (move it away first)")]
+    Exists(PathBuf),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is readable by group or others (mode {mode:04o}); run chmod 600 on it")]
+    KeyReadable { path: PathBuf, mode: u32 },
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("{0:?} is not a host name a CA can be limited to")]
+    BadPermit(String),
+    #[error("openssl: {0}")]
+    OpenSsl(#[from] openssl::error::ErrorStack),
+}
+
+fn name_builder(cn: &str) -> Result<openssl::x509::X509Name, openssl::error::ErrorStack> {
+    let mut n = X509NameBuilder::new()?;
+    n.append_entry_by_nid(Nid::COMMONNAME, cn)?;
+    Ok(n.build())
+}
+
+fn serial(b: &mut X509Builder) -> Result<(), openssl::error::ErrorStack> {
+    let mut bn = BigNum::new()?;
+    bn.rand(127, MsbOption::MAYBE_ZERO, false)?;
+    let s = bn.to_asn1_integer()?;
+    b.set_serial_number(&s)
+}
+
+/// Writes `ca.crt` and `ca.key` (mode 0600) into `out`; refuses to overwrite either.
+pub fn init(out: &Path, permit: &[String], days: u32) -> Result<(PathBuf, PathBuf), CaError> {
+    let crt_path = out.join("ca.crt");
+    let key_path = out.join("ca.key");
+    for p in [&crt_path, &key_path] {
+        if p.exists() {
+            return Err(CaError::Exists(p.clone()));
+        }
+    }
+    for d in permit {
+        if crate::names::HostName::parse(d).is_none() {
+            return Err(CaError::BadPermit(d.clone()));
+        }
+    }
+    std::fs::create_dir_all(out).map_err(|source| CaError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let key = PKey::from_rsa(Rsa::generate(2048)?)?;
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let cn = format!("tlspeek upgrade CA ({})", host.trim());
+    let mut b = X509Builder::new()?;
+    b.set_version(2)?;
+    serial(&mut b)?;
+    let name = name_builder(&cn)?;
+    b.set_subject_name(&name)?;
+    b.set_issuer_name(&name)?;
+    b.set_pubkey(&key)?;
+    b.set_not_before(Asn1Time::days_from_now(0)?.as_ref())?;
+    b.set_not_after(Asn1Time::days_from_now(days)?.as_ref())?;
+    b.append_extension(BasicConstraints::new().critical().ca().pathlen(0).build()?)?;
+    b.append_extension(
+        KeyUsage::new()
+            .critical()
+            .key_cert_sign()
+            .crl_sign()
+            .build()?,
+    )?;
+    let ski = SubjectKeyIdentifier::new().build(&b.x509v3_context(None, None))?;
+    b.append_extension(ski)?;
+    if !permit.is_empty() {
+        let value = format!(
+            "critical,{}",
+            permit
+                .iter()
+                .map(|d| format!("permitted;DNS:{}", d.to_ascii_lowercase()))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        // openssl has no builder for nameConstraints; the config-string form is stable.
+        #[allow(deprecated)]
+        let ext = openssl::x509::X509Extension::new_nid(None, None, Nid::NAME_CONSTRAINTS, &value)?;
+        b.append_extension(ext)?;
+    }
+    b.sign(&key, MessageDigest::sha256())?;
+    let cert = b.build();
+
+    let write = |path: &Path, mode: u32, bytes: &[u8]| -> Result<(), CaError> {
+        let io = |source| CaError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+            .map_err(io)?;
+        f.write_all(bytes).map_err(io)?;
+        // create_new + mode is subject to the umask; set the mode exactly.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io)
+    };
+    write(&key_path, 0o600, &key.private_key_to_pem_pkcs8()?)?;
+    write(&crt_path, 0o644, &cert.to_pem()?)?;
+    Ok((crt_path, key_path))
+}
+
+/// A loaded CA, ready to mint leaves.
+pub struct Ca {
+    cert: X509,
+    key: PKey<Private>,
+    /// DNS subtrees the CA may sign for (`None`: no name constraints).
+    permitted: Option<Vec<String>>,
+    excluded: Vec<String>,
+    leaf_key: PKey<Private>,
+    leaves: Mutex<lru::LruCache<String, Arc<OnceCell<Leaf>>>>,
+}
+
+#[derive(Clone)]
+pub struct Leaf {
+    pub cert: X509,
+    minted: Instant,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, CaError> {
+    std::fs::read(path).map_err(|source| CaError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Whether `name` is inside the DNS subtree `base` (RFC 5280: the domain and every name
+/// below it).
+fn within(name: &str, base: &str) -> bool {
+    let base = base.trim_start_matches('.').to_ascii_lowercase();
+    name == base
+        || name
+            .strip_suffix(base.as_str())
+            .is_some_and(|p| p.ends_with('.'))
+}
+
+impl Ca {
+    /// Loads the CA certificate and key; the key must be readable by its owner only, and
+    /// the certificate must be a CA whose key matches.
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Ca, CaError> {
+        let meta = std::fs::metadata(key_path).map_err(|source| CaError::Io {
+            path: key_path.to_path_buf(),
+            source,
+        })?;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(CaError::KeyReadable {
+                path: key_path.to_path_buf(),
+                mode,
+            });
+        }
+        let invalid = |path: &Path, reason: String| CaError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let pem = read(cert_path)?;
+        let cert = X509::from_pem(&pem)
+            .map_err(|e| invalid(cert_path, format!("not a PEM certificate: {e}")))?;
+        let key = PKey::private_key_from_pem(&read(key_path)?)
+            .map_err(|e| invalid(key_path, format!("not a PEM private key: {e}")))?;
+        if !cert.public_key()?.public_eq(&key) {
+            return Err(invalid(
+                key_path,
+                "does not belong to upgrade.ca_cert".into(),
+            ));
+        }
+        let der = cert.to_der()?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| invalid(cert_path, format!("cannot parse: {e}")))?;
+        let is_ca = parsed
+            .basic_constraints()
+            .ok()
+            .flatten()
+            .is_some_and(|bc| bc.value.ca);
+        if !is_ca {
+            return Err(invalid(
+                cert_path,
+                "is not a CA certificate (basicConstraints CA:TRUE)".into(),
+            ));
+        }
+        let (mut permitted, mut excluded) = (None, Vec::new());
+        if let Ok(Some(nc)) = parsed.name_constraints() {
+            let dns = |subtrees: &Option<Vec<x509_parser::extensions::GeneralSubtree<'_>>>| {
+                subtrees
+                    .iter()
+                    .flatten()
+                    .filter_map(|s| match s.base {
+                        x509_parser::extensions::GeneralName::DNSName(d) => {
+                            Some(d.to_ascii_lowercase())
+                        }
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+            };
+            if nc.value.permitted_subtrees.is_some() {
+                permitted = Some(dns(&nc.value.permitted_subtrees));
+            }
+            excluded = dns(&nc.value.excluded_subtrees);
+        }
+        let leaf_key = PKey::from_rsa(Rsa::generate(2048)?)?;
+        Ok(Ca {
+            cert,
+            key,
+            permitted,
+            excluded,
+            leaf_key,
+            leaves: Mutex::new(lru::LruCache::new(
+                NonZeroUsize::new(LEAF_CACHE).unwrap_or(NonZeroUsize::MIN),
+            )),
+        })
+    }
+
+    /// May this CA sign for `name` (its name constraints)?
+    pub fn permits(&self, name: &str) -> bool {
+        let name = name.to_ascii_lowercase();
+        if self.excluded.iter().any(|e| within(&name, e)) {
+            return false;
+        }
+        self.permitted
+            .as_ref()
+            .is_none_or(|p| p.iter().any(|d| within(&name, d)))
+    }
+
+    pub fn leaf_key(&self) -> &PKey<Private> {
+        &self.leaf_key
+    }
+
+    pub fn cert(&self) -> &X509 {
+        &self.cert
+    }
+
+    /// Signs a leaf for `name` (SHA-256, SAN = name, serverAuth).
+    pub fn mint(&self, name: &str) -> Result<X509, CaError> {
+        let mut b = X509Builder::new()?;
+        b.set_version(2)?;
+        serial(&mut b)?;
+        let subject = name_builder(name)?;
+        b.set_subject_name(&subject)?;
+        b.set_issuer_name(self.cert.subject_name())?;
+        b.set_pubkey(&self.leaf_key)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        b.set_not_before(Asn1Time::from_unix(now - 86_400)?.as_ref())?;
+        b.set_not_after(Asn1Time::days_from_now(LEAF_VALIDITY_DAYS)?.as_ref())?;
+        b.append_extension(BasicConstraints::new().build()?)?;
+        b.append_extension(
+            KeyUsage::new()
+                .critical()
+                .digital_signature()
+                .key_encipherment()
+                .build()?,
+        )?;
+        b.append_extension(ExtendedKeyUsage::new().server_auth().build()?)?;
+        let san = SubjectAlternativeName::new()
+            .dns(name)
+            .build(&b.x509v3_context(Some(&self.cert), None))?;
+        b.append_extension(san)?;
+        let aki = AuthorityKeyIdentifier::new()
+            .keyid(false)
+            .build(&b.x509v3_context(Some(&self.cert), None))?;
+        b.append_extension(aki)?;
+        b.sign(&self.key, MessageDigest::sha256())?;
+        Ok(b.build())
+    }
+
+    /// The cached leaf for `name`, minted (once, off the async threads) when missing or old.
+    pub async fn leaf(self: &Arc<Self>, name: &str) -> Result<Leaf, String> {
+        let cell = {
+            let mut cache = self
+                .leaves
+                .lock()
+                .map_err(|_| "leaf cache poisoned".to_string())?;
+            let fresh = cache
+                .get(name)
+                .filter(|c| c.get().is_none_or(|l| l.minted.elapsed() < LEAF_REFRESH))
+                .cloned();
+            match fresh {
+                Some(c) => c,
+                None => {
+                    let c = Arc::new(OnceCell::new());
+                    cache.put(name.to_string(), c.clone());
+                    c
+                }
+            }
+        };
+        let this = self.clone();
+        let owned = name.to_string();
+        cell.get_or_try_init(|| async move {
+            tokio::task::spawn_blocking(move || this.mint(&owned))
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|cert| Leaf {
+                    cert,
+                    minted: Instant::now(),
+                })
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn permits(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn init_writes_a_constrained_ca_and_refuses_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let (crt, key) = init(dir.path(), &permits(DEFAULT_PERMITTED), 365).unwrap();
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(matches!(
+            init(dir.path(), &[], 365),
+            Err(CaError::Exists(_))
+        ));
+        let ca = Ca::load(&crt, &key).unwrap();
+        assert!(ca.permits("login.microsoftonline.com"));
+        assert!(ca.permits("microsoft.com"));
+        assert!(!ca.permits("example.com"));
+        assert!(!ca.permits("evilmicrosoft.com"));
+        let leaf = ca.mint("login.microsoftonline.com").unwrap();
+        assert!(leaf.verify(&ca.cert().public_key().unwrap()).unwrap());
+        let text = String::from_utf8(leaf.to_text().unwrap()).unwrap();
+        assert!(text.contains("DNS:login.microsoftonline.com"), "{text}");
+        assert!(text.contains("sha256WithRSAEncryption"));
+    }
+
+    #[test]
+    fn a_key_others_can_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (crt, key) = init(dir.path(), &[], 30).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Ca::load(&crt, &key).err().unwrap();
+        assert!(
+            e.to_string()
+                .contains("readable by group or others (mode 0644)"),
+            "{e}"
+        );
+        let unconstrained = {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+            Ca::load(&crt, &key).unwrap()
+        };
+        assert!(
+            unconstrained.permits("example.com"),
+            "no constraints: any name"
+        );
+    }
+
+    #[test]
+    fn bad_permits_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            init(dir.path(), &permits(&["not a domain"]), 30),
+            Err(CaError::BadPermit(_))
+        ));
+    }
+
+    #[test]
+    fn subtree_matching() {
+        assert!(within("a.windows.net", "windows.net"));
+        assert!(within("windows.net", ".windows.net"));
+        assert!(!within("xwindows.net", "windows.net"));
+    }
+
+    #[tokio::test]
+    async fn a_burst_to_one_name_signs_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (crt, key) = init(dir.path(), &[], 30).unwrap();
+        let ca = Arc::new(Ca::load(&crt, &key).unwrap());
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let ca = ca.clone();
+            tasks.push(tokio::spawn(async move {
+                ca.leaf("login.microsoftonline.com").await.unwrap().cert
+            }));
+        }
+        let mut serials = Vec::new();
+        for t in tasks {
+            serials.push(
+                t.await
+                    .unwrap()
+                    .serial_number()
+                    .to_bn()
+                    .unwrap()
+                    .to_hex_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        serials.dedup();
+        assert_eq!(serials.len(), 1, "one signature for the burst");
+    }
+}

@@ -1,0 +1,414 @@
+//! Upgrade mode: keep a legacy caller working by re-originating its connection with TLS
+//! 1.2+. Order matters: **first** the upstream TLS (rustls, verified for the name, the
+//! client's ALPN offered), **then** a leaf for that name and the client's TLS terminated
+//! (OpenSSL), answering the ALPN the upstream chose; then plaintext is spliced between the
+//! two sessions. Anything that fails before the client's handshake is answered with a TLS
+//! alert and a log line saying why.
+
+pub mod ca;
+pub mod client_side;
+pub mod io;
+pub mod upstream;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_openssl::SslStream;
+
+use crate::config::UpgradeConfig;
+use crate::hello::ClientHelloSummary;
+use crate::names::HostName;
+use crate::policy;
+use crate::proxy::splice::TunnelStats;
+use crate::telemetry::{Metrics, Outcome};
+
+use ca::{Ca, CaError};
+use client_side::Acceptor;
+use io::{PrefixedStream, SharedStream};
+use upstream::{Upstream, UpstreamSetupError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("upgrade CA: {0}")]
+    Ca(#[from] CaError),
+    #[error("{0}")]
+    Upstream(#[from] UpstreamSetupError),
+    #[error("OpenSSL for the legacy-facing side: {0}")]
+    OpenSsl(#[from] openssl::error::ErrorStack),
+}
+
+pub struct Upgrader {
+    ca: Arc<Ca>,
+    acceptor: Acceptor,
+    upstream: Upstream,
+}
+
+/// What happened, for the event line and the inventory.
+#[derive(Debug, Default)]
+pub struct UpgradeReport {
+    pub outcome: Option<Outcome>,
+    /// What the client negotiated with tlspeek (version, suite).
+    pub client_version: Option<u16>,
+    pub client_cipher: Option<u16>,
+    pub upstream_version: Option<&'static str>,
+    pub upstream_cipher: Option<String>,
+    /// First HTTP/1.x request of the client: User-Agent and "METHOD /path" (no query).
+    pub user_agent: Option<String>,
+    pub request: Option<String>,
+    /// Why the upgrade failed, if it did.
+    pub error: Option<String>,
+}
+
+/// The longest User-Agent / request line kept.
+const FIELD_CAP: usize = 256;
+/// Client plaintext examined for the first request head at most.
+const SNIFF_MAX: usize = 8 * 1024;
+
+impl Upgrader {
+    /// Loads the CA and builds both TLS sides; `None` when no CA is configured.
+    pub fn from_config(cfg: &UpgradeConfig) -> Result<Option<Arc<Upgrader>>, SetupError> {
+        let (Some(cert), Some(key)) = (&cfg.ca_cert, &cfg.ca_key) else {
+            return Ok(None);
+        };
+        Ok(Some(Arc::new(Upgrader {
+            ca: Arc::new(Ca::load(cert, key)?),
+            acceptor: Acceptor::new()?,
+            upstream: Upstream::new(cfg.upstream_extra_ca.as_deref())?,
+        })))
+    }
+
+    /// Why this connection cannot be upgraded here, if it cannot.
+    pub fn cannot(&self, hello: &ClientHelloSummary, name: &HostName) -> Option<String> {
+        if !self.ca.permits(name.as_str()) {
+            return Some(format!(
+                "{name} is outside the upgrade CA's name constraints"
+            ));
+        }
+        self.acceptor.unsupported(hello)
+    }
+
+    /// Runs the upgrade on an open tunnel whose client has sent `held` (its ClientHello,
+    /// not yet forwarded).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn run(
+        &self,
+        client: &TcpStream,
+        upstream: &TcpStream,
+        held: Vec<u8>,
+        hello: &ClientHelloSummary,
+        name: &HostName,
+        handshake_timeout: Duration,
+        idle: Duration,
+        stats: &TunnelStats,
+        metrics: &Metrics,
+    ) -> UpgradeReport {
+        let mut report = UpgradeReport::default();
+        let refuse = |report: &mut UpgradeReport, why: String, alert: u8| {
+            tracing::warn!(name = %name, reason = %why, "upgrade failed; the client gets a TLS alert");
+            let bytes = policy::alert_record(hello, alert);
+            let _ = client.try_write(&bytes);
+            report.error = Some(why);
+            report.outcome = Some(Outcome::UpgradeFailed);
+        };
+
+        // 1. Upstream first: verified TLS 1.2+ for the name, the client's ALPN offered.
+        let Some(server_name) = Upstream::server_name(name.as_str()) else {
+            refuse(
+                &mut report,
+                format!("{name} is not a usable server name"),
+                policy::ALERT_HANDSHAKE_FAILURE,
+            );
+            return report;
+        };
+        let (config, probe) = self.upstream.config(&hello.alpn);
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let tls = tokio::time::timeout(
+            handshake_timeout,
+            connector.connect(server_name, SharedStream(upstream)),
+        )
+        .await;
+        let mut up_tls = match tls {
+            Err(_) => {
+                refuse(
+                    &mut report,
+                    "upstream TLS handshake timed out".into(),
+                    policy::ALERT_HANDSHAKE_FAILURE,
+                );
+                return report;
+            }
+            Ok(Err(e)) => {
+                let why = if probe.asked() {
+                    "the upstream asks for a client certificate, which cannot be relayed"
+                        .to_string()
+                } else {
+                    format!("upstream TLS failed: {e}")
+                };
+                refuse(&mut report, why, policy::ALERT_HANDSHAKE_FAILURE);
+                return report;
+            }
+            Ok(Ok(t)) => t,
+        };
+        if probe.asked() {
+            refuse(
+                &mut report,
+                "the upstream asks for a client certificate, which cannot be relayed".into(),
+                policy::ALERT_HANDSHAKE_FAILURE,
+            );
+            return report;
+        }
+        let (_, conn) = up_tls.get_ref();
+        report.upstream_version = conn
+            .protocol_version()
+            .map(|v| crate::hello::version_name(u16::from(v)));
+        report.upstream_cipher = conn
+            .negotiated_cipher_suite()
+            .map(|s| format!("0x{:04x}", u16::from(s.suite())));
+        let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+
+        // 2. Then the client: a leaf for the name, OpenSSL with the upstream's ALPN choice.
+        let leaf = match self.ca.leaf(name.as_str()).await {
+            Ok(l) => l,
+            Err(e) => {
+                refuse(
+                    &mut report,
+                    format!("cannot mint a certificate: {e}"),
+                    policy::ALERT_INTERNAL_ERROR,
+                );
+                return report;
+            }
+        };
+        let ssl = match self
+            .acceptor
+            .ssl(&leaf.cert, self.ca.leaf_key(), self.ca.cert(), alpn)
+        {
+            Ok(s) => s,
+            Err(e) => {
+                refuse(
+                    &mut report,
+                    format!("OpenSSL: {e}"),
+                    policy::ALERT_INTERNAL_ERROR,
+                );
+                return report;
+            }
+        };
+        let mut client_tls = match SslStream::new(ssl, PrefixedStream::new(held, client)) {
+            Ok(s) => s,
+            Err(e) => {
+                refuse(
+                    &mut report,
+                    format!("OpenSSL: {e}"),
+                    policy::ALERT_INTERNAL_ERROR,
+                );
+                return report;
+            }
+        };
+        match tokio::time::timeout(handshake_timeout, Pin::new(&mut client_tls).accept()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                // OpenSSL has already sent its own alert.
+                tracing::warn!(name = %name, error = %e, "upgrade failed: the client's TLS handshake with tlspeek failed");
+                report.error = Some(format!("client TLS handshake failed: {e}"));
+                report.outcome = Some(Outcome::UpgradeFailed);
+                return report;
+            }
+            Err(_) => {
+                report.error = Some("client TLS handshake timed out".into());
+                report.outcome = Some(Outcome::UpgradeFailed);
+                return report;
+            }
+        }
+        report.client_version = client_tls.ssl().version2().map(ssl_version_code);
+        report.client_cipher = client_tls
+            .ssl()
+            .current_cipher()
+            .map(|c| u16::from_be_bytes(c.protocol_id()));
+        tracing::info!(
+            name = %name,
+            client_version = ?report.client_version.map(crate::hello::version_name),
+            upstream_version = ?report.upstream_version,
+            "upgraded"
+        );
+
+        // 3. Plaintext both ways.
+        report.outcome = Some(
+            splice_plaintext(
+                &mut client_tls,
+                &mut up_tls,
+                idle,
+                stats,
+                metrics,
+                &mut report,
+            )
+            .await,
+        );
+        report
+    }
+}
+
+fn ssl_version_code(v: openssl::ssl::SslVersion) -> u16 {
+    use openssl::ssl::SslVersion;
+    if v == SslVersion::TLS1 {
+        0x0301
+    } else if v == SslVersion::TLS1_1 {
+        0x0302
+    } else if v == SslVersion::TLS1_2 {
+        0x0303
+    } else if v == SslVersion::TLS1_3 {
+        0x0304
+    } else if v == SslVersion::SSL3 {
+        0x0300
+    } else {
+        0
+    }
+}
+
+/// "METHOD /path" (query removed) and the User-Agent of the first request head, once it
+/// is complete within `SNIFF_MAX` bytes.
+fn sniff_request(buf: &[u8]) -> Option<(String, Option<String>)> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => {
+            let method = req.method.unwrap_or("?");
+            let path = req.path.unwrap_or("").split('?').next().unwrap_or("");
+            let line: String = format!("{method} {path}").chars().take(FIELD_CAP).collect();
+            let ua = req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("user-agent"))
+                .map(|h| {
+                    String::from_utf8_lossy(h.value)
+                        .chars()
+                        .take(FIELD_CAP)
+                        .collect()
+                });
+            Some((line, ua))
+        }
+        _ => None,
+    }
+}
+
+async fn splice_plaintext<C, U>(
+    client: &mut C,
+    upstream: &mut U,
+    idle: Duration,
+    stats: &TunnelStats,
+    metrics: &Metrics,
+    report: &mut UpgradeReport,
+) -> Outcome
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let (mut ur, mut uw) = tokio::io::split(upstream);
+    let mut sniff: Option<Vec<u8>> = Some(Vec::new());
+    let mut sniffed: Option<(String, Option<String>)> = None;
+    let outcome = {
+        let up = async {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match cr.read(&mut buf).await {
+                    Ok(0) => {
+                        let _ = uw.shutdown().await;
+                        return Ok(());
+                    }
+                    Ok(n) => n,
+                    Err(e) => return Err((Outcome::ClientReset, e)),
+                };
+                let chunk = buf.get(..n).unwrap_or_default();
+                if let Some(s) = sniff.as_mut() {
+                    s.extend_from_slice(chunk);
+                    if let Some(found) = sniff_request(s) {
+                        sniffed = Some(found);
+                        sniff = None;
+                    } else if s.len() > SNIFF_MAX {
+                        sniff = None;
+                    }
+                }
+                uw.write_all(chunk)
+                    .await
+                    .map_err(|e| (Outcome::UpstreamReset, e))?;
+                stats.add_up(n as u64);
+                metrics.bytes_up.inc_by(n as u64);
+                stats.activity.touch();
+            }
+        };
+        let down = async {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match ur.read(&mut buf).await {
+                    Ok(0) => {
+                        let _ = cw.shutdown().await;
+                        return Ok(());
+                    }
+                    Ok(n) => n,
+                    Err(e) => return Err((Outcome::UpstreamReset, e)),
+                };
+                cw.write_all(buf.get(..n).unwrap_or_default())
+                    .await
+                    .map_err(|e| (Outcome::ClientReset, e))?;
+                stats.add_down(n as u64);
+                metrics.bytes_down.inc_by(n as u64);
+                stats.activity.touch();
+            }
+        };
+        let idle_watch = crate::proxy::splice::idle_watch(&stats.activity, idle);
+        tokio::pin!(up, down, idle_watch);
+        let (mut up_done, mut down_done) = (false, false);
+        loop {
+            if up_done && down_done {
+                break Outcome::Closed;
+            }
+            tokio::select! {
+                r = &mut up, if !up_done => match r {
+                    Ok(()) => up_done = true,
+                    Err((o, e)) => {
+                        tracing::debug!(error = %e, "upgraded tunnel side failed");
+                        break o;
+                    }
+                },
+                r = &mut down, if !down_done => match r {
+                    Ok(()) => down_done = true,
+                    Err((o, e)) => {
+                        tracing::debug!(error = %e, "upgraded tunnel side failed");
+                        break o;
+                    }
+                },
+                _ = &mut idle_watch => break Outcome::IdleTimeout,
+            }
+        }
+    };
+    if let Some((request, ua)) = sniffed {
+        report.request = Some(request);
+        report.user_agent = ua;
+    }
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_sniffing_drops_the_query_and_caps() {
+        let (line, ua) = sniff_request(
+            b"POST /contoso.onmicrosoft.com/oauth2/token?login_hint=alice%40contoso.com HTTP/1.1\r\nUser-Agent: WindowsPowerShell/5.1\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(line, "POST /contoso.onmicrosoft.com/oauth2/token");
+        assert_eq!(ua.as_deref(), Some("WindowsPowerShell/5.1"));
+        assert!(
+            sniff_request(b"GET / HTTP/1.1\r\nHost: x\r\n").is_none(),
+            "incomplete"
+        );
+        let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(1000));
+        assert_eq!(
+            sniff_request(long.as_bytes()).unwrap().0.chars().count(),
+            FIELD_CAP
+        );
+    }
+}
