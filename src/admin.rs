@@ -1,8 +1,9 @@
 //! The admin listener: `/metrics` (Prometheus text format), `/healthz` (liveness),
 //! `/readyz` (503 once shutdown begins), `/legacy` (JSON) and `/legacy.csv` (the inventory,
-//! with `?since=`, `?destination=`, `?legacy=true|false`, `?limit=`). Every request is
-//! checked against `[admin] allowed_sources`; admin connections are bounded in number and
-//! time.
+//! with `?since=`, `?destination=`, `?legacy=true|false`, `?limit=`), `POST /-/reload`.
+//! Every request is checked against `[admin] allowed_sources`; `/legacy*` and reload need
+//! `Authorization: Bearer <token>` when `[admin] token_file` is set; admin connections are
+//! bounded in number and time.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -91,13 +92,30 @@ async fn route(
     let path = req.uri().path();
     let known = matches!(
         path,
-        "/metrics" | "/healthz" | "/readyz" | "/legacy" | "/legacy.csv"
+        "/metrics" | "/healthz" | "/readyz" | "/legacy" | "/legacy.csv" | "/-/reload"
     );
     if !known {
         return text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /healthz, /readyz, /legacy, /legacy.csv\n",
+            "not found: try /metrics, /healthz, /readyz, /legacy, /legacy.csv, POST /-/reload\n",
         );
+    }
+    // The inventory names weak internal hosts, and reload changes the proxy: both need the
+    // bearer token when one is configured.
+    if matches!(path, "/legacy" | "/legacy.csv" | "/-/reload") {
+        if let Some(token) = shared.admin_token.load_full() {
+            if !bearer_matches(req, &token) {
+                let mut r = text(StatusCode::UNAUTHORIZED, "a bearer token is required\n");
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer realm=\"tlspeek\""),
+                );
+                return r;
+            }
+        }
+    }
+    if path == "/-/reload" {
+        return reload(shared, req).await;
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
@@ -120,6 +138,48 @@ async fn route(
         "/readyz" => text(StatusCode::OK, "ready\n"),
         "/legacy" | "/legacy.csv" => legacy(shared, path == "/legacy.csv", req.uri().query()).await,
         _ => text(StatusCode::OK, "ok\n"),
+    }
+}
+
+/// Compares the request's bearer token with `token` in constant time.
+fn bearer_matches(req: &Request<Incoming>, token: &str) -> bool {
+    let Some(given) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `POST /-/reload` only: a GET (a link, a crawler) never reloads, and a request a browser
+/// sends on behalf of another site (it carries `Origin`) is refused.
+async fn reload(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::POST {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "reload is POST /-/reload\n");
+        r.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+        return r;
+    }
+    if req.headers().contains_key(header::ORIGIN) {
+        return text(StatusCode::FORBIDDEN, "cross-origin reload refused\n");
+    }
+    match crate::proxy::reload::reload(shared).await {
+        Ok(restart) if restart.is_empty() => text(StatusCode::OK, "reloaded\n"),
+        Ok(restart) => text(
+            StatusCode::OK,
+            format!(
+                "reloaded; needs a restart to apply: {}\n",
+                restart.join(", ")
+            ),
+        ),
+        Err(e) => text(
+            StatusCode::BAD_REQUEST,
+            format!("reload failed, configuration unchanged: {e}\n"),
+        ),
     }
 }
 

@@ -42,6 +42,8 @@ enum Command {
     /// The local CA of upgrade mode.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Print a credentials-file line for USER; the password is read from stdin.
+    Passwd { user: String },
 }
 
 #[derive(Subcommand)]
@@ -142,6 +144,27 @@ fn main() -> ExitCode {
                         "install {} as a trusted root on the legacy callers (see README, \"Upgrade mode\")",
                         crt.display()
                     );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tlspeek: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Passwd { user } => {
+            let mut password = String::new();
+            if std::io::stdin().read_line(&mut password).is_err()
+                || password.trim_end_matches(['\r', '\n']).is_empty()
+            {
+                eprintln!(
+                    "tlspeek: give the password on stdin, e.g. read -rs PW; printf '%s\\n' \"$PW\" | tlspeek passwd {user}"
+                );
+                return ExitCode::FAILURE;
+            }
+            match tlspeek::proxy::auth::hash_line(&user, password.trim_end_matches(['\r', '\n'])) {
+                Ok(line) => {
+                    println!("{line}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -265,6 +288,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         admin_listen: args.admin_listen,
         event_log: args.event_log,
     };
+    let source = tlspeek::proxy::reload::ConfigSource {
+        path: args.config.clone(),
+        overrides: overrides.clone(),
+    };
     let cfg =
         Config::load_with_overrides(args.config.as_deref(), &overrides).map_err(|e| match e {
             LoadError::Invalid { path, errors } => anyhow::anyhow!("{}: {errors}", path.display()),
@@ -279,12 +306,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         spawn_signal_handlers(tx)?;
-        proxy::run(cfg, rx).await.map_err(anyhow::Error::from)
+        proxy::run(cfg, source, rx)
+            .await
+            .map_err(anyhow::Error::from)
     })
 }
 
-/// SIGTERM/SIGINT: drain and stop. SIGUSR1: reopen the event log. SIGHUP: reported (reload
-/// is not in this version), so it does not kill the process.
+/// SIGTERM/SIGINT: drain and stop. SIGUSR1: reopen the event log. SIGHUP: reload the
+/// configuration.
 fn spawn_signal_handlers(tx: tokio::sync::mpsc::Sender<Control>) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -297,10 +326,7 @@ fn spawn_signal_handlers(tx: tokio::sync::mpsc::Sender<Control>) -> anyhow::Resu
                 _ = term.recv() => { tracing::info!("SIGTERM"); Control::Shutdown }
                 _ = int.recv() => { tracing::info!("SIGINT"); Control::Shutdown }
                 _ = usr1.recv() => Control::ReopenEvents,
-                _ = hup.recv() => {
-                    tracing::warn!("SIGHUP: configuration reload is not available in this version; restart tlspeek to apply a new configuration");
-                    continue;
-                }
+                _ = hup.recv() => { tracing::info!("SIGHUP: reloading the configuration"); Control::Reload }
             };
             if tx.send(msg).await.is_err() {
                 return;

@@ -215,6 +215,12 @@ pub struct UpgradeConfig {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthConfig {
+    pub credentials_file: Option<PathBuf>,
+    pub exempt_sources: NetList,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InventoryConfig {
     pub path: Option<PathBuf>,
     pub flush_interval: Duration,
@@ -234,6 +240,7 @@ pub struct Config {
     pub enforcement_enabled: bool,
     pub upgrade: UpgradeConfig,
     pub inventory: InventoryConfig,
+    pub auth: AuthConfig,
     pub transparent_listen: Option<SocketAddr>,
     /// The written form, for `check-config` and logs.
     pub raw: RawConfig,

@@ -11,7 +11,7 @@ use ipnet::IpNet;
 
 use super::raw::{RawConfig, RawRule};
 use super::{
-    Action, AdminConfig, Config, ConfigError, ConfigErrors, DnsConfig, EventsTarget,
+    Action, AdminConfig, AuthConfig, Config, ConfigError, ConfigErrors, DnsConfig, EventsTarget,
     InventoryConfig, MetricsConfig, NetList, OnHelloTimeout, OnUnsupported, ProxyConfig, Rule,
     SourceNames, SourceSelector, UpgradeConfig,
 };
@@ -305,9 +305,6 @@ pub(super) fn validate(raw: RawConfig, earlier: Vec<ConfigError>) -> Result<Conf
     if admin.listen == proxy.listen {
         c.err("admin.listen", "must differ from proxy.listen");
     }
-    if admin.token_file.is_some() {
-        c.not_yet("admin.token_file", "an admin token");
-    }
 
     let events = match raw.events.path.as_str() {
         "" => {
@@ -421,12 +418,10 @@ pub(super) fn validate(raw: RawConfig, earlier: Vec<ConfigError>) -> Result<Conf
             Some(a)
         }
     };
-    if !raw.auth.credentials_file.is_empty() {
-        c.not_yet("auth.credentials_file", "proxy authentication");
-    }
-    for (i, s) in raw.auth.exempt_sources.iter().enumerate() {
-        c.net(&format!("auth.exempt_sources[{i}]"), s);
-    }
+    let auth = AuthConfig {
+        credentials_file: c.optional_path(&raw.auth.credentials_file),
+        exempt_sources: c.nets("auth.exempt_sources", &raw.auth.exempt_sources),
+    };
     if !raw.upstream.proxy.is_empty() {
         c.not_yet("upstream.proxy", "parent-proxy chaining");
     }
@@ -445,6 +440,7 @@ pub(super) fn validate(raw: RawConfig, earlier: Vec<ConfigError>) -> Result<Conf
         enforcement_enabled: raw.enforcement.enabled,
         upgrade,
         inventory,
+        auth,
         transparent_listen,
         raw,
     })

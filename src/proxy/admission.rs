@@ -1,85 +1,17 @@
-//! Admission: connection limits (global and per source), and the upstream connection —
-//! resolve the name once, check every resolved address against the deny-list (after
+//! Admission of the upstream connection: resolve the name once, check every resolved address against the deny-list (after
 //! unmapping IPv4-mapped IPv6), and connect only to an address that was checked, trying
 //! each in turn with its own timeout. Nothing resolves the name a second time, so DNS
 //! rebinding between check and connect is impossible.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::authority::{Authority, Host};
 use crate::config::NetList;
-
-/// Bounds concurrency: `max_connections` in all, `max_connections_per_source` per address.
-pub struct Limits {
-    global: Arc<Semaphore>,
-    per_source: Mutex<HashMap<IpAddr, usize>>,
-    max_per_source: usize,
-}
-
-/// Held for the life of a connection; frees its slots when dropped.
-pub struct Permit {
-    _global: OwnedSemaphorePermit,
-    limits: Arc<Limits>,
-    ip: IpAddr,
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        if let Ok(mut m) = self.limits.per_source.lock() {
-            if let Some(n) = m.get_mut(&self.ip) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    m.remove(&self.ip);
-                }
-            }
-        }
-    }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub enum LimitHit {
-    Global,
-    PerSource,
-}
-
-impl Limits {
-    pub fn new(max_connections: usize, max_per_source: usize) -> Arc<Limits> {
-        Arc::new(Limits {
-            global: Arc::new(Semaphore::new(max_connections)),
-            per_source: Mutex::new(HashMap::new()),
-            max_per_source,
-        })
-    }
-
-    /// Takes a slot for `ip` without waiting.
-    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, LimitHit> {
-        let ip = ip.to_canonical();
-        let global = self
-            .global
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| LimitHit::Global)?;
-        let mut m = self.per_source.lock().map_err(|_| LimitHit::Global)?;
-        let n = m.entry(ip).or_insert(0);
-        if *n >= self.max_per_source {
-            return Err(LimitHit::PerSource);
-        }
-        *n += 1;
-        Ok(Permit {
-            _global: global,
-            limits: self.clone(),
-            ip,
-        })
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -173,21 +105,6 @@ pub async fn connect(
 mod tests {
     use super::*;
     use crate::proxy::authority::parse_authority;
-
-    #[test]
-    fn per_source_and_global_limits() {
-        let l = Limits::new(3, 2);
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "::ffff:10.0.0.2".parse().unwrap();
-        let p1 = l.try_acquire(a).unwrap();
-        let _p2 = l.try_acquire(a).unwrap();
-        assert_eq!(l.try_acquire(a).err(), Some(LimitHit::PerSource));
-        let _p3 = l.try_acquire(b).unwrap();
-        assert_eq!(l.try_acquire(b).err(), Some(LimitHit::Global));
-        drop(p1);
-        let _p4 = l.try_acquire(a).unwrap();
-        assert_eq!(l.per_source.lock().unwrap().len(), 2);
-    }
 
     #[tokio::test]
     async fn denied_after_resolution_not_by_string() {

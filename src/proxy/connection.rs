@@ -11,9 +11,11 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::Shared;
-use super::admission::{self, ConnectError, LimitHit, Permit};
+use super::admission::{self, ConnectError};
+use super::auth::AuthResult;
 use super::authority::{Authority, parse_authority};
 use super::handshake::HandshakeWatch;
+use super::limits::{LimitHit, Permit};
 use super::request::{self, ESTABLISHED, HeadError, RequestHead};
 use super::splice::{self, TunnelStats};
 use super::tunnel::TunnelEnd;
@@ -32,6 +34,8 @@ pub struct Refusal {
     pub phrase: &'static str,
     pub reason: String,
     pub outcome: Outcome,
+    /// Extra response header lines (`Name: value`), e.g. `Allow` with a 405.
+    pub headers: Vec<&'static str>,
 }
 
 impl Refusal {
@@ -46,7 +50,13 @@ impl Refusal {
             phrase,
             reason: reason.into(),
             outcome,
+            headers: Vec::new(),
         }
+    }
+
+    fn with_header(mut self, line: &'static str) -> Refusal {
+        self.headers.push(line);
+        self
     }
 
     /// The answer to a source outside `allowed_sources`.
@@ -172,14 +182,13 @@ async fn refuse(client: &TcpStream, r: &Refusal) {
         "refused"
     );
     let mut resp = request::refusal_response(r.status, r.phrase, &r.reason);
-    if r.status == 405 {
-        // The Allow header goes with the 405: insert it before the blank line.
-        let at = resp
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map_or(0, |p| p + 2);
-        resp.splice(at..at, b"Allow: CONNECT\r\n".iter().copied());
-    }
+    // Extra headers go before the blank line that ends the head.
+    let at = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(0, |p| p + 2);
+    let extra: String = r.headers.iter().map(|h| format!("{h}\r\n")).collect();
+    resp.splice(at..at, extra.into_bytes());
     if request::write_all(client, &resp, RESPONSE_WRITE_LIMIT)
         .await
         .is_err()
@@ -281,6 +290,10 @@ impl Conn<'_> {
                     };
                 }
             };
+        if let Err(r) = self.authenticate(&head, rec).await {
+            refuse(self.client, &r).await;
+            return r.outcome;
+        }
         let target = match self.admit(&head, rec) {
             Ok(t) => t,
             Err(r) => {
@@ -321,7 +334,7 @@ impl Conn<'_> {
         hello: &ClientHelloSummary,
         rec: &mut ConnectionRecord,
     ) -> Outcome {
-        let Some(upgrader) = &self.shared.upgrader else {
+        let Some(upgrader) = self.shared.upgrader.load_full() else {
             return Outcome::InternalError;
         };
         let p = &self.cfg.proxy;
@@ -352,6 +365,58 @@ impl Conn<'_> {
         r.outcome.unwrap_or(Outcome::InternalError)
     }
 
+    /// Proxy authentication, when configured: 407 without (good) credentials, 429 when the
+    /// source failed too often. The user goes into the event line.
+    async fn authenticate(
+        &self,
+        head: &RequestHead,
+        rec: &mut ConnectionRecord,
+    ) -> Result<(), Refusal> {
+        let Some(auth) = self.shared.auth.load_full() else {
+            return Ok(());
+        };
+        let result = auth
+            .check(self.peer.ip(), head.header("proxy-authorization"))
+            .await;
+        let failures = &self.shared.metrics.auth_failures;
+        match result {
+            AuthResult::Allowed(user) => {
+                rec.user = user;
+                Ok(())
+            }
+            AuthResult::Missing => {
+                failures.with_label_values(&["missing"]).inc();
+                Err(Refusal::new(
+                    407,
+                    "Proxy Authentication Required",
+                    Outcome::AuthRequired,
+                    "proxy authentication required",
+                )
+                .with_header("Proxy-Authenticate: Basic realm=\"tlspeek\""))
+            }
+            AuthResult::Denied => {
+                failures.with_label_values(&["denied"]).inc();
+                Err(Refusal::new(
+                    407,
+                    "Proxy Authentication Required",
+                    Outcome::AuthRequired,
+                    "wrong user name or password",
+                )
+                .with_header("Proxy-Authenticate: Basic realm=\"tlspeek\""))
+            }
+            AuthResult::TooMany => {
+                failures.with_label_values(&["rate_limited"]).inc();
+                Err(Refusal::new(
+                    429,
+                    "Too Many Requests",
+                    Outcome::AuthRequired,
+                    "too many failed logins from this source; try again later",
+                )
+                .with_header("Retry-After: 60"))
+            }
+        }
+    }
+
     /// Method, target and port checks.
     fn admit(&self, head: &RequestHead, rec: &mut ConnectionRecord) -> Result<Authority, Refusal> {
         if head.method != "CONNECT" {
@@ -363,7 +428,8 @@ impl Conn<'_> {
                     "method {} is not supported here; use CONNECT host:port",
                     sanitize(&head.method)
                 ),
-            ));
+            )
+            .with_header("Allow: CONNECT"));
         }
         let target = parse_authority(&head.target).map_err(|why| {
             Refusal::new(

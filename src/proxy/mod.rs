@@ -1,11 +1,14 @@
 //! The async shell: listeners, the accept loop, per-connection tasks and graceful shutdown.
 
 pub mod admission;
+pub mod auth;
 pub mod authority;
 pub mod connection;
 pub mod handshake;
+pub mod limits;
 pub mod listener;
 pub mod peek;
+pub mod reload;
 pub mod request;
 pub mod splice;
 pub mod tunnel;
@@ -15,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,7 +31,7 @@ use crate::inventory::Inventory;
 use crate::telemetry::{EventLog, Metrics};
 use crate::upgrade::Upgrader;
 
-use admission::Limits;
+use limits::Limits;
 
 /// State shared by every connection task.
 pub struct Shared {
@@ -40,8 +43,15 @@ pub struct Shared {
     pub inventory: Option<Inventory>,
     /// Reverse DNS of sources (None unless `[dns] reverse_lookup`).
     pub dns: Option<Arc<ReverseDns>>,
-    /// Upgrade mode's CA and TLS sides (None without `[upgrade] ca_cert`).
-    pub upgrader: Option<Arc<Upgrader>>,
+    /// Upgrade mode's CA and TLS sides (None without `[upgrade] ca_cert`); swapped on reload.
+    pub upgrader: ArcSwapOption<Upgrader>,
+    /// Proxy authentication (None without `[auth] credentials_file`); swapped on reload.
+    pub auth: ArcSwapOption<auth::Auth>,
+    /// The admin bearer token (None without `[admin] token_file`); swapped on reload.
+    pub admin_token: ArcSwapOption<String>,
+    /// Where the configuration came from, for reloads.
+    pub source: reload::ConfigSource,
+    reload_lock: tokio::sync::Mutex<()>,
     pub limits: Arc<Limits>,
     next_id: AtomicU64,
     /// Every connection task, so shutdown can wait for them.
@@ -71,7 +81,7 @@ pub enum RunError {
     #[error("cannot start a writer thread: {0}")]
     Events(std::io::Error),
     #[error("{0}")]
-    Upgrade(#[from] crate::upgrade::SetupError),
+    Setup(String),
 }
 
 /// Signals the running proxy reacts to.
@@ -80,15 +90,21 @@ pub enum Control {
     Shutdown,
     /// Reopen the event log file (logrotate).
     ReopenEvents,
+    /// Read the configuration again (SIGHUP).
+    Reload,
 }
 
-/// Runs tlspeek until a `Control::Shutdown` arrives on `control`, then drains.
+/// Runs tlspeek until a `Control::Shutdown` arrives on `control`, then drains. `source`
+/// says where `cfg` came from, for reloads.
 pub async fn run(
     cfg: Config,
+    source: reload::ConfigSource,
     mut control: tokio::sync::mpsc::Receiver<Control>,
 ) -> Result<(), RunError> {
-    // Refuse to start on an upgrade CA that cannot be used (before binding anything).
-    let upgrader = Upgrader::from_config(&cfg.upgrade)?;
+    // Refuse to start on what cannot be used (the upgrade CA, credentials, the admin
+    // token) before binding anything.
+    let built = reload::build(cfg, None).map_err(RunError::Setup)?;
+    let cfg = built.cfg;
     let proxy_addr = cfg.proxy.listen;
     let admin_addr = cfg.admin.listen;
     let proxy_listener = TcpListener::bind(proxy_addr)
@@ -118,7 +134,11 @@ pub async fn run(
     let shared = Arc::new(Shared {
         inventory,
         dns,
-        upgrader,
+        upgrader: ArcSwapOption::new(built.upgrader),
+        auth: ArcSwapOption::new(built.auth),
+        admin_token: ArcSwapOption::new(built.admin_token),
+        source,
+        reload_lock: tokio::sync::Mutex::new(()),
         limits: Limits::new(
             cfg.proxy.max_connections,
             cfg.proxy.max_connections_per_source,
@@ -148,8 +168,14 @@ pub async fn run(
     ));
     info!(proxy = %proxy_addr, admin = %admin_addr, version = env!("CARGO_PKG_VERSION"), "tlspeek listening");
 
-    while let Some(Control::ReopenEvents) = control.recv().await {
-        shared.events.reopen();
+    loop {
+        match control.recv().await {
+            Some(Control::ReopenEvents) => shared.events.reopen(),
+            Some(Control::Reload) => {
+                let _ = reload::reload(&shared).await;
+            }
+            Some(Control::Shutdown) | None => break,
+        }
     }
 
     let grace = shared.config.load().proxy.shutdown_grace;

@@ -353,7 +353,7 @@ impl Conn<'_> {
             rec.note = Some("not upgraded: host is in upgrade.never_upgrade".into());
             return Act::Pass;
         }
-        let Some(upgrader) = &self.shared.upgrader else {
+        let Some(upgrader) = self.shared.upgrader.load_full() else {
             return self.unsupported("upgrade mode has no CA loaded".into(), h, verdict, rec);
         };
         match upgrader.cannot(h, name) {

@@ -37,6 +37,7 @@ pub struct Metrics {
     pub inventory_errors: IntCounter,
     pub inventory_dropped: IntCounter,
     pub ptr_lookups: IntCounterVec,
+    pub auth_failures: IntCounterVec,
 }
 
 /// Label values for the per-connection counters.
@@ -169,6 +170,17 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "tlspeek_auth_failures_total",
+                "Proxy authentication refusals, by reason (missing, denied, rate_limited).",
+            ),
+            &["reason"],
+        )?;
+        for r in ["missing", "denied", "rate_limited"] {
+            auth_failures.with_label_values(&[r]);
+        }
+        registry.register(Box::new(auth_failures.clone()))?;
         registry.register(Box::new(inventory_errors.clone()))?;
         registry.register(Box::new(inventory_dropped.clone()))?;
         registry.register(Box::new(ptr_lookups.clone()))?;
@@ -226,6 +238,7 @@ impl Metrics {
             inventory_errors,
             inventory_dropped,
             ptr_lookups,
+            auth_failures,
         })
     }
 
