@@ -4,8 +4,9 @@
 //! line and in `tlspeek_connections_total`.
 //!
 //! Covered elsewhere (not repeated here): an upstream reset after a non-TLS first flight
-//! and a client reset after the peek (`tunnel.rs`), DNS failure (502 `dns_failed`), a
-//! closed upstream port (502 `connect_failed`) and connect timeouts (`refusals.rs`).
+//! and a client reset after the peek (`tunnel.rs`); the 502/504 answers and their counts
+//! for a DNS failure, a closed port and a connect timeout (`refusals.rs`, whose event
+//! lines are checked here).
 
 mod common;
 
@@ -303,6 +304,35 @@ fn client_half_close_after_a_hello_and_mid_hello() {
         t.metric("tlspeek_first_flights_total", &[("kind", "truncated")]),
         1.0
     );
+}
+
+#[test]
+fn unresolvable_name_and_closed_port_event_lines() {
+    let closed = free_port();
+    let t = Tlspeek::start(&format!("allowed_ports = [443, {closed}]\n"), "");
+    let (_, status) = connect_tunnel(t.proxy_port, "no-such-host.invalid:443");
+    assert!(status.contains(" 502 "), "{status}");
+    let (_, status) = connect_tunnel(t.proxy_port, &format!("127.0.0.1:{closed}"));
+    assert!(status.contains(" 502 "), "{status}");
+    let ev = t.wait_events("two refusals", |e| e.len() >= 2);
+    let dns = ev
+        .iter()
+        .find(|e| e["outcome"] == "dns_failed")
+        .expect("dns_failed event");
+    assert_eq!(dns["target_host"], "no-such-host.invalid");
+    assert!(
+        dns["upstream_ip"].is_null() && dns["kind"].is_null(),
+        "{dns}"
+    );
+    let refused = ev
+        .iter()
+        .find(|e| e["outcome"] == "connect_failed")
+        .expect("connect_failed event");
+    assert_eq!(refused["target_port"], closed);
+    assert_eq!(refused["bytes_up"], 0);
+    assert_eq!(t.outcome_count("dns_failed"), 1.0);
+    assert_eq!(t.outcome_count("connect_failed"), 1.0);
+    assert_eq!(t.metric("tlspeek_active_tunnels", &[]), 0.0);
 }
 
 /// Runs a few tunnels through the proxy and checks every byte comes back.
