@@ -46,8 +46,10 @@ for t in "${targets[@]}"; do
   seed "$t"
   log="fuzz-$t.log"
   echo "fuzzing $t for ${secs}s..."
+  dict=()
+  [ -f "dicts/$t.dict" ] && dict=("-dict=dicts/$t.dict")
   set +e
-  cargo fuzz run "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=16384 \
+  cargo fuzz run "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=16384 "${dict[@]}" \
     -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 >"$log" 2>&1
   rc=$?
   set -e
