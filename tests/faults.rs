@@ -442,6 +442,7 @@ fn out_of_file_descriptors_backs_off_and_recovers() {
     let t = Tlspeek::start_opts(&format!("allowed_ports = [{port}]\n"), "", &opts);
     let pid = t.pid();
     let target = format!("127.0.0.1:{port}");
+    assert_eq!(proc_nofile(pid), 48, "ulimit -n not applied");
     let idle_fds = t.fds();
     assert!(idle_fds < 40, "tlspeek holds {idle_fds} fds at idle");
 
