@@ -672,3 +672,267 @@ pub fn gnutls_via_proxy(proxy_port: u16, upstream_port: u16, priority: &str, sni
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+// ---------------------------------------------------------------------------------------
+// Reliability harness (tests/faults.rs, abuse.rs, load.rs): start options, /proc sampling,
+// an echo upstream, metric polling.
+
+/// How `Tlspeek::start_opts` starts tlspeek, beyond `start`'s config lines.
+#[derive(Clone, Debug, Default)]
+pub struct StartOpts {
+    /// `events.path` (default: `events.jsonl` in the instance's temp dir).
+    pub events_path: Option<String>,
+    /// Keep the embedded default `deny_destinations` (loopback denied) instead of
+    /// clearing it.
+    pub default_deny: bool,
+    /// Start under `ulimit -n N` (`sh -c 'ulimit -n N; exec tlspeek ...'`: same pid); when
+    /// N is above the hard limit and raising it is not permitted, the hard limit.
+    pub nofile: Option<u64>,
+    /// `RUST_LOG` (default `info,tlspeek=debug`).
+    pub rust_log: Option<String>,
+}
+
+impl Tlspeek {
+    /// Like `start`, with `StartOpts`.
+    pub fn start_opts(proxy_extra: &str, extra: &str, opts: &StartOpts) -> Tlspeek {
+        for _ in 0..5 {
+            if let Some(t) = Tlspeek::try_start_opts(proxy_extra, extra, opts) {
+                return t;
+            }
+        }
+        panic!("tlspeek did not start");
+    }
+
+    fn try_start_opts(proxy_extra: &str, extra: &str, opts: &StartOpts) -> Option<Tlspeek> {
+        let dir = tempfile::tempdir().unwrap();
+        let (proxy_port, admin_port) = (free_port(), free_port());
+        let events_path = match &opts.events_path {
+            Some(p) => PathBuf::from(p),
+            None => dir.path().join("events.jsonl"),
+        };
+        let stderr_path = dir.path().join("tlspeek.err");
+        let deny = if opts.default_deny || proxy_extra.contains("deny_destinations") {
+            ""
+        } else {
+            "deny_destinations = []\n"
+        };
+        let cfg = format!(
+            "[proxy]\nlisten = \"127.0.0.1:{proxy_port}\"\n{deny}{proxy_extra}\n\
+             [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
+             [events]\npath = \"{}\"\n{extra}\n",
+            events_path.display()
+        );
+        let cfg_path = dir.path().join("tlspeek.toml");
+        std::fs::write(&cfg_path, cfg).unwrap();
+        let mut cmd = match opts.nofile {
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    // Lowering always works; raising past the hard limit needs a
+                    // privilege a sandbox may lack: then take the hard limit.
+                    .arg(format!(
+                        "ulimit -n {n} 2>/dev/null || ulimit -Sn {n} 2>/dev/null || ulimit -Sn \"$(ulimit -Hn)\"; exec \"$0\" run --config \"$1\""
+                    ))
+                    .arg(exe())
+                    .arg(&cfg_path);
+                c
+            }
+            None => {
+                let mut c = Command::new(exe());
+                c.arg("run").arg("--config").arg(&cfg_path);
+                c
+            }
+        };
+        let child = cmd
+            .env(
+                "RUST_LOG",
+                opts.rust_log.as_deref().unwrap_or("info,tlspeek=debug"),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .unwrap();
+        let mut proc = Proc(child);
+        let up = wait_port(proxy_port, Duration::from_secs(10))
+            && wait_port(admin_port, Duration::from_secs(5));
+        if !up {
+            let _ = proc.0.kill();
+            eprintln!(
+                "tlspeek failed to start: {}",
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            );
+            return None;
+        }
+        Some(Tlspeek {
+            proc,
+            proxy_port,
+            admin_port,
+            dir,
+            events_path,
+            stderr_path,
+        })
+    }
+
+    /// Open file descriptors of the tlspeek process.
+    pub fn fds(&self) -> usize {
+        proc_fds(self.pid())
+    }
+
+    /// Resident memory of the tlspeek process, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        proc_rss_kib(self.pid())
+    }
+
+    /// One sample of `name` (summed over series matching `labels`), 0 when absent.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        sample(&self.metrics(), name, labels).unwrap_or(0.0)
+    }
+
+    /// Polls `/metrics` until `pred` holds for the sample (or panics after `within`).
+    pub fn wait_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        within: Duration,
+        pred: impl Fn(f64) -> bool,
+    ) -> f64 {
+        let end = Instant::now() + within;
+        loop {
+            let v = self.metric(name, labels);
+            if pred(v) {
+                return v;
+            }
+            if Instant::now() > end {
+                panic!(
+                    "{name}{labels:?} = {v}: condition not met within {within:?}\nstderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `tlspeek_connections_total{mode="connect",outcome}`.
+    pub fn outcome_count(&self, outcome: &str) -> f64 {
+        self.metric(
+            "tlspeek_connections_total",
+            &[("mode", "connect"), ("outcome", outcome)],
+        )
+    }
+}
+
+/// The soft RLIMIT_NOFILE of a process.
+pub fn proc_nofile(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn proc_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+pub fn proc_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time (user + system) of a process so far, in seconds.
+pub fn proc_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces, inside parentheses).
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| f.get(i)?.parse::<f64>().ok())
+        .sum();
+    let hz = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(100.0);
+    ticks / hz
+}
+
+/// Raises this (test) process's soft RLIMIT_NOFILE to at least `n` when it is lower
+/// (with `prlimit`, up to the hard limit; root may raise the hard limit too).
+pub fn ensure_nofile(n: u64) {
+    let soft = proc_nofile(std::process::id());
+    if soft >= n {
+        return;
+    }
+    // The soft limit alone first (no privilege needed below the hard limit).
+    let ok = [format!("--nofile={n}:"), format!("--nofile={n}:{n}")]
+        .iter()
+        .any(|arg| {
+            Command::new("prlimit")
+                .args(["--pid", &std::process::id().to_string(), arg])
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        });
+    assert!(ok, "cannot raise RLIMIT_NOFILE to {n} (soft limit {soft})");
+}
+
+/// A TCP echo upstream on 127.0.0.1 (a thread per connection): echoes until EOF, then
+/// half-closes.
+pub fn spawn_echo() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut c = c;
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match c.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if c.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = c.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+/// Deterministic incompressible bytes (xorshift64).
+pub fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(n + 8);
+    while v.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(n);
+    v
+}
+
+/// A real captured ClientHello (curl, TLS 1.2 max), as the first flight of a tunnel.
+pub const CURL_TLS12_HELLO: &[u8] = include_bytes!("../fixtures/curl_tls12.bin");

@@ -1,0 +1,8 @@
+//! Config parser and validator (Config::from_toml_str), print/reparse stability.
+//! The invariants live in `fuzz/checks.rs`, shared with `tests/properties.rs`.
+#![no_main]
+
+#[path = "../checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::config(data));
