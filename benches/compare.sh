@@ -296,8 +296,10 @@ for run in $(seq 1 "$RUNS"); do
     # shellcheck disable=SC2046
     lg "$t" rate "$run" handshake --target "$TLS" -n "$HS_N" -c "$HS_C" $(pid_args "$t")
     lg "$t" latency "$run" handshake --target "$TLS" -n "$LAT_N" -c 1
-    lg "$t" raw_down "$run" throughput --target "$RAW" --dir down --bytes "$RAW_BYTES"
-    lg "$t" raw_up "$run" throughput --target "$RAW" --dir up --bytes "$RAW_BYTES"
+    # shellcheck disable=SC2046
+    lg "$t" raw_down "$run" throughput --target "$RAW" --dir down --bytes "$RAW_BYTES" $(pid_args "$t")
+    # shellcheck disable=SC2046
+    lg "$t" raw_up "$run" throughput --target "$RAW" --dir up --bytes "$RAW_BYTES" $(pid_args "$t")
     lg "$t" raw_down_multi "$run" throughput --target "$RAW" --dir down --streams "$MULTI" \
       --bytes $((RAW_BYTES / MULTI))
     lg "$t" tls_down "$run" throughput --target "$TLS" --dir tls-down --bytes "$TLS_BYTES"
@@ -360,6 +362,9 @@ row("added p50 latency per connection, concurrency 1",
     [fmt(added(t, "latency", "p50_us"), "+{:.0f} µs") for t in proxies])
 row("proxy CPU per connection (utime+stime / N)", "—",
     [fmt(value(t, "rate", "proxy_cpu_us_per_conn"), "{:.0f} µs") for t in proxies])
+row("proxy CPU per GB, raw down / up (1 stream)", "—",
+    [fmt(value(t, "raw_down", "proxy_cpu_s_per_gb"), "{:.2f}") + " / "
+     + fmt(value(t, "raw_up", "proxy_cpu_s_per_gb"), "{:.2f} s") for t in proxies])
 # RSS: the first run's figure. Later runs mostly reuse memory the allocator kept from the
 # earlier ones, so their growth per tunnel understates what holding tunnels costs.
 def first(target, scenario, key):

@@ -122,6 +122,9 @@ pub struct ThroughputArgs {
     /// Read/write buffer of the client.
     #[arg(long, default_value_t = 256 << 10)]
     buf: usize,
+    /// Proxy process(es) whose CPU time (/proc/PID/stat) is read around the transfer.
+    #[arg(long)]
+    pid: Vec<u32>,
 }
 
 #[derive(Args)]
@@ -263,6 +266,7 @@ async fn throughput(a: ThroughputArgs) -> Result<()> {
     let route = Arc::new(a.to.route());
     let tls = client::tls_connector()?;
     let mut tasks = Vec::new();
+    let cpu_before = proc::cpu_us(&a.pid)?;
     let start = Instant::now();
     for _ in 0..a.streams.max(1) {
         let (route, tls) = (route.clone(), tls.clone());
@@ -283,19 +287,27 @@ async fn throughput(a: ThroughputArgs) -> Result<()> {
         transfer_s = transfer_s.max(took.as_secs_f64());
     }
     let wall = start.elapsed().as_secs_f64();
+    let cpu_after = proc::cpu_us(&a.pid)?;
     let mbps = moved as f64 / 1e6 / transfer_s.max(1e-9);
+    // Proxy CPU seconds per GB moved (the whole run, connection setup included).
+    let cpu_per_gb = match (cpu_before, cpu_after) {
+        (Some(b), Some(e)) if moved > 0 => {
+            format!("{:.3}", (e - b) as f64 / 1e6 / (moved as f64 / 1e9))
+        }
+        _ => "null".into(),
+    };
     let dir = match a.dir {
         Direction::Down => "down",
         Direction::Up => "up",
         Direction::TlsDown => "tls-down",
     };
     eprintln!(
-        "throughput {dir} via {}: {} streams, {moved} bytes in {transfer_s:.3}s (wall {wall:.3}s): {mbps:.1} MB/s",
+        "throughput {dir} via {}: {} streams, {moved} bytes in {transfer_s:.3}s (wall {wall:.3}s): {mbps:.1} MB/s, proxy CPU {cpu_per_gb} s/GB",
         route.describe(),
         a.streams
     );
     println!(
-        "{{\"mode\":\"throughput\",\"dir\":\"{dir}\",\"streams\":{},\"bytes\":{moved},\"transfer_s\":{transfer_s:.4},\"mb_per_s\":{mbps:.1}}}",
+        "{{\"mode\":\"throughput\",\"dir\":\"{dir}\",\"streams\":{},\"bytes\":{moved},\"transfer_s\":{transfer_s:.4},\"mb_per_s\":{mbps:.1},\"proxy_cpu_s_per_gb\":{cpu_per_gb}}}",
         a.streams
     );
     Ok(())
