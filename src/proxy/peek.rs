@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::splice::{PooledBuf, read_drained};
 use crate::hello::{self, ClientHelloSummary, Detection};
 
 /// What the client's first bytes were.
@@ -79,13 +80,17 @@ pub async fn peek_client_hello(
             Ok(r) => r?,
         }
         // Read at most one byte past the bound, so an oversized hello is seen as such.
+        // The read goes into a pooled buffer and only the bytes read are kept: `held`
+        // lives as long as the tunnel, so it must not carry a read buffer's spare room.
         let want = (max + 1 - held.len().min(max)).min(16 * 1024);
-        let start = held.len();
-        held.resize(start + want, 0);
-        let r = client.try_read(held.get_mut(start..).unwrap_or_default());
+        let mut buf = PooledBuf::take();
+        let spare = buf.as_mut();
+        let r = read_drained(
+            client,
+            spare.get_mut(..want.min(spare.len())).unwrap_or_default(),
+        );
         match r {
             Ok(0) => {
-                held.truncate(start);
                 let flight = if held.is_empty() {
                     FirstFlight::Nothing
                 } else {
@@ -97,8 +102,8 @@ pub async fn peek_client_hello(
                     client_eof: true,
                 });
             }
-            Ok(n) => held.truncate(start + n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => held.truncate(start),
+            Ok(n) => held.extend_from_slice(spare.get(..n).unwrap_or_default()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
     }

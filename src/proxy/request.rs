@@ -60,7 +60,7 @@ pub async fn read_head(stream: &TcpStream, deadline: Instant) -> Result<RequestH
         let Some(spare) = buf.get_mut(len..) else {
             return Err(HeadError::TooLarge);
         };
-        match stream.try_read(spare) {
+        match super::splice::read_drained(stream, spare) {
             Ok(0) => return Err(HeadError::ClosedEarly { got: len }),
             Ok(n) => len += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,

@@ -7,15 +7,17 @@
 //! - `idle_timeout` ends a tunnel with no byte in either direction.
 //!
 //! No buffer is held while a tunnel is idle: a pump waits for readiness, then borrows a
-//! buffer from a shared pool for one read-and-write.
+//! buffer (copy path) or a pipe (zero-copy path, Linux `splice(2)`) from a shared pool for
+//! one read-and-write.
 
-use std::io;
+use std::io::{self, Read};
 use std::net::Shutdown;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus::IntCounter;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -118,24 +120,31 @@ impl Default for TunnelStats {
     }
 }
 
+/// Size of a pooled copy buffer.
 const BUF_SIZE: usize = 16 * 1024;
 /// Buffers kept for reuse at most (16 KiB each: 4 MiB).
 const POOL_MAX: usize = 256;
+/// A tap that cannot say it is done (a plain closure) sees at least this many bytes of its
+/// direction through user space before the pump may switch to zero-copy: enough for any
+/// hello the peek accepts.
+pub const TAP_WINDOW: usize = crate::hello::MAX_HELLO_BYTES;
+/// When zero-copy was refused, this many bytes are copied before it is tried again.
+const RETRY_ZERO_COPY_AFTER: usize = 1024 * 1024;
 
 static POOL: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
 
 /// A buffer borrowed from the pool; returned on drop.
-struct PooledBuf(Option<Box<[u8]>>);
+pub(crate) struct PooledBuf(Option<Box<[u8]>>);
 
 impl PooledBuf {
-    fn take() -> PooledBuf {
+    pub(crate) fn take() -> PooledBuf {
         let b = POOL.lock().ok().and_then(|mut p| p.pop());
         PooledBuf(Some(
             b.unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice()),
         ))
     }
 
-    fn as_mut(&mut self) -> &mut [u8] {
+    pub(crate) fn as_mut(&mut self) -> &mut [u8] {
         self.0.as_deref_mut().unwrap_or_default()
     }
 }
@@ -147,6 +156,29 @@ impl Drop for PooledBuf {
                 p.push(b);
             }
         }
+    }
+}
+
+/// Reads what `s` has into `buf` without waiting, like `try_read`, and when the read came
+/// back short (the socket's receive queue is empty) also clears the socket's readiness,
+/// so the next `readable().await` waits for new data instead of answering at once and
+/// costing an `EAGAIN` read (tokio's own `AsyncRead` does the same after a short read).
+pub fn read_drained(s: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let want = buf.len();
+    let mut short = None;
+    let r = s.try_io(Interest::READABLE, || {
+        let n = (&*socket2::SockRef::from(s)).read(buf)?;
+        if n > 0 && n < want {
+            // Returning WouldBlock is how `try_io` is told to clear the readiness; the
+            // bytes are kept in `short`.
+            short = Some(n);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match short {
+        Some(n) => Ok(n),
+        None => r,
     }
 }
 
@@ -172,22 +204,77 @@ pub struct Flow<'a> {
     pub activity: &'a Activity,
 }
 
-/// Copies `from` → `to` until end of stream, then half-closes `to`. `tap` sees each chunk
-/// before it is written, until it returns false (it must not block).
-pub async fn pump(
+impl Flow<'_> {
+    fn moved(&self, n: usize) {
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        self.metric.inc_by(n as u64);
+        self.activity.touch();
+    }
+}
+
+/// Whether a tap wants to see more of its direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tapped {
+    More,
+    Done,
+}
+
+/// Something that sees a direction's bytes in user space before they are written on.
+/// A plain `FnMut(&[u8])` closure is a tap that never says it is done: it sees at least
+/// the first [`TAP_WINDOW`] bytes (and every byte when zero-copy is off).
+pub trait Tap {
+    fn see(&mut self, chunk: &[u8]) -> Tapped;
+}
+
+impl<F: FnMut(&[u8]) + ?Sized> Tap for F {
+    fn see(&mut self, chunk: &[u8]) -> Tapped {
+        self(chunk);
+        Tapped::More
+    }
+}
+
+/// A tap that needs nothing: the pump may use zero-copy from the first byte.
+pub struct NoTap;
+
+impl Tap for NoTap {
+    fn see(&mut self, _chunk: &[u8]) -> Tapped {
+        Tapped::Done
+    }
+}
+
+/// Copies `from` → `to` until end of stream, then half-closes `to`. `tap` sees every chunk
+/// before it is written (it must not block) until it answers [`Tapped::Done`] — a plain
+/// closure: at least the first [`TAP_WINDOW`] bytes. After that, on Linux, the bytes go
+/// through `splice(2)` and a pooled pipe without entering user space (see [`zero_copy`]);
+/// elsewhere, or if splice is off or refused, through a pooled buffer.
+pub async fn pump<T: Tap + Send + ?Sized>(
     from: &TcpStream,
     to: &TcpStream,
     flow: Flow<'_>,
-    tap: &mut (dyn FnMut(&[u8]) -> bool + Send),
+    tap: &mut T,
 ) -> Result<(), PumpError> {
     let reader = flow.from;
     let writer = reader.other();
     let fail = |culprit: Side| move |error: io::Error| PumpError { culprit, error };
     let mut tapping = true;
+    let mut seen = 0usize;
+    // After zero-copy was refused (no pipe to be had, or not for these sockets): bytes to
+    // copy before trying it again.
+    let mut copy_first = 0usize;
     loop {
+        if !tapping && copy_first == 0 && zero_copy::enabled() {
+            match zero_copy::pump(from, to, &flow).await {
+                zero_copy::End::Eof => {
+                    let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
+                    return Ok(());
+                }
+                zero_copy::End::Failed(e) => return Err(e),
+                zero_copy::End::Unsupported => copy_first = RETRY_ZERO_COPY_AFTER,
+            }
+        }
         from.readable().await.map_err(fail(reader))?;
         let mut buf = PooledBuf::take();
-        let n = match from.try_read(buf.as_mut()) {
+        let n = match read_drained(from, buf.as_mut()) {
             Ok(0) => {
                 // End of stream: pass the half-close on. ENOTCONN means the other side is
                 // already fully closed, which the other pump reports.
@@ -200,12 +287,169 @@ pub async fn pump(
         };
         let chunk = buf.as_mut().get(..n).unwrap_or_default();
         if tapping {
-            tapping = tap(chunk);
+            seen += n;
+            if tap.see(chunk) == Tapped::Done || seen >= TAP_WINDOW {
+                tapping = false;
+            }
+        } else {
+            copy_first = copy_first.saturating_sub(n);
         }
         write_all(to, chunk).await.map_err(fail(writer))?;
-        flow.count.fetch_add(n as u64, Ordering::Relaxed);
-        flow.metric.inc_by(n as u64);
-        flow.activity.touch();
+        flow.moved(n);
+    }
+}
+
+/// Zero-copy for the pass-through phase: `splice(2)` from the source socket into a pipe
+/// and from the pipe into the destination socket; the bytes never enter user space.
+///
+/// Pipes come from a process-wide pool and are held only while bytes are in flight (from
+/// the read until the pipe is drained into the destination), so an idle tunnel holds no
+/// pipe and no buffer, and a proxy with thousands of tunnels has a few dozen pipes. A pipe
+/// goes back to the pool only when empty; one left holding bytes by an error is closed.
+///
+/// Off when `TLSPEEK_SPLICE=0` is set in the environment (for comparisons), and on other
+/// systems than Linux.
+pub mod zero_copy {
+    use super::{Flow, PumpError, Side};
+    use tokio::net::TcpStream;
+
+    /// How a zero-copy pump stopped.
+    pub enum End {
+        Eof,
+        Failed(PumpError),
+        /// Nothing was moved; use the copy path.
+        Unsupported,
+    }
+
+    #[cfg(target_os = "linux")]
+    pub use linux::{enabled, pump};
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn enabled() -> bool {
+        false
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub async fn pump(_: &TcpStream, _: &TcpStream, _: &Flow<'_>) -> End {
+        End::Unsupported
+    }
+
+    #[cfg(target_os = "linux")]
+    mod linux {
+        use std::io;
+        use std::os::fd::OwnedFd;
+        use std::sync::{Mutex, OnceLock};
+
+        use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
+        use tokio::io::Interest;
+
+        use super::{End, Flow, PumpError, Side, TcpStream};
+
+        /// Bytes one pipe holds (the kernel rounds to pages; the default is 64 KiB).
+        const PIPE_SIZE: usize = 256 * 1024;
+        /// Empty pipes kept for reuse at most (two descriptors each).
+        const PIPE_POOL_MAX: usize = 64;
+
+        static PIPES: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+
+        pub fn enabled() -> bool {
+            static ON: OnceLock<bool> = OnceLock::new();
+            *ON.get_or_init(|| std::env::var("TLSPEEK_SPLICE").map_or(true, |v| v != "0"))
+        }
+
+        struct Pipe {
+            read: OwnedFd,
+            write: OwnedFd,
+            size: usize,
+        }
+
+        impl Pipe {
+            fn take() -> io::Result<Pipe> {
+                if let Some(p) = PIPES.lock().ok().and_then(|mut v| v.pop()) {
+                    return Ok(p);
+                }
+                let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+                // A bigger pipe moves more per splice; keep the default if refused.
+                let size = fcntl(&write, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32))
+                    .ok()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .unwrap_or(64 * 1024);
+                Ok(Pipe { read, write, size })
+            }
+
+            /// Back to the pool; only ever called with an empty pipe.
+            fn give_back(self) {
+                if let Ok(mut v) = PIPES.lock() {
+                    if v.len() < PIPE_POOL_MAX {
+                        v.push(self);
+                    }
+                }
+            }
+        }
+
+        const FLAGS: SpliceFFlags =
+            SpliceFFlags::SPLICE_F_MOVE.union(SpliceFFlags::SPLICE_F_NONBLOCK);
+
+        fn would_block(e: &io::Error) -> bool {
+            e.kind() == io::ErrorKind::WouldBlock
+        }
+
+        /// Splices `from` → `to` until end of stream or an error.
+        pub async fn pump(from: &TcpStream, to: &TcpStream, flow: &Flow<'_>) -> End {
+            let reader = flow.from;
+            let writer = reader.other();
+            let fail = |culprit: Side, error: io::Error| End::Failed(PumpError { culprit, error });
+            loop {
+                if let Err(e) = from.readable().await {
+                    return fail(reader, e);
+                }
+                let pipe = match Pipe::take() {
+                    Ok(p) => p,
+                    // Out of descriptors: this chunk goes through the copy path.
+                    Err(_) => return End::Unsupported,
+                };
+                let got = from.try_io(Interest::READABLE, || {
+                    Ok(splice(from, None, &pipe.write, None, pipe.size, FLAGS)?)
+                });
+                let n = match got {
+                    Ok(0) => {
+                        pipe.give_back();
+                        return End::Eof;
+                    }
+                    Ok(n) => n,
+                    Err(e) if would_block(&e) => {
+                        pipe.give_back();
+                        continue;
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        pipe.give_back();
+                        return End::Unsupported;
+                    }
+                    Err(e) => {
+                        pipe.give_back();
+                        return fail(reader, e);
+                    }
+                };
+                let mut left = n;
+                while left > 0 {
+                    if let Err(e) = to.writable().await {
+                        return fail(writer, e);
+                    }
+                    let put = to.try_io(Interest::WRITABLE, || {
+                        Ok(splice(&pipe.read, None, to, None, left, FLAGS)?)
+                    });
+                    match put {
+                        Ok(0) => return fail(writer, io::ErrorKind::WriteZero.into()),
+                        Ok(m) => left = left.saturating_sub(m),
+                        Err(e) if would_block(&e) => continue,
+                        // The pipe still holds bytes: it is dropped (closed), not pooled.
+                        Err(e) => return fail(writer, e),
+                    }
+                }
+                pipe.give_back();
+                flow.moved(n);
+            }
+        }
     }
 }
 
@@ -223,4 +467,89 @@ pub async fn idle_watch(activity: &Activity, idle: Duration) {
 /// Makes the next close of `s` send a reset instead of a FIN.
 pub fn reset_on_close(s: &TcpStream) {
     let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A connected pair of loopback sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    /// Pumps `data` from one pair to another and returns what arrived and what the tap saw.
+    async fn through_pump<T: Tap + Send>(data: &[u8], tap: &mut T) -> Vec<u8> {
+        let (mut src_w, src_r) = pair().await;
+        let (dst_w, mut dst_r) = pair().await;
+        let stats = TunnelStats::new();
+        let metric = IntCounter::new("t", "t").unwrap();
+        let flow = Flow {
+            from: Side::Client,
+            count: &stats.bytes_up,
+            metric: &metric,
+            activity: &stats.activity,
+        };
+        let send = async {
+            src_w.write_all(data).await.unwrap();
+            src_w.shutdown().await.unwrap();
+        };
+        let recv = async {
+            let mut got = Vec::new();
+            dst_r.read_to_end(&mut got).await.unwrap();
+            got
+        };
+        let (_, r, got) = tokio::join!(send, pump(&src_r, &dst_w, flow, tap), recv);
+        r.unwrap();
+        assert_eq!(stats.up(), data.len() as u64);
+        assert_eq!(metric.get(), data.len() as u64);
+        got
+    }
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn a_closure_tap_sees_the_first_window_and_bytes_arrive_unchanged() {
+        let data = pattern(3 << 20);
+        let mut seen = Vec::new();
+        let mut tap = |c: &[u8]| seen.extend_from_slice(c);
+        let got = through_pump(&data, &mut tap).await;
+        assert!(got == data, "bytes differ after the pump");
+        assert!(
+            seen.len() >= TAP_WINDOW,
+            "tap saw only {} bytes",
+            seen.len()
+        );
+        assert_eq!(seen, data[..seen.len()]);
+    }
+
+    #[tokio::test]
+    async fn no_tap_and_a_done_tap_still_move_every_byte() {
+        let data = pattern(5 << 20);
+        assert!(through_pump(&data, &mut NoTap).await == data);
+        struct FirstChunk(usize);
+        impl Tap for FirstChunk {
+            fn see(&mut self, chunk: &[u8]) -> Tapped {
+                self.0 += chunk.len();
+                Tapped::Done
+            }
+        }
+        let mut first = FirstChunk(0);
+        assert!(through_pump(&data, &mut first).await == data);
+        assert!(first.0 > 0);
+        assert!(through_pump(b"", &mut NoTap).await.is_empty());
+    }
+
+    #[test]
+    fn pooled_buffers_have_the_copy_size() {
+        let mut a = PooledBuf::take();
+        assert_eq!(a.as_mut().len(), BUF_SIZE);
+    }
 }

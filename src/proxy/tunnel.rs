@@ -35,6 +35,20 @@ pub(super) enum Act {
     },
 }
 
+/// The upstream→client tap: the ServerHello peek, until it has what it needs; after that
+/// the pump may use zero-copy.
+struct ServerHelloTap<'a>(&'a super::handshake::HandshakeWatch);
+
+impl splice::Tap for ServerHelloTap<'_> {
+    fn see(&mut self, chunk: &[u8]) -> splice::Tapped {
+        if self.0.observe(chunk) {
+            splice::Tapped::More
+        } else {
+            splice::Tapped::Done
+        }
+    }
+}
+
 /// How the tunnel phase ended.
 pub(super) enum TunnelEnd {
     Done(Outcome),
@@ -64,7 +78,7 @@ impl Conn<'_> {
         let m = &self.shared.metrics;
         let stats = self.stats;
         let watch = self.watch;
-        let mut server_hello_tap = |chunk: &[u8]| watch.observe(chunk);
+        let mut server_hello_tap = ServerHelloTap(watch);
         let mut down = pin!(splice::pump(
             upstream,
             self.client,
@@ -151,7 +165,7 @@ impl Conn<'_> {
         if up_done {
             let _ = socket2::SockRef::from(upstream).shutdown(std::net::Shutdown::Write);
         }
-        let mut no_tap_up = |_: &[u8]| false;
+        let mut no_tap_up = splice::NoTap;
         let mut up = pin!(splice::pump(
             self.client,
             upstream,

@@ -779,6 +779,12 @@ impl Tlspeek {
         proc_fds(self.pid())
     }
 
+    /// Open descriptors other than pipes: splice(2) keeps a bounded pool of pipes (at most
+    /// 64 pairs) for reuse, which is not a leak.
+    pub fn non_pipe_fds(&self) -> usize {
+        proc_fds(self.pid()) - proc_pipe_fds(self.pid())
+    }
+
     /// Resident memory of the tlspeek process, KiB.
     pub fn rss_kib(&self) -> u64 {
         proc_rss_kib(self.pid())
@@ -829,6 +835,21 @@ pub fn proc_nofile(pid: u32) -> u64 {
         .lines()
         .find(|l| l.starts_with("Max open files"))
         .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Open descriptors that are pipes (splice's pooled pipes).
+pub fn proc_pipe_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .map(|l| l.to_string_lossy().starts_with("pipe:"))
+                        .unwrap_or(false)
+                })
+                .count()
+        })
         .unwrap_or(0)
 }
 
