@@ -80,6 +80,7 @@ fn flags_override_the_file() {
     let (p, a) = (free_port(), free_port());
     let events = dir.path().join("ev.jsonl");
     let child = Command::new(exe())
+        .current_dir(dir.path())
         .args(["run", "--config", &path_str(&cfg)])
         .args([
             "--listen",
