@@ -244,7 +244,10 @@ fn round(s: &Setup<'_>, round: usize) {
         s.fd0
     );
     let pipes = proc_pipe_fds(t.pid());
-    assert!(pipes <= 2 * 64, "{pipes} pipe descriptors: more than the pool keeps");
+    assert!(
+        pipes <= 2 * 64,
+        "{pipes} pipe descriptors: more than the pool keeps"
+    );
     let up = t.metric("tlspeek_tunnel_bytes_total", &[("direction", "up")]) - up_bytes0;
     assert_eq!(
         up, total as f64,

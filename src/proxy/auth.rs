@@ -81,8 +81,8 @@ pub struct Auth {
     failures: Arc<FailureLog>,
     cache: Mutex<HashMap<[u8; 32], (String, Instant)>>,
     hashing: Arc<Semaphore>,
-    /// Hashes computed (for tests and metrics: a 429 must not hash).
-    pub hashes: std::sync::atomic::AtomicU64,
+    /// Password hashes computed (`tlspeek_auth_password_hashes_total`): a 429 must not hash.
+    hashes: prometheus::IntCounter,
 }
 
 impl Auth {
@@ -92,6 +92,7 @@ impl Auth {
         path: &Path,
         exempt: NetList,
         failures: Arc<FailureLog>,
+        hashes: prometheus::IntCounter,
     ) -> Result<Auth, AuthFileError> {
         let shown = path.display().to_string();
         let bad = |reason: String| AuthFileError::Bad {
@@ -125,7 +126,7 @@ impl Auth {
             failures,
             cache: Mutex::new(HashMap::new()),
             hashing: Arc::new(Semaphore::new(HASHING_SLOTS)),
-            hashes: Default::default(),
+            hashes,
         })
     }
 
@@ -162,8 +163,7 @@ impl Auth {
         else {
             return AuthResult::TooMany;
         };
-        self.hashes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.hashes.inc();
         let ok = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             PasswordHash::new(&hash)
@@ -222,7 +222,6 @@ pub fn hash_line(user: &str, password: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::Ordering;
 
     fn header(u: &str, p: &str) -> Vec<u8> {
         format!(
@@ -242,7 +241,8 @@ mod tests {
         )
         .unwrap();
         let exempt = NetList(vec!["10.9.9.9/32".parse().unwrap()]);
-        let a = Auth::load(&file, exempt, Arc::default()).unwrap();
+        let hashes = prometheus::IntCounter::new("h", "h").unwrap();
+        let a = Auth::load(&file, exempt, Arc::default(), hashes.clone()).unwrap();
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         assert_eq!(a.check(ip, None).await, AuthResult::Missing);
         assert_eq!(a.check(ip, Some(b"Bearer x")).await, AuthResult::Missing);
@@ -254,11 +254,7 @@ mod tests {
             a.check(ip, Some(&header("alice", "s3cret"))).await,
             AuthResult::Allowed(Some("alice".into()))
         );
-        assert_eq!(
-            a.hashes.load(Ordering::Relaxed),
-            1,
-            "the second check came from the cache"
-        );
+        assert_eq!(hashes.get(), 1, "the second check came from the cache");
         assert_eq!(
             a.check("10.9.9.9".parse().unwrap(), None).await,
             AuthResult::Allowed(None)
@@ -270,16 +266,12 @@ mod tests {
                 AuthResult::Denied
             );
         }
-        let before = a.hashes.load(Ordering::Relaxed);
+        let before = hashes.get();
         assert_eq!(
             a.check(bad, Some(&header("alice", "s3cret"))).await,
             AuthResult::TooMany
         );
-        assert_eq!(
-            a.hashes.load(Ordering::Relaxed),
-            before,
-            "429 without hashing"
-        );
+        assert_eq!(hashes.get(), before, "429 without hashing");
         assert_eq!(
             a.check(ip, Some(&header("alice", "s3cret"))).await,
             AuthResult::Allowed(Some("alice".into()))
@@ -291,7 +283,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("creds");
         std::fs::write(&file, "alice:plaintext\n").unwrap();
-        let e = Auth::load(&file, NetList::default(), Arc::default())
+        let h = prometheus::IntCounter::new("h", "h").unwrap();
+        let e = Auth::load(&file, NetList::default(), Arc::default(), h)
             .err()
             .unwrap();
         assert!(e.to_string().contains("line 1"), "{e}");

@@ -103,7 +103,11 @@ pub async fn run(
 ) -> Result<(), RunError> {
     // Refuse to start on what cannot be used (the upgrade CA, credentials, the admin
     // token) before binding anything.
-    let built = reload::build(cfg, None).map_err(RunError::Setup)?;
+    let metrics = Arc::new(Metrics::new(
+        cfg.metrics.max_series_per_metric,
+        cfg.metrics.series_idle_expiry,
+    )?);
+    let built = reload::build(cfg, None, &metrics).map_err(RunError::Setup)?;
     let cfg = built.cfg;
     let proxy_addr = cfg.proxy.listen;
     let admin_addr = cfg.admin.listen;
@@ -121,10 +125,6 @@ pub async fn run(
             addr: admin_addr,
             source,
         })?;
-    let metrics = Arc::new(Metrics::new(
-        cfg.metrics.max_series_per_metric,
-        cfg.metrics.series_idle_expiry,
-    )?);
     let events = EventLog::start(&cfg.events, metrics.clone()).map_err(RunError::Events)?;
     let inventory = Inventory::start(&cfg.inventory, metrics.clone()).map_err(RunError::Events)?;
     let dns = cfg

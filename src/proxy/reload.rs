@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::{Config, Overrides};
+use crate::telemetry::Metrics;
 use crate::upgrade::Upgrader;
 
 use super::Shared;
@@ -33,7 +34,7 @@ pub struct Built {
 
 /// Builds everything `cfg` needs. `previous` lets unchanged parts be reused (the upgrade
 /// CA's leaf cache) and carries state that must survive (authentication failure counts).
-pub fn build(cfg: Config, previous: Option<&Shared>) -> Result<Built, String> {
+pub fn build(cfg: Config, previous: Option<&Shared>, metrics: &Metrics) -> Result<Built, String> {
     let upgrader = match previous {
         Some(p) if p.config.load().upgrade == cfg.upgrade => p.upgrader.load_full(),
         _ => Upgrader::from_config(&cfg.upgrade).map_err(|e| e.to_string())?,
@@ -44,8 +45,13 @@ pub fn build(cfg: Config, previous: Option<&Shared>) -> Result<Built, String> {
         .unwrap_or_else(|| Arc::new(FailureLog::default()));
     let auth = match &cfg.auth.credentials_file {
         Some(path) => Some(Arc::new(
-            Auth::load(path, cfg.auth.exempt_sources.clone(), failures)
-                .map_err(|e| e.to_string())?,
+            Auth::load(
+                path,
+                cfg.auth.exempt_sources.clone(),
+                failures,
+                metrics.auth_password_hashes.clone(),
+            )
+            .map_err(|e| e.to_string())?,
         )),
         None => None,
     };
@@ -109,7 +115,7 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<Vec<&'static str>, String> {
     let built = tokio::task::spawn_blocking(move || {
         let cfg = Config::load_with_overrides(s.source.path.as_deref(), &s.source.overrides)
             .map_err(|e| e.to_string())?;
-        build(cfg, Some(&s))
+        build(cfg, Some(&s), &s.metrics)
     })
     .await
     .map_err(|e| format!("reload task failed: {e}"))

@@ -38,6 +38,7 @@ pub struct Metrics {
     pub inventory_dropped: IntCounter,
     pub ptr_lookups: IntCounterVec,
     pub auth_failures: IntCounterVec,
+    pub auth_password_hashes: IntCounter,
 }
 
 /// Label values for the per-connection counters.
@@ -181,6 +182,11 @@ impl Metrics {
             auth_failures.with_label_values(&[r]);
         }
         registry.register(Box::new(auth_failures.clone()))?;
+        let auth_password_hashes = IntCounter::new(
+            "tlspeek_auth_password_hashes_total",
+            "Password hashes computed to check proxy credentials (cached and rate-limited checks hash nothing).",
+        )?;
+        registry.register(Box::new(auth_password_hashes.clone()))?;
         registry.register(Box::new(inventory_errors.clone()))?;
         registry.register(Box::new(inventory_dropped.clone()))?;
         registry.register(Box::new(ptr_lookups.clone()))?;
@@ -239,6 +245,7 @@ impl Metrics {
             inventory_dropped,
             ptr_lookups,
             auth_failures,
+            auth_password_hashes,
         })
     }
 
