@@ -254,25 +254,13 @@ impl Tlspeek {
         let (proxy_port, admin_port) = (free_port(), free_port());
         let events_path = dir.path().join("events.jsonl");
         let stderr_path = dir.path().join("tlspeek.err");
-        let deny = if proxy_extra.contains("deny_destinations") {
-            ""
-        } else {
-            "deny_destinations = []\n"
-        };
-        // The inventory lives in the test's own directory unless the test sets it.
-        let inventory = if extra.contains("[inventory]") {
-            String::new()
-        } else {
-            format!(
-                "[inventory]\npath = \"{}\"\n",
-                dir.path().join("inventory.sqlite").display()
-            )
-        };
-        let cfg = format!(
-            "[proxy]\nlisten = \"127.0.0.1:{proxy_port}\"\n{deny}{proxy_extra}\n\
-             [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
-             [events]\npath = \"{}\"\n{inventory}{extra}\n",
-            events_path.display()
+        let cfg = harness_config(
+            proxy_port,
+            admin_port,
+            &events_path,
+            dir.path(),
+            proxy_extra,
+            extra,
         );
         let cfg_path = dir.path().join("tlspeek.toml");
         std::fs::write(&cfg_path, cfg).unwrap();
@@ -386,6 +374,48 @@ impl Tlspeek {
         }
         None
     }
+}
+
+/// The configuration a test instance runs with: its ports, its event file and inventory in
+/// its own directory, loopback not denied (the test upstreams live there) — then the
+/// test's `proxy_extra` (keys of `[proxy]`) and `extra` (any tables, `[admin]` included)
+/// merged over it key by key.
+pub fn harness_config(
+    proxy_port: u16,
+    admin_port: u16,
+    events_path: &Path,
+    dir: &Path,
+    proxy_extra: &str,
+    extra: &str,
+) -> String {
+    let base = format!(
+        "[proxy]\nlisten = \"127.0.0.1:{proxy_port}\"\ndeny_destinations = []\n\
+         [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
+         [events]\npath = \"{}\"\n\
+         [inventory]\npath = \"{}\"\n",
+        events_path.display(),
+        dir.join("inventory.sqlite").display()
+    );
+    let mut table: toml::Table = base.parse().unwrap();
+    let proxy: toml::Table = proxy_extra
+        .parse()
+        .unwrap_or_else(|e| panic!("proxy_extra: {e}"));
+    let extra: toml::Table = extra.parse().unwrap_or_else(|e| panic!("extra: {e}"));
+    fn merge(into: &mut toml::Table, from: toml::Table) {
+        for (k, v) in from {
+            match (into.get_mut(&k), v) {
+                (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+                (_, v) => {
+                    into.insert(k, v);
+                }
+            }
+        }
+    }
+    let mut wrapped = toml::Table::new();
+    wrapped.insert("proxy".into(), toml::Value::Table(proxy));
+    merge(&mut table, wrapped);
+    merge(&mut table, extra);
+    toml::to_string(&table).unwrap()
 }
 
 /// A minimal HTTP/1.0 GET on 127.0.0.1:port; returns (status, body).
