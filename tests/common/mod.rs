@@ -987,3 +987,235 @@ pub fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
 
 /// A real captured ClientHello (curl, TLS 1.2 max), as the first flight of a tunnel.
 pub const CURL_TLS12_HELLO: &[u8] = include_bytes!("../fixtures/curl_tls12.bin");
+
+// ---- Helpers for the dashboards tests (a real Prometheus, sources other than 127.0.0.1) ----
+
+/// Like `gnutls_via_proxy`, with socat's connection to the proxy bound to `source` (e.g.
+/// "127.0.0.15"), so the proxy sees that source.
+pub fn gnutls_via_proxy_from(
+    source: &str,
+    proxy_port: u16,
+    upstream_port: u16,
+    priority: &str,
+    sni: &str,
+) -> String {
+    let fwd = free_port();
+    let _socat = Proc(
+        Command::new("socat")
+            .arg(format!("TCP-LISTEN:{fwd},bind=127.0.0.1,reuseaddr"))
+            .arg(format!(
+                "PROXY:127.0.0.1:127.0.0.1:{upstream_port},proxyport={proxy_port},bind={source}"
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let end = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .contains(&format!(":{fwd:04X} 00000000:0000 0A"))
+    {
+        assert!(Instant::now() < end, "socat did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut child = Command::new("gnutls-cli")
+        .args([
+            "--insecure",
+            "--port",
+            &fwd.to_string(),
+            "--sni-hostname",
+            sni,
+            "--priority",
+            priority,
+            "127.0.0.1",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET / HTTP/1.0\r\n\r\n");
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A TCP server on 127.0.0.1 that never sends a byte (an upstream that does not answer the
+/// ClientHello): it reads until the peer closes, then closes too.
+pub fn silent_server() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s, &mut std::io::sink());
+            });
+        }
+    });
+    port
+}
+
+/// One sample of a Prometheus query result: its labels and value.
+#[derive(Debug, Clone)]
+pub struct PromSample {
+    pub labels: HashMap<String, String>,
+    pub value: f64,
+}
+
+/// A real Prometheus (the Debian `prometheus` binary) on 127.0.0.1 with its own storage in a
+/// temporary directory, scraping `targets` (job "tlspeek") every second and evaluating
+/// `rule_files` every second. Killed on drop.
+pub struct Prometheus {
+    pub proc: Proc,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    pub fn start(targets: &[u16], rule_files: &[&Path]) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let targets: Vec<String> = targets
+            .iter()
+            .map(|p| format!("\"127.0.0.1:{p}\""))
+            .collect();
+        let rules: String = rule_files
+            .iter()
+            .map(|r| format!("  - \"{}\"\n", r.display()))
+            .collect();
+        let cfg = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n{rules}\
+             scrape_configs:\n  - job_name: tlspeek\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        );
+        let cfg_path = dir.path().join("prometheus.yml");
+        std::fs::write(&cfg_path, cfg).unwrap();
+        for _ in 0..5 {
+            let port = free_port();
+            let child = Command::new("prometheus")
+                .arg(format!("--config.file={}", cfg_path.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("data").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .arg("--log.level=warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.path().join("prometheus.err")).unwrap())
+                .spawn()
+                .expect("spawn prometheus");
+            let mut proc = Proc(child);
+            if wait_port(port, Duration::from_secs(20)) {
+                let p = Prometheus { proc, port, dir };
+                let end = Instant::now() + Duration::from_secs(20);
+                while p.get("/-/ready").0 != 200 {
+                    assert!(Instant::now() < end, "prometheus not ready: {}", p.stderr());
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                return p;
+            }
+            let _ = proc.0.kill();
+        }
+        panic!("prometheus did not start");
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prometheus.err")).unwrap_or_default()
+    }
+
+    /// GET on the web API; returns the status and the body parsed as JSON (Null if not JSON).
+    pub fn get(&self, path_and_query: &str) -> (u16, Value) {
+        let (status, body) = http_get(self.port, path_and_query);
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    /// An instant query at `time` (Unix seconds). Err carries Prometheus's error text.
+    pub fn query(&self, expr: &str, time: f64) -> Result<Vec<PromSample>, String> {
+        let (status, v) = self.get(&format!(
+            "/api/v1/query?query={}&time={time:.3}",
+            url_encode(expr)
+        ));
+        if status != 200 || v["status"] != "success" {
+            return Err(format!("HTTP {status}: {}", v["error"]));
+        }
+        let data = &v["data"];
+        match data["resultType"].as_str() {
+            Some("vector") => Ok(data["result"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| PromSample {
+                    labels: s["metric"]
+                        .as_object()
+                        .unwrap()
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                        .collect(),
+                    value: s["value"][1].as_str().unwrap().parse().unwrap(),
+                })
+                .collect()),
+            Some("scalar") => Ok(vec![PromSample {
+                labels: HashMap::new(),
+                value: data["result"][1].as_str().unwrap().parse().unwrap(),
+            }]),
+            other => Err(format!("unexpected result type {other:?}")),
+        }
+    }
+
+    /// A range query; returns the number of series.
+    pub fn query_range(
+        &self,
+        expr: &str,
+        start: f64,
+        end: f64,
+        step: f64,
+    ) -> Result<usize, String> {
+        let (status, v) = self.get(&format!(
+            "/api/v1/query_range?query={}&start={start:.3}&end={end:.3}&step={step}",
+            url_encode(expr)
+        ));
+        if status != 200 || v["status"] != "success" {
+            return Err(format!("HTTP {status}: {}", v["error"]));
+        }
+        Ok(v["data"]["result"].as_array().map(|a| a.len()).unwrap_or(0))
+    }
+
+    /// The values of `label` on series matching `selector` (Grafana's `label_values`).
+    pub fn label_values(&self, label: &str, selector: &str) -> Result<Vec<String>, String> {
+        let (status, v) = self.get(&format!(
+            "/api/v1/label/{label}/values?match[]={}",
+            url_encode(selector)
+        ));
+        if status != 200 || v["status"] != "success" {
+            return Err(format!("HTTP {status}: {}", v["error"]));
+        }
+        Ok(v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect())
+    }
+}
+
+/// Percent-encodes a query-string value.
+pub fn url_encode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
