@@ -148,3 +148,39 @@ mod tests {
         assert_eq!(dns.cached(ip).as_deref(), Some("localhost"));
     }
 }
+
+/// Addresses of the watched destinations, so a caller that sends no SNI (Windows XP/2003
+/// SChannel, Java 6 — the worst legacy callers) is still labelled with the watched name its
+/// original destination belongs to, rather than `other`. Exact patterns are resolved in the
+/// background every few minutes; `*.` patterns cannot be, and are left out.
+#[derive(Default)]
+pub struct WatchedAddresses {
+    map: arc_swap::ArcSwap<HashMap<IpAddr, HostName>>,
+}
+
+/// How often the watched names are resolved again.
+pub const WATCHED_REFRESH: Duration = Duration::from_secs(300);
+
+impl WatchedAddresses {
+    pub fn name_of(&self, ip: IpAddr) -> Option<HostName> {
+        self.map.load().get(&ip.to_canonical()).cloned()
+    }
+
+    /// Resolves every exact watched name (each lookup bounded) and swaps the map in.
+    pub async fn refresh(&self, patterns: &crate::names::HostPatterns) {
+        let mut map = HashMap::new();
+        for p in &patterns.0 {
+            let crate::names::HostPattern::Exact(name) = p else {
+                continue;
+            };
+            let lookup = tokio::net::lookup_host((name.as_str(), 443));
+            if let Ok(Ok(addrs)) = tokio::time::timeout(Duration::from_secs(5), lookup).await {
+                for a in addrs {
+                    map.entry(a.ip().to_canonical())
+                        .or_insert_with(|| name.clone());
+                }
+            }
+        }
+        self.map.store(Arc::new(map));
+    }
+}

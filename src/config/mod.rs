@@ -141,6 +141,7 @@ pub struct ProxyConfig {
     pub max_connections: usize,
     pub max_connections_per_source: usize,
     pub shutdown_grace: Duration,
+    pub proxy_protocol_from: NetList,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -197,6 +198,15 @@ pub struct Rule {
     pub expires: Option<std::time::SystemTime>,
 }
 
+/// `[upstream] proxy`: a parent proxy every upstream connection goes through.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParentProxy {
+    pub host: String,
+    pub port: u16,
+    /// `Proxy-Authorization` value for the parent (from `http://user:pass@host:port`).
+    pub authorization: Option<String>,
+}
+
 /// What to do with a legacy client an upgrade rule applies to but tlspeek cannot terminate
 /// (it offers nothing the local OpenSSL speaks, e.g. 3DES only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -242,6 +252,8 @@ pub struct Config {
     pub inventory: InventoryConfig,
     pub auth: AuthConfig,
     pub transparent_listen: Option<SocketAddr>,
+    pub transparent_tproxy: bool,
+    pub upstream_proxy: Option<ParentProxy>,
     /// The written form, for `check-config` and logs.
     pub raw: RawConfig,
 }

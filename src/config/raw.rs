@@ -43,6 +43,9 @@ pub struct RawProxy {
     pub max_connections: i64,
     pub max_connections_per_source: i64,
     pub shutdown_grace: String,
+    /// Load balancers whose connections start with a PROXY protocol v2 header.
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -125,6 +128,10 @@ pub struct RawInventory {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct RawTransparent {
     pub listen: String,
+    /// TPROXY instead of REDIRECT: the original destination is the accepted socket's own
+    /// address (needs CAP_NET_ADMIN for IP_TRANSPARENT).
+    #[serde(default)]
+    pub tproxy: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -200,15 +200,42 @@ impl Checker {
     fn optional_path(&mut self, v: &str) -> Option<PathBuf> {
         (!v.is_empty()).then(|| PathBuf::from(v))
     }
+}
 
-    /// Marks a key whose feature this build does not have yet: the config is refused
-    /// rather than silently ignoring what the user asked for.
-    fn not_yet(&mut self, key: &str, what: &str) {
-        self.err(
-            key,
-            format!("{what} is not available in this version of tlspeek"),
-        );
+/// `http://[user:password@]host:port` of a parent proxy.
+fn parse_parent(v: &str) -> Result<super::ParentProxy, String> {
+    use base64::Engine;
+    let rest = v
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{v:?}: write the parent proxy as \"http://host:port\""))?;
+    let rest = rest.trim_end_matches('/');
+    let (userinfo, hostport) = match rest.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, rest),
+    };
+    let (host, port) = hostport
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{v:?}: the parent proxy needs a port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if IpAddr::from_str(host).is_err() && crate::names::HostName::parse(host).is_none() {
+        return Err(format!("{v:?}: {host:?} is not a host name or IP address"));
     }
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("{v:?}: bad port"))?;
+    let authorization = userinfo.map(|u| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(u.as_bytes())
+        )
+    });
+    Ok(super::ParentProxy {
+        host: host.to_string(),
+        port,
+        authorization,
+    })
 }
 
 /// A private key file must exist and be readable by its owner only: a CA key that others
@@ -292,6 +319,7 @@ pub(super) fn validate(raw: RawConfig, earlier: Vec<ConfigError>) -> Result<Conf
             1,
         ),
         shutdown_grace: c.duration("proxy.shutdown_grace", &p.shutdown_grace, true),
+        proxy_protocol_from: c.nets("proxy.proxy_protocol_from", &p.proxy_protocol_from),
     };
     if proxy.allowed_ports.is_empty() {
         c.err("proxy.allowed_ports", "must name at least one port");
@@ -412,19 +440,22 @@ pub(super) fn validate(raw: RawConfig, earlier: Vec<ConfigError>) -> Result<Conf
 
     let transparent_listen = match raw.transparent.listen.as_str() {
         "" => None,
-        v => {
-            let a = c.listen("transparent.listen", v);
-            c.not_yet("transparent.listen", "transparent mode");
-            Some(a)
-        }
+        v => Some(c.listen("transparent.listen", v)),
     };
     let auth = AuthConfig {
         credentials_file: c.optional_path(&raw.auth.credentials_file),
         exempt_sources: c.nets("auth.exempt_sources", &raw.auth.exempt_sources),
     };
-    if !raw.upstream.proxy.is_empty() {
-        c.not_yet("upstream.proxy", "parent-proxy chaining");
-    }
+    let upstream_proxy = match raw.upstream.proxy.as_str() {
+        "" => None,
+        v => match parse_parent(v) {
+            Ok(p) => Some(p),
+            Err(why) => {
+                c.err("upstream.proxy", why);
+                None
+            }
+        },
+    };
 
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
@@ -442,6 +473,8 @@ pub(super) fn validate(raw: RawConfig, earlier: Vec<ConfigError>) -> Result<Conf
         inventory,
         auth,
         transparent_listen,
+        transparent_tproxy: raw.transparent.tproxy,
+        upstream_proxy,
         raw,
     })
 }

@@ -13,11 +13,13 @@ use tracing::{debug, info};
 use super::Shared;
 use super::admission::{self, ConnectError};
 use super::auth::AuthResult;
-use super::authority::{Authority, parse_authority};
+use super::authority::{Authority, Host, parse_authority};
 use super::handshake::HandshakeWatch;
 use super::limits::{LimitHit, Permit};
+use super::proxy_protocol;
 use super::request::{self, ESTABLISHED, HeadError, RequestHead};
 use super::splice::{self, TunnelStats};
+use super::transparent;
 use super::tunnel::TunnelEnd;
 use crate::config::Config;
 use crate::hello::ClientHelloSummary;
@@ -84,7 +86,23 @@ impl Refusal {
 }
 
 /// What happened before the tunnel, decided at accept time.
-pub type Admission = Result<Permit, Refusal>;
+pub enum Admission {
+    Admitted(Permit),
+    Refused(Refusal),
+    /// A trusted load balancer: read its PROXY header, then admit the real client.
+    AfterProxyHeader,
+}
+
+/// The source allow-list, then a connection permit.
+pub fn admit(shared: &Shared, cfg: &Config, peer: SocketAddr) -> Admission {
+    if !cfg.proxy.allowed_sources.contains(peer.ip()) {
+        return Admission::Refused(Refusal::source(peer.ip()));
+    }
+    match shared.limits.try_acquire(peer.ip()) {
+        Ok(p) => Admission::Admitted(p),
+        Err(hit) => Admission::Refused(Refusal::limit(hit)),
+    }
+}
 
 /// Keeps `tlspeek_active_tunnels` right however the tunnel ends.
 struct ActiveTunnel<'a>(&'a prometheus::IntGauge);
@@ -107,21 +125,48 @@ pub async fn handle(
     shared: Arc<Shared>,
     cfg: Arc<Config>,
     client: TcpStream,
-    peer: SocketAddr,
+    mut peer: SocketAddr,
     id: u64,
-    admission: Admission,
+    mut admission: Admission,
+    mode: Mode,
 ) {
     let started = Instant::now();
+    let mut header_error = None;
+    if let Admission::AfterProxyHeader = admission {
+        match proxy_protocol::read(&client, started + cfg.proxy.header_timeout).await {
+            Ok(proxy_protocol::Parsed::Proxied(real)) => {
+                debug!(balancer = %peer, client = %real, "PROXY header");
+                peer = real;
+                admission = admit(&shared, &cfg, peer);
+            }
+            Ok(proxy_protocol::Parsed::Local) => admission = admit(&shared, &cfg, peer),
+            Err(e) => {
+                header_error = Some(e.to_string());
+                admission = Admission::Refused(Refusal::new(
+                    400,
+                    "Bad Request",
+                    Outcome::BadRequest,
+                    e.to_string(),
+                ));
+            }
+        }
+    }
     let src = source_label(&cfg, peer.ip());
-    let mut rec = ConnectionRecord::new(id, Mode::Connect, peer, src.value.clone());
+    let mut rec = ConnectionRecord::new(id, mode, peer, src.value.clone());
+    rec.note = header_error;
     let stats = TunnelStats::new();
     let watch = HandshakeWatch::new();
     let mut outcome = match admission {
-        Err(refusal) => {
-            refuse(&client, &refusal).await;
+        Admission::Refused(refusal) => {
+            match mode {
+                Mode::Connect => refuse(&client, &refusal).await,
+                // A transparent client speaks TLS, not HTTP: it gets a close.
+                _ => info!(outcome = refusal.outcome.as_str(), reason = %refusal.reason, "refused"),
+            }
             refusal.outcome
         }
-        Ok(_permit) => {
+        Admission::AfterProxyHeader => Outcome::InternalError,
+        Admission::Admitted(_permit) => {
             if let Some(dns) = &shared.dns {
                 dns.lookup_later(peer.ip());
             }
@@ -133,8 +178,14 @@ pub async fn handle(
                 src: &src,
                 stats: &stats,
                 watch: &watch,
+                mode,
             };
-            let serving = conn.serve(&mut rec, started);
+            let serving = async {
+                match mode {
+                    Mode::Transparent => conn.serve_transparent(&mut rec).await,
+                    _ => conn.serve(&mut rec, started).await,
+                }
+            };
             tokio::select! {
                 outcome = serving => outcome,
                 _ = shared.hard_stop.cancelled() => {
@@ -160,7 +211,7 @@ pub async fn handle(
     rec.bytes_up = stats.up();
     rec.bytes_down = stats.down();
     rec.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    shared.metrics.connection_ended(Mode::Connect, outcome);
+    shared.metrics.connection_ended(mode, outcome);
     debug!(
         outcome = outcome.as_str(),
         bytes_up = rec.bytes_up,
@@ -225,6 +276,7 @@ pub(super) struct Conn<'a> {
     pub(super) src: &'a SourceLabel,
     pub(super) stats: &'a TunnelStats,
     pub(super) watch: &'a HandshakeWatch,
+    pub(super) mode: Mode,
 }
 
 fn head_refusal(e: &HeadError) -> Option<Refusal> {
@@ -363,6 +415,61 @@ impl Conn<'_> {
                 .upgraded(v, c, r.user_agent.as_deref(), r.request.as_deref());
         }
         r.outcome.unwrap_or(Outcome::InternalError)
+    }
+
+    /// A redirected connection: its original destination is the target; admission as for
+    /// CONNECT (port allow-list, deny-list, connect timeout); no HTTP is spoken.
+    async fn serve_transparent(&self, rec: &mut ConnectionRecord) -> Outcome {
+        let cfg = self.cfg;
+        let original = match transparent::original_destination(self.client, cfg.transparent_tproxy)
+        {
+            Ok(a) => a,
+            Err(e) => {
+                info!(error = %e, "no original destination (was the connection redirected?); closing");
+                rec.note = Some(format!("no original destination: {e}"));
+                return Outcome::BadRequest;
+            }
+        };
+        let original = SocketAddr::new(original.ip().to_canonical(), original.port());
+        let target = Authority {
+            host: Host::Ip(original.ip()),
+            port: original.port(),
+        };
+        rec.target_host = Some(target.host.to_string());
+        rec.target_port = Some(target.port);
+        tracing::Span::current().record("target", tracing::field::display(original));
+        let local = self.client.local_addr().unwrap_or(original);
+        let own: Vec<SocketAddr> = [
+            Some(cfg.proxy.listen),
+            Some(cfg.admin.listen),
+            cfg.transparent_listen,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if transparent::is_loop(original, local, &own) {
+            info!(original = %original, "refused: the original destination is tlspeek itself (a redirect loop, or not redirected)");
+            rec.note = Some("redirect loop: the original destination is tlspeek itself".into());
+            return Outcome::RefusedDestination;
+        }
+        if !cfg.proxy.allowed_ports.contains(&target.port) {
+            info!(port = target.port, "refused: port not allowed");
+            return Outcome::RefusedPort;
+        }
+        let upstream = match self.connect(&target, rec).await {
+            Ok(u) => u,
+            Err(r) => {
+                info!(outcome = r.outcome.as_str(), reason = %r.reason, "refused");
+                return r.outcome;
+            }
+        };
+        let _active = ActiveTunnel::open(&self.shared.metrics.active_tunnels);
+        match self.tunnel(&upstream, &target, Vec::new(), rec).await {
+            TunnelEnd::Done(outcome) => outcome,
+            TunnelEnd::Upgrade { held, name, hello } => {
+                self.upgrade(&upstream, held, &name, &hello, rec).await
+            }
+        }
     }
 
     /// Proxy authentication, when configured: 407 without (good) credentials, 429 when the

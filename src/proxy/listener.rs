@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info_span, warn};
 
 use super::Shared;
-use super::connection::{self, Refusal};
+use super::connection::{self, Admission, admit};
+use crate::telemetry::Mode;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -25,9 +26,19 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
     )
 }
 
-pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+/// Accepts on `listener` until `stop`; `mode` is `Connect` for the proxy listener and
+/// `Transparent` for redirected connections.
+pub async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    mode: Mode,
+) {
     let mut backoff = BACKOFF_MIN;
-    let accept_errors = shared.metrics.accept_errors.with_label_values(&["proxy"]);
+    let accept_errors = shared
+        .metrics
+        .accept_errors
+        .with_label_values(&[mode.as_str()]);
     loop {
         let accepted = tokio::select! {
             biased;
@@ -58,14 +69,18 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cance
         };
         let id = shared.next_id();
         let cfg = shared.config.load_full();
-        let admission = if !cfg.proxy.allowed_sources.contains(peer.ip()) {
-            Err(Refusal::source(peer.ip()))
-        } else {
-            shared.limits.try_acquire(peer.ip()).map_err(Refusal::limit)
-        };
-        let span = info_span!("conn", id, src = %peer, target = tracing::field::Empty);
+        // A trusted load balancer's connection is admitted after its PROXY header names
+        // the real client.
+        let admission =
+            if mode == Mode::Connect && cfg.proxy.proxy_protocol_from.contains(peer.ip()) {
+                Admission::AfterProxyHeader
+            } else {
+                admit(&shared, &cfg, peer)
+            };
+        let span = info_span!("conn", id, mode = mode.as_str(), src = %peer, target = tracing::field::Empty);
         shared.tracker.spawn(
-            connection::handle(shared.clone(), cfg, stream, peer, id, admission).instrument(span),
+            connection::handle(shared.clone(), cfg, stream, peer, id, admission, mode)
+                .instrument(span),
         );
     }
 }

@@ -8,9 +8,11 @@ pub mod handshake;
 pub mod limits;
 pub mod listener;
 pub mod peek;
+pub mod proxy_protocol;
 pub mod reload;
 pub mod request;
 pub mod splice;
+pub mod transparent;
 pub mod tunnel;
 
 use std::net::SocketAddr;
@@ -28,7 +30,7 @@ use crate::admin;
 use crate::config::Config;
 use crate::dns::ReverseDns;
 use crate::inventory::Inventory;
-use crate::telemetry::{EventLog, Metrics};
+use crate::telemetry::{EventLog, Metrics, Mode};
 use crate::upgrade::Upgrader;
 
 use limits::Limits;
@@ -43,6 +45,10 @@ pub struct Shared {
     pub inventory: Option<Inventory>,
     /// Reverse DNS of sources (None unless `[dns] reverse_lookup`).
     pub dns: Option<Arc<ReverseDns>>,
+    /// Addresses of the watched names, for callers without SNI.
+    pub watched_addresses: crate::dns::WatchedAddresses,
+    /// Wakes the watched-address refresh early (after a reload).
+    pub watched_changed: tokio::sync::Notify,
     /// Upgrade mode's CA and TLS sides (None without `[upgrade] ca_cert`); swapped on reload.
     pub upgrader: ArcSwapOption<Upgrader>,
     /// Proxy authentication (None without `[auth] credentials_file`); swapped on reload.
@@ -118,6 +124,10 @@ pub async fn run(
             addr: proxy_addr,
             source,
         })?;
+    let transparent_listener = match cfg.transparent_listen {
+        Some(addr) => Some(bind_transparent(addr, cfg.transparent_tproxy)?),
+        None => None,
+    };
     let admin_listener = TcpListener::bind(admin_addr)
         .await
         .map_err(|source| RunError::Bind {
@@ -134,6 +144,8 @@ pub async fn run(
     let shared = Arc::new(Shared {
         inventory,
         dns,
+        watched_addresses: Default::default(),
+        watched_changed: tokio::sync::Notify::new(),
         upgrader: ArcSwapOption::new(built.upgrader),
         auth: ArcSwapOption::new(built.auth),
         admin_token: ArcSwapOption::new(built.admin_token),
@@ -161,12 +173,22 @@ pub async fn run(
         stop_admin.clone(),
     ));
     let expiry_task = tokio::spawn(expire_series(shared.clone(), stop_admin.clone()));
+    let watched_task = tokio::spawn(refresh_watched(shared.clone(), stop_admin.clone()));
     let accept_task = tokio::spawn(listener::accept_loop(
         proxy_listener,
         shared.clone(),
         stop_accepting.clone(),
+        Mode::Connect,
     ));
-    info!(proxy = %proxy_addr, admin = %admin_addr, version = env!("CARGO_PKG_VERSION"), "tlspeek listening");
+    let transparent_task = transparent_listener.map(|l| {
+        tokio::spawn(listener::accept_loop(
+            l,
+            shared.clone(),
+            stop_accepting.clone(),
+            Mode::Transparent,
+        ))
+    });
+    info!(proxy = %proxy_addr, admin = %admin_addr, transparent = ?shared.config.load().transparent_listen, version = env!("CARGO_PKG_VERSION"), "tlspeek listening");
 
     loop {
         match control.recv().await {
@@ -184,6 +206,9 @@ pub async fn run(
     shared.draining.cancel();
     stop_accepting.cancel();
     let _ = accept_task.await;
+    if let Some(t) = transparent_task {
+        let _ = t.await;
+    }
     shared.tracker.close();
     if tokio::time::timeout(grace, shared.tracker.wait())
         .await
@@ -199,11 +224,49 @@ pub async fn run(
     stop_admin.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(1), admin_task).await;
     let _ = expiry_task.await;
+    watched_task.abort();
     let events_shared = shared.clone();
     let _ = tokio::task::spawn_blocking(move || events_shared.events.close(Duration::from_secs(5)))
         .await;
     info!("tlspeek stopped");
     Ok(())
+}
+
+/// The transparent listener; with TPROXY it needs IP_TRANSPARENT (CAP_NET_ADMIN).
+fn bind_transparent(addr: SocketAddr, tproxy: bool) -> Result<TcpListener, RunError> {
+    let bind = |source: std::io::Error| RunError::Bind {
+        what: "transparent.listen",
+        addr,
+        source,
+    };
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .map_err(bind)?;
+    sock.set_reuse_address(true).map_err(bind)?;
+    if tproxy {
+        #[cfg(target_os = "linux")]
+        sock.set_ip_transparent_v4(true).map_err(bind)?;
+    }
+    sock.set_nonblocking(true).map_err(bind)?;
+    sock.bind(&addr.into()).map_err(bind)?;
+    sock.listen(1024).map_err(bind)?;
+    TcpListener::from_std(sock.into()).map_err(bind)
+}
+
+/// Keeps the watched-address map fresh: at start, every few minutes, and after a reload.
+async fn refresh_watched(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let patterns = shared.config.load().metrics.watched_destinations.clone();
+        shared.watched_addresses.refresh(&patterns).await;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(crate::dns::WATCHED_REFRESH) => {}
+            _ = shared.watched_changed.notified() => {}
+        }
+    }
 }
 
 /// Drops idle metric series once a minute.

@@ -138,6 +138,7 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<Vec<&'static str>, String> {
             shared.auth.store(b.auth);
             shared.admin_token.store(b.admin_token);
             shared.config.store(Arc::new(b.cfg));
+            shared.watched_changed.notify_one();
             m.config_reloads.with_label_values(&["success"]).inc();
             if restart.is_empty() {
                 tracing::info!("configuration reloaded");

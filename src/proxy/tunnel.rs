@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use super::authority::Authority;
+use super::authority::{Authority, Host};
 use super::connection::{Conn, lingering_close};
 use super::handshake::HelloContext;
 use super::peek::{FirstFlight, peek_client_hello};
@@ -20,9 +20,7 @@ use crate::inventory::software::{Facts, SoftwareDb};
 use crate::inventory::writer::unix_now as unix_secs;
 use crate::names::HostName;
 use crate::policy;
-use crate::telemetry::{
-    ActionTaken, ConnectionRecord, Kind, Mode, Outcome, Who, destination_label,
-};
+use crate::telemetry::{ActionTaken, ConnectionRecord, Kind, Outcome, Who, destination_label};
 
 /// What the policy made of the first flight.
 pub(super) enum Act {
@@ -118,7 +116,7 @@ impl Conn<'_> {
         let timed_out = matches!(peeked.flight, FirstFlight::TimedOut { .. });
         let flight = std::mem::replace(&mut peeked.flight, FirstFlight::Nothing);
         let (kind, act) = self.first_flight(flight, target, rec);
-        m.first_flight(Mode::Connect, kind);
+        m.first_flight(self.mode, kind);
         if timed_out && self.cfg.proxy.on_hello_timeout == OnHelloTimeout::Close {
             debug!("no ClientHello within hello_timeout: closing (on_hello_timeout = close)");
             return TunnelEnd::Done(Outcome::Closed);
@@ -260,8 +258,19 @@ impl Conn<'_> {
         let verdict = hello::classify_client_hello(&h);
         rec.set_client_hello(&h, &verdict);
         // The name is the SNI, else the CONNECT host, and only a valid host name.
+        // Without SNI (Windows XP SChannel, Java 6) the address may still belong to a watched
+        // name: say so rather than label it "other".
         let sni_name = h.sni.as_deref().and_then(HostName::parse);
-        let name = sni_name.or_else(|| target.name().cloned());
+        let mut name = sni_name.or_else(|| target.name().cloned());
+        if name.is_none() {
+            if let Host::Ip(ip) = &target.host {
+                name = self.shared.watched_addresses.name_of(*ip);
+                if let Some(n) = &name {
+                    rec.name_inferred = true;
+                    info!(name = %n, "no SNI: the name was inferred from the destination address");
+                }
+            }
+        }
         let destination = destination_label(self.cfg, name.as_ref());
         let who = Who {
             source: &self.src.value,

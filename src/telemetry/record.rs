@@ -146,6 +146,8 @@ pub struct ConnectionRecord {
     pub user: Option<String>,
     pub target_host: Option<String>,
     pub target_port: Option<u16>,
+    /// The connection's name was inferred from its destination address (no SNI).
+    pub name_inferred: bool,
     pub upstream_ip: Option<String>,
     pub kind: Option<Kind>,
     pub record_version: Option<&'static str>,
@@ -199,6 +201,7 @@ impl ConnectionRecord {
             user: None,
             target_host: None,
             target_port: None,
+            name_inferred: false,
             upstream_ip: None,
             kind: None,
             record_version: None,
