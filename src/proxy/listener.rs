@@ -35,10 +35,14 @@ pub async fn accept_loop(
     mode: Mode,
 ) {
     let mut backoff = BACKOFF_MIN;
+    let listener_name = match mode {
+        Mode::Transparent => "transparent",
+        _ => "proxy",
+    };
     let accept_errors = shared
         .metrics
         .accept_errors
-        .with_label_values(&[mode.as_str()]);
+        .with_label_values(&[listener_name]);
     loop {
         let accepted = tokio::select! {
             biased;
