@@ -85,14 +85,27 @@ async fn route(
     req: &Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let cfg = shared.config.load();
+    let path = req.uri().path();
+    // The PAC file is for the proxy's clients; it tells nothing but the watched names.
+    if path == "/proxy.pac"
+        && (cfg.admin.allowed_sources.contains(peer.ip())
+            || cfg.proxy.allowed_sources.contains(peer.ip()))
+    {
+        return pac(&cfg, req);
+    }
     if !cfg.admin.allowed_sources.contains(peer.ip()) {
         debug!(%peer, "admin request from a source that is not allowed");
         return text(StatusCode::FORBIDDEN, "forbidden\n");
     }
-    let path = req.uri().path();
     let known = matches!(
         path,
-        "/metrics" | "/healthz" | "/readyz" | "/legacy" | "/legacy.csv" | "/-/reload"
+        "/metrics"
+            | "/healthz"
+            | "/readyz"
+            | "/legacy"
+            | "/legacy.csv"
+            | "/-/reload"
+            | "/proxy.pac"
     );
     if !known {
         return text(
@@ -139,6 +152,74 @@ async fn route(
         "/legacy" | "/legacy.csv" => legacy(shared, path == "/legacy.csv", req.uri().query()).await,
         _ => text(StatusCode::OK, "ok\n"),
     }
+}
+
+/// `/proxy.pac`: a PAC file that sends only the watched destinations through tlspeek and
+/// everything else `DIRECT`, so a team can start with the smallest blast radius. The proxy
+/// address is `proxy.listen`, or, when that is a wildcard address, the host name the PAC
+/// file was fetched by (the `Host` header) with the proxy's port.
+fn pac(cfg: &crate::config::Config, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    use crate::names::HostPattern;
+    let listen = cfg.proxy.listen;
+    let proxy = if listen.ip().is_unspecified() {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| match h.rsplit_once(':') {
+                Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+                _ => h,
+            })
+            .filter(|h| {
+                h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b))
+            })
+            .unwrap_or("127.0.0.1");
+        format!("{host}:{}", listen.port())
+    } else {
+        listen.to_string()
+    };
+    let (mut exact, mut below, mut first) = (Vec::new(), Vec::new(), Vec::new());
+    for p in &cfg.metrics.watched_destinations.0 {
+        match p {
+            HostPattern::Exact(n) => exact.push(format!("\"{n}\"")),
+            HostPattern::AnyBelow(d) => below.push(format!("\"{d}\"")),
+            HostPattern::FirstLabel(l) => first.push(format!("\"{l}\"")),
+        }
+    }
+    let body = format!(
+        r#"// tlspeek: only the watched destinations go through the proxy; everything else is DIRECT.
+// If the proxy cannot be reached, the browser falls back to DIRECT.
+function FindProxyForURL(url, host) {{
+  var proxy = "PROXY {proxy}; DIRECT";
+  host = host.toLowerCase();
+  if (host.charAt(host.length - 1) == ".") host = host.substring(0, host.length - 1);
+  var exact = [{exact}];
+  var below = [{below}];
+  var first = [{first}];
+  for (var i = 0; i < exact.length; i++) {{
+    if (host == exact[i]) return proxy;
+  }}
+  for (var j = 0; j < below.length; j++) {{
+    var d = "." + below[j];
+    if (host.length > d.length && host.substring(host.length - d.length) == d) return proxy;
+  }}
+  for (var k = 0; k < first.length; k++) {{
+    if (host.indexOf(first[k] + ".") == 0 && host.length > first[k].length + 1) return proxy;
+  }}
+  return "DIRECT";
+}}
+"#,
+        exact = exact.join(", "),
+        below = below.join(", "),
+        first = first.join(", "),
+    );
+    let mut r = text(StatusCode::OK, body);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/x-ns-proxy-autoconfig"),
+    );
+    r
 }
 
 /// Compares the request's bearer token with `token` in constant time.

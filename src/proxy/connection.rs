@@ -21,6 +21,7 @@ use super::request::{self, ESTABLISHED, HeadError, RequestHead};
 use super::splice::{self, TunnelStats};
 use super::transparent;
 use super::tunnel::TunnelEnd;
+use super::{http_forward, parent};
 use crate::config::Config;
 use crate::hello::ClientHelloSummary;
 use crate::names::HostName;
@@ -211,6 +212,9 @@ pub async fn handle(
     rec.bytes_up = stats.up();
     rec.bytes_down = stats.down();
     rec.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    if rec.written_elsewhere {
+        return;
+    }
     shared.metrics.connection_ended(mode, outcome);
     debug!(
         outcome = outcome.as_str(),
@@ -345,6 +349,26 @@ impl Conn<'_> {
         if let Err(r) = self.authenticate(&head, rec).await {
             refuse(self.client, &r).await;
             return r.outcome;
+        }
+        if head.method != "CONNECT"
+            && head
+                .target
+                .get(..7)
+                .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+        {
+            // Plain HTTP: one event line per request, written by the forwarder.
+            rec.mode = Mode::Http;
+            rec.written_elsewhere = true;
+            let mut replay = head.raw;
+            replay.extend_from_slice(&head.rest);
+            let ctx = Arc::new(http_forward::HttpClient {
+                shared: self.shared.clone(),
+                cfg: Arc::new(self.cfg.clone()),
+                peer: self.peer,
+                src: self.src.clone(),
+                user: rec.user.clone(),
+            });
+            return http_forward::serve(self.client, replay, ctx).await;
         }
         let target = match self.admit(&head, rec) {
             Ok(t) => t,
@@ -569,6 +593,29 @@ impl Conn<'_> {
         rec: &mut ConnectionRecord,
     ) -> Result<TcpStream, Refusal> {
         let p = &self.cfg.proxy;
+        if let Some(parent) = &self.cfg.upstream_proxy {
+            let started = Instant::now();
+            let (upstream, addr) =
+                parent::tunnel(parent, target, &p.deny_destinations, p.connect_timeout)
+                    .await
+                    .map_err(|e| match e {
+                        parent::ParentError::Connect(c) => connect_refusal(&c),
+                        other => Refusal::new(
+                            502,
+                            "Bad Gateway",
+                            Outcome::ConnectFailed,
+                            other.to_string(),
+                        ),
+                    })?;
+            self.shared
+                .metrics
+                .upstream_connect_seconds
+                .observe(started.elapsed().as_secs_f64());
+            rec.upstream_ip = Some(addr.ip().to_string());
+            rec.note = Some(format!("via parent proxy {}:{}", parent.host, parent.port));
+            let _ = self.client.set_nodelay(true);
+            return Ok(upstream);
+        }
         let addrs = admission::resolve(target, &p.deny_destinations, p.connect_timeout)
             .await
             .map_err(|e| connect_refusal(&e))?;

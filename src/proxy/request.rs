@@ -20,6 +20,8 @@ pub struct RequestHead {
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub version: u8,
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The head as received (replayed to the HTTP forwarder for absolute-form requests).
+    pub raw: Vec<u8>,
     /// Bytes after the head.
     pub rest: Vec<u8>,
 }
@@ -107,6 +109,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> {
             .iter()
             .map(|h| (h.name.to_string(), h.value.to_vec()))
             .collect(),
+        raw: buf.get(..n).unwrap_or_default().to_vec(),
         rest: buf.get(n..).unwrap_or_default().to_vec(),
     }))
 }

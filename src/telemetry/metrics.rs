@@ -39,6 +39,7 @@ pub struct Metrics {
     pub ptr_lookups: IntCounterVec,
     pub auth_failures: IntCounterVec,
     pub auth_password_hashes: IntCounter,
+    pub http_requests: IntCounterVec,
 }
 
 /// Label values for the per-connection counters.
@@ -187,6 +188,14 @@ impl Metrics {
             "Password hashes computed to check proxy credentials (cached and rate-limited checks hash nothing).",
         )?;
         registry.register(Box::new(auth_password_hashes.clone()))?;
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "tlspeek_http_requests_total",
+                "Plain-HTTP (cleartext) requests forwarded, by destination (watched name or other).",
+            ),
+            &["destination"],
+        )?;
+        registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(inventory_errors.clone()))?;
         registry.register(Box::new(inventory_dropped.clone()))?;
         registry.register(Box::new(ptr_lookups.clone()))?;
@@ -208,6 +217,15 @@ impl Metrics {
         // Series that exist from the start, so rate() and alerts see a zero, not nothing.
         for outcome in Outcome::ALL {
             connections.with_label_values(&[Mode::Connect.as_str(), outcome.as_str()]);
+        }
+        for outcome in [
+            Outcome::Closed,
+            Outcome::RefusedPort,
+            Outcome::RefusedDestination,
+            Outcome::ConnectFailed,
+        ] {
+            connections.with_label_values(&[Mode::Http.as_str(), outcome.as_str()]);
+            connections.with_label_values(&[Mode::Transparent.as_str(), outcome.as_str()]);
         }
         for result in ["success", "failure"] {
             config_reloads.with_label_values(&[result]);
@@ -246,6 +264,7 @@ impl Metrics {
             ptr_lookups,
             auth_failures,
             auth_password_hashes,
+            http_requests,
         })
     }
 

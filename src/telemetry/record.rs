@@ -181,6 +181,9 @@ pub struct ConnectionRecord {
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub duration_ms: u64,
+    /// Plain-HTTP connections write one line per request instead of this one.
+    #[serde(skip)]
+    pub written_elsewhere: bool,
 }
 
 fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -234,6 +237,7 @@ impl ConnectionRecord {
             bytes_up: 0,
             bytes_down: 0,
             duration_ms: 0,
+            written_elsewhere: false,
         }
     }
 

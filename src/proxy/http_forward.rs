@@ -1,0 +1,435 @@
+//! Plain-HTTP forwarding on the proxy listener: absolute-form requests
+//! (`GET http://host/path HTTP/1.1`) to `allowed_http_ports`, forwarded with hyper —
+//! keep-alive, chunked bodies streamed both ways, a `Via` header, hop-by-hop headers and
+//! `Proxy-Authorization` removed. Windows fetches CRLs and OCSP through the same WinHTTP
+//! proxy, and cleartext to an identity host is worth an event of its own.
+//!
+//! The upstream address goes through the same resolve-once-and-check path as CONNECT
+//! (`admission::resolve`, then `admission::connect` to a checked address): a stock
+//! connector that resolved again would bypass the deny-list. One event line per request
+//! (`mode = "http"`), written when its response has been sent.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tracing::{debug, info};
+
+use super::Shared;
+use super::admission::{self, ConnectError};
+use super::authority::{Authority, parse_authority};
+use super::parent;
+use crate::config::Config;
+use crate::telemetry::{ConnectionRecord, Mode, Outcome, SourceLabel, destination_label};
+use crate::upgrade::io::PrefixedStream;
+
+type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// What every request of one client connection shares.
+pub struct HttpClient {
+    pub shared: Arc<Shared>,
+    pub cfg: Arc<Config>,
+    pub peer: SocketAddr,
+    pub src: SourceLabel,
+    pub user: Option<String>,
+}
+
+/// Serves the client connection (its first head already read) as an HTTP/1.1 proxy.
+pub async fn serve(client: &TcpStream, head_and_rest: Vec<u8>, ctx: Arc<HttpClient>) -> Outcome {
+    let timeout = ctx.cfg.proxy.header_timeout;
+    let io = TokioIo::new(PrefixedStream::new(head_and_rest, client));
+    let svc = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(forward(ctx, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .keep_alive(true)
+        .serve_connection(io, svc);
+    match conn.await {
+        Ok(()) => Outcome::Closed,
+        Err(e) => {
+            debug!(error = %e, "http client connection ended with an error");
+            if e.is_timeout() {
+                Outcome::IdleTimeout
+            } else {
+                Outcome::ClientReset
+            }
+        }
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let body = format!("tlspeek: {body}\n");
+    let mut r = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and the proxy's own credentials never travel on.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in listed {
+        headers.remove(n);
+    }
+    for n in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(n);
+    }
+}
+
+fn add_via(headers: &mut HeaderMap) {
+    headers.append(header::VIA, HeaderValue::from_static("1.1 tlspeek"));
+}
+
+/// Counts a body's data bytes; calls `done` with the count when the body is dropped.
+struct Counted<B> {
+    inner: B,
+    counter: Arc<AtomicU64>,
+    done: Option<Box<dyn FnOnce(u64) + Send>>,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &r {
+            if let Some(d) = f.data_ref() {
+                self.counter.fetch_add(d.len() as u64, Ordering::Relaxed);
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for Counted<B> {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done(self.counter.load(Ordering::Relaxed));
+        }
+    }
+}
+
+/// One request: admission, upstream connect, forward, stream the answer back.
+async fn forward(ctx: Arc<HttpClient>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let shared = &ctx.shared;
+    let mut rec = ConnectionRecord::new(
+        shared.next_id(),
+        Mode::Http,
+        ctx.peer,
+        ctx.src.value.clone(),
+    );
+    rec.user = ctx.user.clone();
+    let path = req.uri().path().to_string();
+    rec.request = Some(
+        format!("{} {}", req.method(), path)
+            .chars()
+            .take(256)
+            .collect(),
+    );
+    rec.user_agent = req.headers().get(header::USER_AGENT).map(|v| {
+        String::from_utf8_lossy(v.as_bytes())
+            .chars()
+            .take(256)
+            .collect()
+    });
+    let finish = |mut rec: ConnectionRecord, outcome: Outcome, up: u64, down: u64| {
+        rec.outcome = outcome;
+        rec.bytes_up = up;
+        rec.bytes_down = down;
+        rec.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        shared.metrics.connection_ended(Mode::Http, outcome);
+        shared.events.write(&rec);
+    };
+    let refuse = |rec: ConnectionRecord, status: StatusCode, outcome: Outcome, why: String| {
+        info!(outcome = outcome.as_str(), status = status.as_u16(), reason = %why, "http request refused");
+        finish(rec, outcome, 0, 0);
+        text(status, why)
+    };
+
+    // Only absolute-form http:// requests; https goes through CONNECT.
+    let uri = req.uri().clone();
+    match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("http") => {}
+        Some(_) => {
+            return refuse(
+                rec,
+                StatusCode::BAD_REQUEST,
+                Outcome::BadRequest,
+                "only http:// URLs are forwarded; use CONNECT for https".into(),
+            );
+        }
+        None => {
+            return refuse(
+                rec,
+                StatusCode::BAD_REQUEST,
+                Outcome::BadRequest,
+                "this is a proxy: send absolute-form requests (GET http://host/path) or CONNECT"
+                    .into(),
+            );
+        }
+    }
+    let Some(authority) = uri.authority() else {
+        return refuse(
+            rec,
+            StatusCode::BAD_REQUEST,
+            Outcome::BadRequest,
+            "the URL has no host".into(),
+        );
+    };
+    let port = authority.port_u16().unwrap_or(80);
+    let target = match parse_authority(&format!("{}:{port}", authority.host())) {
+        Ok(t) => t,
+        Err(why) => {
+            return refuse(
+                rec,
+                StatusCode::BAD_REQUEST,
+                Outcome::BadRequest,
+                format!("bad URL host: {why}"),
+            );
+        }
+    };
+    rec.target_host = Some(target.host.to_string());
+    rec.target_port = Some(port);
+    let cfg = &ctx.cfg;
+    if !cfg.proxy.allowed_http_ports.contains(&port) {
+        return refuse(
+            rec,
+            StatusCode::FORBIDDEN,
+            Outcome::RefusedPort,
+            format!("port {port} is not allowed for http://"),
+        );
+    }
+    let destination = destination_label(cfg, target.name());
+    shared
+        .metrics
+        .http_requests
+        .with_label_values(&[&destination])
+        .inc();
+    if destination != crate::telemetry::guard::OTHER {
+        info!(destination = %destination, source = %ctx.src.value, "cleartext HTTP to a watched destination");
+    }
+
+    let upstream = match connect_upstream(&ctx, &target, &mut rec).await {
+        Ok(u) => u,
+        Err((status, outcome, why)) => return refuse(rec, status, outcome, why),
+    };
+    let (mut sender, conn) =
+        match hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await {
+            Ok(x) => x,
+            Err(e) => {
+                return refuse(
+                    rec,
+                    StatusCode::BAD_GATEWAY,
+                    Outcome::ConnectFailed,
+                    format!("upstream: {e}"),
+                );
+            }
+        };
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(error = %e, "upstream http connection ended with an error");
+        }
+    });
+
+    // The request as the upstream sees it: origin-form (absolute-form to a parent proxy),
+    // no hop-by-hop headers, our Via.
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    add_via(&mut parts.headers);
+    if !parts.headers.contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+    match &cfg.upstream_proxy {
+        Some(p) => {
+            if let Some(auth) = p
+                .authorization
+                .as_deref()
+                .and_then(|a| HeaderValue::from_str(a).ok())
+            {
+                parts.headers.insert(header::PROXY_AUTHORIZATION, auth);
+            }
+        }
+        None => {
+            let origin = uri.path_and_query().map_or("/", |pq| pq.as_str());
+            parts.uri = origin.parse::<Uri>().unwrap_or_default();
+        }
+    }
+    parts.version = hyper::Version::HTTP_11;
+    let up_count = Arc::new(AtomicU64::new(0));
+    let body = Counted {
+        inner: body,
+        counter: up_count.clone(),
+        done: None,
+    };
+    let wait = cfg.proxy.idle_timeout.min(Duration::from_secs(300));
+    let response =
+        match tokio::time::timeout(wait, sender.send_request(Request::from_parts(parts, body)))
+            .await
+        {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                let up = up_count.load(Ordering::Relaxed);
+                info!(error = %e, "upstream http request failed");
+                finish(rec, Outcome::UpstreamReset, up, 0);
+                return text(StatusCode::BAD_GATEWAY, format!("upstream: {e}"));
+            }
+            Err(_) => {
+                let up = up_count.load(Ordering::Relaxed);
+                finish(rec, Outcome::ConnectTimeout, up, 0);
+                return text(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream did not answer in time".into(),
+                );
+            }
+        };
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    add_via(&mut parts.headers);
+    let shared2 = ctx.shared.clone();
+    let body = Counted {
+        inner: body,
+        counter: Arc::new(AtomicU64::new(0)),
+        done: Some(Box::new(move |down| {
+            rec.outcome = Outcome::Closed;
+            rec.bytes_up = up_count.load(Ordering::Relaxed);
+            rec.bytes_down = down;
+            rec.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            shared2
+                .metrics
+                .connection_ended(Mode::Http, Outcome::Closed);
+            shared2.events.write(&rec);
+        })),
+    };
+    Response::from_parts(parts, body.boxed_unsync())
+}
+
+/// The upstream TCP connection for one request: through the parent proxy if there is one,
+/// else resolved once, checked against the deny-list, and connected to a checked address.
+async fn connect_upstream(
+    ctx: &HttpClient,
+    target: &Authority,
+    rec: &mut ConnectionRecord,
+) -> Result<TcpStream, (StatusCode, Outcome, String)> {
+    let p = &ctx.cfg.proxy;
+    let refused = |e: ConnectError| match e {
+        ConnectError::Dns { .. } => (StatusCode::BAD_GATEWAY, Outcome::DnsFailed, e.to_string()),
+        ConnectError::Denied { .. } => (
+            StatusCode::FORBIDDEN,
+            Outcome::RefusedDestination,
+            e.to_string(),
+        ),
+        ConnectError::Timeout { .. } => (
+            StatusCode::GATEWAY_TIMEOUT,
+            Outcome::ConnectTimeout,
+            e.to_string(),
+        ),
+        ConnectError::Failed { .. } => (
+            StatusCode::BAD_GATEWAY,
+            Outcome::ConnectFailed,
+            e.to_string(),
+        ),
+    };
+    if let Some(parent) = &ctx.cfg.upstream_proxy {
+        parent::check_target(target, &p.deny_destinations, p.connect_timeout)
+            .await
+            .map_err(refused)?;
+        let (s, addr) = parent::connect(parent, p.connect_timeout)
+            .await
+            .map_err(refused)?;
+        rec.upstream_ip = Some(addr.ip().to_string());
+        return Ok(s);
+    }
+    let addrs = admission::resolve(target, &p.deny_destinations, p.connect_timeout)
+        .await
+        .map_err(refused)?;
+    let (s, addr, took) = admission::connect(&addrs, p.connect_timeout)
+        .await
+        .map_err(refused)?;
+    ctx.shared
+        .metrics
+        .upstream_connect_seconds
+        .observe(took.as_secs_f64());
+    rec.upstream_ip = Some(addr.ip().to_string());
+    let _ = s.set_nodelay(true);
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_proxy_credentials_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(
+            "proxy-authorization",
+            HeaderValue::from_static("Basic Zm9vOmJhcg=="),
+        );
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h);
+        add_via(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h["accept"], "*/*");
+        assert_eq!(h["via"], "1.1 tlspeek");
+    }
+}
