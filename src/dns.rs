@@ -166,19 +166,29 @@ impl WatchedAddresses {
         self.map.load().get(&ip.to_canonical()).cloned()
     }
 
-    /// Resolves every exact watched name (each lookup bounded) and swaps the map in.
+    /// Resolves every exact watched name at once (each lookup bounded to 5 s) and swaps
+    /// the map in.
     pub async fn refresh(&self, patterns: &crate::names::HostPatterns) {
-        let mut map = HashMap::new();
+        let mut lookups = tokio::task::JoinSet::new();
         for p in &patterns.0 {
-            let crate::names::HostPattern::Exact(name) = p else {
-                continue;
-            };
-            let lookup = tokio::net::lookup_host((name.as_str(), 443));
-            if let Ok(Ok(addrs)) = tokio::time::timeout(Duration::from_secs(5), lookup).await {
-                for a in addrs {
-                    map.entry(a.ip().to_canonical())
-                        .or_insert_with(|| name.clone());
-                }
+            if let crate::names::HostPattern::Exact(name) = p {
+                let name = name.clone();
+                lookups.spawn(async move {
+                    let host = name.as_str().to_string();
+                    let lookup = tokio::net::lookup_host((host, 443));
+                    let ips: Vec<IpAddr> =
+                        match tokio::time::timeout(Duration::from_secs(5), lookup).await {
+                            Ok(Ok(addrs)) => addrs.map(|a| a.ip().to_canonical()).collect(),
+                            _ => Vec::new(),
+                        };
+                    (name, ips)
+                });
+            }
+        }
+        let mut map = HashMap::new();
+        while let Some(Ok((name, ips))) = lookups.join_next().await {
+            for ip in ips {
+                map.entry(ip).or_insert_with(|| name.clone());
             }
         }
         self.map.store(Arc::new(map));

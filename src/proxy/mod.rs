@@ -166,6 +166,13 @@ pub async fn run(
         draining: CancellationToken::new(),
     });
 
+    // Names for callers without SNI are known before the first connection is accepted.
+    let watched = shared.config.load().metrics.watched_destinations.clone();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(6),
+        shared.watched_addresses.refresh(&watched),
+    )
+    .await;
     let stop_accepting = CancellationToken::new();
     // The admin listener stays up while draining (readiness says 503, metrics still scrape).
     let stop_admin = CancellationToken::new();
@@ -261,13 +268,13 @@ fn bind_transparent(addr: SocketAddr, tproxy: bool) -> Result<TcpListener, RunEr
 /// Keeps the watched-address map fresh: at start, every few minutes, and after a reload.
 async fn refresh_watched(shared: Arc<Shared>, stop: CancellationToken) {
     loop {
-        let patterns = shared.config.load().metrics.watched_destinations.clone();
-        shared.watched_addresses.refresh(&patterns).await;
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(crate::dns::WATCHED_REFRESH) => {}
             _ = shared.watched_changed.notified() => {}
         }
+        let patterns = shared.config.load().metrics.watched_destinations.clone();
+        shared.watched_addresses.refresh(&patterns).await;
     }
 }
 
