@@ -262,12 +262,28 @@ fn block_answers_with_the_alert_that_says_why() {
         &format!("allowed_ports = [{modern}]\n"),
         "[[rules]]\nname = \"no-legacy-login\"\ndestinations = [\"login.microsoftonline.com\"]\naction = \"block\"\n",
     );
+    // The alert arrives at once (measured from the hello, not from a process start).
+    let (mut tunnel, status) = connect_tunnel(t.proxy_port, &format!("127.0.0.1:{modern}"));
+    assert!(status.contains(" 200 "), "{status}");
+    let hello = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/curl_tls10.bin"
+    ))
+    .unwrap();
     let started = Instant::now();
-    let (code, err, _) = curl_trusting(t.proxy_port, modern, LOGIN, &upca, TLS10);
+    tunnel.write_all(&hello).unwrap();
+    let mut alert = [0u8; 7];
+    std::io::Read::read_exact(&mut tunnel, &mut alert).unwrap();
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "blocking must be fast"
     );
+    assert_eq!(
+        alert,
+        [0x15, 3, 1, 0, 2, 2, 70],
+        "fatal protocol_version in TLS 1.0"
+    );
+    let (code, err, _) = curl_trusting(t.proxy_port, modern, LOGIN, &upca, TLS10);
     assert_ne!(code, "200");
     assert!(err.contains("tlsv1 alert protocol version"), "{err}");
     let e = event_for(&t, modern);
@@ -290,9 +306,10 @@ fn block_answers_with_the_alert_that_says_why() {
         "{out}"
     );
     let m = t.metrics();
+    // The raw hello, curl's TLS 1.0 and gnutls's 3DES were blocked; two modern clients passed.
     assert_eq!(
         sample(&m, "tlspeek_actions_total", &[("action", "blocked")]),
-        Some(2.0)
+        Some(3.0)
     );
     assert_eq!(
         sample(&m, "tlspeek_actions_total", &[("action", "passed")]),
@@ -300,7 +317,7 @@ fn block_answers_with_the_alert_that_says_why() {
     );
     assert_eq!(
         sample(&m, "tlspeek_connections_total", &[("outcome", "blocked")]),
-        Some(2.0)
+        Some(3.0)
     );
 }
 
