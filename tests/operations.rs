@@ -438,7 +438,7 @@ fn a_client_sending_one_byte_a_second_is_cut_at_header_timeout() {
     assert!(cut, "still reading after {:?}", started.elapsed());
     let took = started.elapsed();
     assert!(
-        took >= Duration::from_secs(3) && took < Duration::from_secs(6),
+        took >= Duration::from_secs(3) && took < Duration::from_secs(10),
         "{took:?}"
     );
 }

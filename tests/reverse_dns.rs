@@ -68,7 +68,7 @@ fn ptr_names_are_confirmed_cached_and_never_delay_a_tunnel() {
     );
     assert_eq!(code, "200", "{err}");
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        started.elapsed() < Duration::from_secs(6),
         "the tunnel waited for DNS: {:?}",
         started.elapsed()
     );
