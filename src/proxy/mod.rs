@@ -169,7 +169,7 @@ pub async fn run(
     // Names for callers without SNI are known before the first connection is accepted.
     let watched = shared.config.load().metrics.watched_destinations.clone();
     let _ = tokio::time::timeout(
-        Duration::from_secs(6),
+        Duration::from_secs(3),
         shared.watched_addresses.refresh(&watched),
     )
     .await;
