@@ -212,53 +212,12 @@ fn three_des_only_client_through_socat() {
     }
     let (_srv, up) = gnutls_server("NORMAL:+3DES-CBC:+VERS-TLS1.0:+VERS-TLS1.1");
     let t = Tlspeek::start(&format!("allowed_ports = [{up}]\n"), "");
-    let fwd = free_port();
-    let _socat = Proc(
-        Command::new("socat")
-            .arg(format!("TCP-LISTEN:{fwd},bind=127.0.0.1,reuseaddr"))
-            .arg(format!(
-                "PROXY:127.0.0.1:127.0.0.1:{up},proxyport={}",
-                t.proxy_port
-            ))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let out = gnutls_via_proxy(
+        t.proxy_port,
+        up,
+        "NORMAL:-CIPHER-ALL:+3DES-CBC:-VERS-TLS1.3",
+        LOGIN,
     );
-    // Wait for socat to listen without connecting (a probe would use up its one accept).
-    let end = Instant::now() + Duration::from_secs(5);
-    while !std::fs::read_to_string("/proc/net/tcp")
-        .unwrap_or_default()
-        .contains(&format!(":{fwd:04X} 00000000:0000 0A"))
-    {
-        assert!(Instant::now() < end, "socat did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut child = Command::new("gnutls-cli")
-        .args([
-            "--insecure",
-            "--port",
-            &fwd.to_string(),
-            "--sni-hostname",
-            LOGIN,
-        ])
-        .args([
-            "--priority",
-            "NORMAL:-CIPHER-ALL:+3DES-CBC:-VERS-TLS1.3",
-            "127.0.0.1",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"GET / HTTP/1.0\r\n\r\n")
-        .unwrap();
-    let out = wait_with_timeout(child, Duration::from_secs(20));
     assert!(
         out.contains("Handshake was completed") && out.contains("3DES"),
         "{out}"

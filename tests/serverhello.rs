@@ -6,7 +6,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -141,45 +140,12 @@ fn negotiated_3des_between_gnutls_peers() {
     }
     let (_srv, up) = gnutls_server("NORMAL:+3DES-CBC:+VERS-TLS1.0:+VERS-TLS1.1");
     let t = Tlspeek::start(&format!("allowed_ports = [{up}]\n"), "");
-    let fwd = free_port();
-    let _socat = Proc(
-        Command::new("socat")
-            .arg(format!("TCP-LISTEN:{fwd},bind=127.0.0.1,reuseaddr"))
-            .arg(format!(
-                "PROXY:127.0.0.1:127.0.0.1:{up},proxyport={}",
-                t.proxy_port
-            ))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let text = gnutls_via_proxy(
+        t.proxy_port,
+        up,
+        "NORMAL:-CIPHER-ALL:+3DES-CBC:-VERS-TLS1.3",
+        LOGIN,
     );
-    let end = Instant::now() + Duration::from_secs(5);
-    while !std::fs::read_to_string("/proc/net/tcp")
-        .unwrap_or_default()
-        .contains(&format!(":{fwd:04X} 00000000:0000 0A"))
-    {
-        assert!(Instant::now() < end, "socat did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = Command::new("gnutls-cli")
-        .args([
-            "--insecure",
-            "--port",
-            &fwd.to_string(),
-            "--sni-hostname",
-            LOGIN,
-        ])
-        .args([
-            "--priority",
-            "NORMAL:-CIPHER-ALL:+3DES-CBC:-VERS-TLS1.3",
-            "127.0.0.1",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("Handshake was completed"), "{text}");
     let e = event_for(&t, up);
     assert!(

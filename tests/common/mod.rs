@@ -646,61 +646,7 @@ pub fn openssl_server_with(crt: &Path, key: &Path, extra: &[&str]) -> (Proc, u16
 /// gnutls-cli through socat's CONNECT address to `upstream_port` via the proxy; returns
 /// its combined output.
 pub fn gnutls_via_proxy(proxy_port: u16, upstream_port: u16, priority: &str, sni: &str) -> String {
-    let fwd = free_port();
-    let _socat = Proc(
-        Command::new("socat")
-            .arg(format!("TCP-LISTEN:{fwd},bind=127.0.0.1,reuseaddr"))
-            .arg(format!(
-                "PROXY:127.0.0.1:127.0.0.1:{upstream_port},proxyport={proxy_port}"
-            ))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let end = Instant::now() + Duration::from_secs(5);
-    while !std::fs::read_to_string("/proc/net/tcp")
-        .unwrap_or_default()
-        .contains(&format!(":{fwd:04X} 00000000:0000 0A"))
-    {
-        assert!(Instant::now() < end, "socat did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut child = Command::new("gnutls-cli")
-        .args([
-            "--insecure",
-            "--port",
-            &fwd.to_string(),
-            "--sni-hostname",
-            sni,
-            "--priority",
-            priority,
-            "127.0.0.1",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _ = child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"GET / HTTP/1.0\r\n\r\n");
-    let end = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < end {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    gnutls_via_proxy_from("127.0.0.1", proxy_port, upstream_port, priority, sni)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -992,6 +938,7 @@ pub const CURL_TLS12_HELLO: &[u8] = include_bytes!("../fixtures/curl_tls12.bin")
 
 /// Like `gnutls_via_proxy`, with socat's connection to the proxy bound to `source` (e.g.
 /// "127.0.0.15"), so the proxy sees that source.
+/// Like `gnutls_via_proxy`, with socat's connection to the proxy bound to `source`.
 pub fn gnutls_via_proxy_from(
     source: &str,
     proxy_port: u16,
