@@ -19,3 +19,4 @@ pub mod policy;
 pub mod proxy;
 pub mod telemetry;
 pub mod upgrade;
+pub mod writer_thread;

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -86,25 +86,8 @@ impl Inventory {
 
     /// Writes what is pending and stops the writer (bounded by `timeout`).
     pub fn close(&self, timeout: Duration) {
-        let end = Instant::now() + timeout;
-        while let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Close) {
-            if Instant::now() >= end {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
-        if let Some(t) = thread {
-            while !t.is_finished() && Instant::now() < end {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if t.is_finished() {
-                let _ = t.join();
-            } else {
-                tracing::warn!(
-                    "inventory writer did not finish in time; the last updates may be lost"
-                );
-            }
+        if !crate::writer_thread::stop(&self.tx, || Msg::Close, &self.thread, timeout) {
+            tracing::warn!("inventory writer did not finish in time; the last updates may be lost");
         }
     }
 }

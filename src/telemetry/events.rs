@@ -74,23 +74,8 @@ impl EventLog {
     /// Writes what is queued, flushes and stops the writer (bounded by `timeout`). Lines
     /// written after this are counted as dropped.
     pub fn close(&self, timeout: Duration) {
-        let end = Instant::now() + timeout;
-        while let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Close) {
-            if Instant::now() >= end {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
-        if let Some(t) = thread {
-            while !t.is_finished() && Instant::now() < end {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if t.is_finished() {
-                let _ = t.join();
-            } else {
-                tracing::warn!("event log writer did not finish in time; some lines may be lost");
-            }
+        if !crate::writer_thread::stop(&self.tx, || Msg::Close, &self.thread, timeout) {
+            tracing::warn!("event log writer did not finish in time; some lines may be lost");
         }
     }
 }

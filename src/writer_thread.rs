@@ -1,0 +1,37 @@
+//! The shutdown of a writer thread fed by a bounded queue (the event log, the inventory):
+//! queue its close message behind what is already queued, then wait — bounded — for it to
+//! finish writing.
+
+use std::sync::Mutex;
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Sends `close` (retrying while the queue is full) and waits for `thread` to end, all
+/// within `timeout`. Returns false when the thread did not finish in time.
+pub fn stop<M>(
+    tx: &SyncSender<M>,
+    mut close: impl FnMut() -> M,
+    thread: &Mutex<Option<JoinHandle<()>>>,
+    timeout: Duration,
+) -> bool {
+    let end = Instant::now() + timeout;
+    while let Err(TrySendError::Full(_)) = tx.try_send(close()) {
+        if Instant::now() >= end {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let Some(t) = thread.lock().ok().and_then(|mut t| t.take()) else {
+        return true;
+    };
+    while !t.is_finished() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if t.is_finished() {
+        let _ = t.join();
+        true
+    } else {
+        false
+    }
+}
