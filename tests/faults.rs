@@ -58,9 +58,16 @@ fn read_all(s: &mut TcpStream) -> (Vec<u8>, Option<std::io::Error>) {
 }
 
 /// `closed` outcomes so far: the harness's own port probe (connect, then close without a
-/// request) counts as one, so tests compare against this baseline.
+/// request) counts as one once the proxy has accepted and ended it, which on a loaded
+/// machine can come later than the test's first connection; wait for it, so tests compare
+/// against a settled baseline.
 fn closed_now(t: &Tlspeek) -> f64 {
-    thread::sleep(Duration::from_millis(100));
+    t.wait_metric(
+        "tlspeek_connections_total",
+        &[("mode", "connect"), ("outcome", "closed")],
+        SECS,
+        |v| v >= 1.0,
+    );
     t.outcome_count("closed")
 }
 
