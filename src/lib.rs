@@ -10,6 +10,7 @@
 )]
 
 pub mod admin;
+pub mod analyze;
 pub mod config;
 pub mod dns;
 pub mod hello;

@@ -39,6 +39,9 @@ enum Command {
     },
     /// Print the legacy callers of the inventory (several --db are merged).
     Report(ReportArgs),
+    /// Find legacy TLS callers in packet captures (pcap, pcapng): the proxy's event lines,
+    /// inventory and report, offline.
+    Analyze(AnalyzeArgs),
     /// The local CA of upgrade mode.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -84,6 +87,52 @@ struct ReportArgs {
     /// Only this destination.
     #[arg(long, value_name = "HOST")]
     destination: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct AnalyzeArgs {
+    /// Capture files (pcap or pcapng; Ethernet, Linux cooked, raw IP); "-" reads stdin.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Write one JSON event line per connection to PATH ("-": stdout, and no report).
+    #[arg(long, value_name = "PATH|-")]
+    events: Option<PathBuf>,
+    /// Also merge the callers into this inventory database (SQLite, as the proxy's).
+    #[arg(long, value_name = "PATH")]
+    db: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// Report every caller, not only legacy ones.
+    #[arg(long)]
+    all: bool,
+    /// Only legacy connections (event lines and report).
+    #[arg(long)]
+    legacy_only: bool,
+    /// Only connections to this host (pattern like *.example.com) or server address.
+    #[arg(long, value_name = "HOST")]
+    destination: Option<String>,
+    /// Only connections that started at or after: RFC 3339, date, Unix seconds, or "7d".
+    #[arg(long, value_name = "WHEN")]
+    since: Option<String>,
+    /// Only connections that started before this time (same forms as --since).
+    #[arg(long, value_name = "WHEN")]
+    until: Option<String>,
+    /// Config whose [[sources]] name the sources and whose [proxy] allowed_ports are the
+    /// TLS ports (connections to them are reported even without a ClientHello).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// No progress and no summary on stderr (warnings still).
+    #[arg(long)]
+    quiet: bool,
+    /// Flows tracked at once; past it the least recently seen end early.
+    #[arg(long, value_name = "N", default_value_t = 262_144)]
+    max_flows: usize,
+    /// A flow with no packet for this long (capture time) ends.
+    #[arg(long, value_name = "DURATION", default_value = "5m")]
+    flow_idle: String,
+    /// Seconds between plain progress lines when stderr is not a terminal.
+    #[arg(long, value_name = "DURATION", default_value = "5s", hide = true)]
+    progress_interval: String,
 }
 
 #[derive(Clone, Copy, Default, ValueEnum)]
@@ -180,6 +229,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Analyze(args) => match analyze(args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("tlspeek: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run(args) => match run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -266,6 +322,65 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn analyze(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
+    use tlspeek::analyze::{Destination, EventsTo, Filter, Options, flows::Limits};
+    let config = match &args.config {
+        Some(path) => Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => Config::embedded_default().map_err(|e| anyhow::anyhow!("{e}"))?,
+    };
+    let when = |flag: &str, v: &Option<String>| -> anyhow::Result<Option<i64>> {
+        v.as_deref()
+            .map(|s| {
+                parse_since(s, unix_now()).with_context(|| {
+                    format!(
+                        "{flag} {s:?}: use RFC 3339, a date, Unix seconds or a duration like 7d"
+                    )
+                })
+            })
+            .transpose()
+    };
+    let duration = |flag: &str, v: &str| {
+        humantime::parse_duration(v).with_context(|| format!("{flag} {v:?}: use e.g. 30s, 5m"))
+    };
+    let idle = duration("--flow-idle", &args.flow_idle)?;
+    let events = args.events.map(|p| {
+        if p.as_os_str() == "-" {
+            EventsTo::Stdout
+        } else {
+            EventsTo::File(p)
+        }
+    });
+    let events_on_stdout = events == Some(EventsTo::Stdout);
+    let opts = Options {
+        files: args.files,
+        events,
+        db: args.db,
+        filter: Filter {
+            destination: args.destination.as_deref().map(Destination::parse),
+            legacy_only: args.legacy_only,
+            since: when("--since", &args.since)?,
+            until: when("--until", &args.until)?,
+        },
+        limits: Limits {
+            max_flows: args.max_flows,
+            idle: i64::try_from(idle.as_nanos()).unwrap_or(i64::MAX),
+            ..Limits::default()
+        },
+        quiet: args.quiet,
+        progress_interval: duration("--progress-interval", &args.progress_interval)?,
+        config,
+    };
+    let summary = tlspeek::analyze::run(&opts)?;
+    if !events_on_stdout {
+        summary.print_report(args.format, args.all);
+    }
+    Ok(if summary.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn init_logging(format: LogFormat) {
