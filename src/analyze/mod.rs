@@ -466,6 +466,14 @@ pub fn run(opts: &Options) -> Result<Summary, AnalyzeError> {
             });
         };
         let result = feed(&mut reader, &mut an, &mut out, &mut damage, &mut tick);
+        let t = an.table_stats();
+        progress.show(&Counts {
+            bytes: done_before + reader.position(),
+            packets: an.stats.packets,
+            flows: t.flows,
+            hellos: t.client_hellos,
+            connections: connections.get(),
+        });
         match result {
             Ok(read) => done_before += read,
             Err(e) => {

@@ -77,6 +77,9 @@ impl Progress {
             Show::Lines
         };
         let now = Instant::now();
+        if let Show::Bar(bar) = &show {
+            bar.enable_steady_tick(BAR_REFRESH);
+        }
         Progress {
             show,
             total,
@@ -105,9 +108,13 @@ impl Progress {
             Show::Bar(_) => BAR_REFRESH,
             Show::Lines => self.interval,
         };
-        if self.last.get().elapsed() < due {
-            return;
+        if self.last.get().elapsed() >= due {
+            self.show(c);
         }
+    }
+
+    /// Redraws or prints now (at the end of each file).
+    pub fn show(&self, c: &Counts) {
         self.last.set(Instant::now());
         match &self.show {
             Show::Bar(bar) => {
