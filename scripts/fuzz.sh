@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every cargo-fuzz target for a bounded time (default 60 s each) and prints the
-# executions per target. Seeds come from tests/fixtures/*.bin, fuzz/seeds/ and the
-# regression fixtures; a crash is copied into tests/fixtures/regressions/<target>/ (where
-# `cargo test --test properties` replays it) and the script exits non-zero.
+# executions per target. Seeds come from tests/fixtures/*.bin, tests/fixtures/pcap/,
+# fuzz/seeds/ and the regression fixtures; a crash is copied into
+# tests/fixtures/regressions/<target>/ (where `cargo test --test properties` replays it;
+# `cargo test --test analyze` for the capture target) and the script exits non-zero.
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 #
@@ -16,7 +17,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root/fuzz"
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(client_hello server_hello connect_request config)
+  targets=(client_hello server_hello connect_request config capture)
 fi
 export RUSTC_BOOTSTRAP=1
 command -v cargo-fuzz >/dev/null || { echo "cargo-fuzz missing: cargo install cargo-fuzz" >&2; exit 2; }
@@ -31,6 +32,7 @@ seed() {
       done ;;
     server_hello) cp "$root"/tests/fixtures/server_*.bin "$dir/" ;;
     connect_request | config) cp "$root"/fuzz/seeds/"$t"/* "$dir/" ;;
+    capture) cp "$root"/tests/fixtures/pcap/*.pcap* "$dir/" ;;
   esac
   if [ -d "$root/tests/fixtures/regressions/$t" ]; then
     find "$root/tests/fixtures/regressions/$t" -type f ! -name '*.md' -exec cp {} "$dir/" \;

@@ -22,7 +22,9 @@ use pcap_parser::{
 /// Largest record or block accepted (pcap's usual snaplen is 256 KiB; a block larger than
 /// this is taken as damage, not as a reason to buffer more).
 pub const MAX_RECORD: usize = 16 * 1024 * 1024;
-/// Bytes asked of the file at a time.
+/// Bytes asked of the file at a time: from the first size, doubling per refill up to the
+/// last (small inputs never pay for a large buffer).
+const FIRST_CHUNK: usize = 64 * 1024;
 const READ_CHUNK: usize = 1024 * 1024;
 
 const PCAP_HEADER_LEN: usize = 24;
@@ -126,7 +128,7 @@ enum Layout {
 }
 
 /// Reads packets from a capture through one buffer of at most [`MAX_RECORD`] bytes plus a
-/// read chunk.
+/// read chunk (1 MiB).
 pub struct CaptureReader<R> {
     src: R,
     buf: Vec<u8>,
@@ -136,6 +138,7 @@ pub struct CaptureReader<R> {
     /// File offset of `buf[0]`.
     base: u64,
     eof: bool,
+    chunk: usize,
     layout: Layout,
     format: Format,
 }
@@ -190,6 +193,7 @@ impl<R: Read> CaptureReader<R> {
             end: 0,
             base: 0,
             eof: false,
+            chunk: FIRST_CHUNK,
             layout: Layout::PcapNg {
                 big_endian: false,
                 interfaces: Vec::new(),
@@ -273,10 +277,11 @@ impl<R: Read> CaptureReader<R> {
             self.end -= self.start;
             self.start = 0;
         }
-        let want = n.max(READ_CHUNK) + READ_CHUNK;
+        let want = n + self.chunk;
         if self.buf.len() < want {
             self.buf.resize(want, 0);
         }
+        self.chunk = (self.chunk * 2).min(READ_CHUNK);
         while self.avail() < n {
             let dst = self.buf.get_mut(self.end..).unwrap_or_default();
             match self.src.read(dst) {
@@ -306,7 +311,7 @@ impl<R: Read> CaptureReader<R> {
             if self.eof {
                 return Ok(n);
             }
-            self.fill(READ_CHUNK)?;
+            self.fill(1)?;
         }
     }
 

@@ -223,7 +223,13 @@ impl Flow {
         if !self.collecting {
             return;
         }
-        if self.streams[side].add(seg.seq, seg.payload, MAX_HELLO_BYTES) {
+        // Data in a SYN (TCP Fast Open) starts after the SYN's sequence number.
+        let seq = if seg.flags & SYN != 0 {
+            seg.seq.wrapping_add(1)
+        } else {
+            seg.seq
+        };
+        if self.streams[side].add(seq, seg.payload, MAX_HELLO_BYTES) {
             if let Some(&b) = self.streams[side].data().first() {
                 self.first_byte[side] = Some(b);
             }
@@ -659,6 +665,14 @@ mod tests {
         );
         t.segment(&seg(true, ACK, 2001, 0, b""), 9);
         assert!(t.is_empty(), "a late ACK starts no flow");
+    }
+
+    #[test]
+    fn fast_open_hello_in_the_syn() {
+        let hello = fixture("curl_tls13");
+        let mut t = FlowTable::new(Limits::default());
+        t.segment(&seg(true, SYN, 41, 0, &hello), 1);
+        assert_eq!(t.stats.client_hellos, 1);
     }
 
     #[test]
