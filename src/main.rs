@@ -231,6 +231,12 @@ fn main() -> ExitCode {
         },
         Command::Analyze(args) => match analyze(args) {
             Ok(code) => code,
+            Err(e)
+                if e.downcast_ref::<tlspeek::analyze::AnalyzeError>()
+                    .is_some_and(|a| a.is_broken_pipe()) =>
+            {
+                ExitCode::SUCCESS
+            }
             Err(e) => {
                 eprintln!("tlspeek: {e:#}");
                 ExitCode::FAILURE

@@ -8,8 +8,6 @@
 //!
 //! The loopback capture is made once and shared by the tests that read it.
 mod common;
-#[path = "analyze_support/pcapgen.rs"]
-mod pcapgen;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -21,9 +19,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use pcapgen::{Conn, Link, Record};
 use tlspeek::analyze::{analyze_bytes, flows::Limits};
 use tlspeek::config::Config;
+use tlspeek_loadgen::pcapgen::{self, Conn, Link, Record};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
@@ -1327,46 +1325,35 @@ fn check_capture(cfg: &Config, data: &[u8]) {
     }
 }
 
-/// Writes the benchmark capture of BENCHMARKS.md: `TLSPEEK_BENCH_PCAP=/path/bench.pcap
-/// TLSPEEK_BENCH_MB=1000 cargo test --test analyze -- --ignored bench_capture`.
 #[test]
-#[ignore]
-fn bench_capture() {
-    let path = PathBuf::from(std::env::var("TLSPEEK_BENCH_PCAP").unwrap());
-    let mb: u64 = std::env::var("TLSPEEK_BENCH_MB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
-    let hellos: Vec<Vec<u8>> = [
-        "curl_tls10",
-        "curl_tls12",
-        "curl_tls13",
-        "gnutls_3des",
-        "chromium",
-    ]
-    .iter()
-    .map(|n| fixture(n))
-    .collect();
-    let servers: Vec<Vec<u8>> = [
-        "server_openssl_tls10",
-        "server_openssl_tls12",
-        "server_openssl_tls13",
-        "server_gnutls_3des",
-    ]
-    .iter()
-    .map(|n| fixture(n))
-    .collect();
-    let h: Vec<&[u8]> = hellos.iter().map(Vec::as_slice).collect();
-    let s: Vec<&[u8]> = servers.iter().map(Vec::as_slice).collect();
-    let file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path).unwrap());
-    // ~250 kB of bulk per connection on average: 4 connections per MB.
-    let (w, made) = pcapgen::synthetic(file, &h, &s, mb * 4, 64, 250_000).unwrap();
+fn events_to_a_reader_that_goes_away() {
+    // `tlspeek analyze --events - big.pcap | head -1`: the analysis stops when the pipe
+    // closes, exits 0 and says nothing (as any Unix filter); the first line is whole.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("many.pcap");
+    let hello = fixture("curl_tls12");
+    let server = fixture("server_openssl_tls12");
+    let file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let (w, made) = pcapgen::synthetic(file, &[&hello], &[&server], 2000, 64, 2_000).unwrap();
     drop(w.into_inner().unwrap());
-    println!(
-        "{}: {} connections, {} packets, {} bytes",
-        path.display(),
-        made.connections,
-        made.packets,
-        made.bytes
-    );
+    let mut child = Command::new(exe())
+        .args(["analyze", "--quiet", "--events", "-"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let e: Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(e["mode"], "pcap");
+    // The reader is gone; 2000 event lines (~3 MB) cannot fit in the pipe.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+    assert_eq!(made.connections, 2000);
 }

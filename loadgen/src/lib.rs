@@ -11,11 +11,14 @@
 //! - `idle`: K tunnels (each with a finished TLS handshake) held idle for S seconds; the
 //!   proxy's RSS per tunnel from `/proc/PID/status`; then one GET on every tunnel, so a
 //!   tunnel the proxy dropped counts as an error.
+//! - `pcap`: writes a large synthetic capture (mostly bulk data, hellos from the test
+//!   fixtures) for the `tlspeek analyze` speed benchmark; no network at all.
 //!
 //! Every run is bounded in count and time and talks to the addresses it is given only
 //! (the benchmark scripts give it 127.0.0.1).
 
 mod client;
+pub mod pcapgen;
 mod proc;
 mod serve;
 
@@ -50,6 +53,69 @@ pub enum Cmd {
     Throughput(ThroughputArgs),
     /// Hold idle tunnels and report the proxy's RSS per tunnel.
     Idle(IdleArgs),
+    /// Write a synthetic capture of mostly bulk data (for `tlspeek analyze` benchmarks).
+    Pcap(PcapArgs),
+}
+
+#[derive(Args)]
+pub struct PcapArgs {
+    /// The pcap file to write.
+    #[arg(long)]
+    out: std::path::PathBuf,
+    /// Approximate size in MB (4 connections of ~250 kB bulk each per MB).
+    #[arg(long, default_value_t = 1000)]
+    mb: u64,
+    /// Directory of the hello fixtures (`curl_tls10.bin`, `server_openssl_tls12.bin`, ...).
+    #[arg(long, default_value = "tests/fixtures")]
+    fixtures: std::path::PathBuf,
+}
+
+/// The hellos of the synthetic capture: clients cycle through these ...
+pub const PCAP_CLIENT_HELLOS: &[&str] = &[
+    "curl_tls10",
+    "curl_tls12",
+    "curl_tls13",
+    "gnutls_3des",
+    "chromium",
+];
+/// ... and servers through these.
+pub const PCAP_SERVER_HELLOS: &[&str] = &[
+    "server_openssl_tls10",
+    "server_openssl_tls12",
+    "server_openssl_tls13",
+    "server_gnutls_3des",
+];
+
+fn write_pcap(a: PcapArgs) -> Result<()> {
+    let read = |names: &[&str]| -> Result<Vec<Vec<u8>>> {
+        names
+            .iter()
+            .map(|n| {
+                let p = a.fixtures.join(format!("{n}.bin"));
+                std::fs::read(&p).with_context(|| format!("reading {}", p.display()))
+            })
+            .collect()
+    };
+    let hellos = read(PCAP_CLIENT_HELLOS)?;
+    let servers = read(PCAP_SERVER_HELLOS)?;
+    let h: Vec<&[u8]> = hellos.iter().map(Vec::as_slice).collect();
+    let s: Vec<&[u8]> = servers.iter().map(Vec::as_slice).collect();
+    let file =
+        std::fs::File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let w = std::io::BufWriter::with_capacity(1 << 20, file);
+    let (w, made) = pcapgen::synthetic(w, &h, &s, a.mb * 4, 64, 250_000)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    w.into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    println!(
+        "{{\"mode\":\"pcap\",\"path\":{:?},\"connections\":{},\"packets\":{},\"bytes\":{}}}",
+        a.out.display().to_string(),
+        made.connections,
+        made.packets,
+        made.bytes
+    );
+    Ok(())
 }
 
 #[derive(Args, Clone)]
@@ -184,6 +250,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Cmd::Handshake(a) => handshake(a).await,
             Cmd::Throughput(a) => throughput(a).await,
             Cmd::Idle(a) => idle(a).await,
+            Cmd::Pcap(a) => write_pcap(a),
         }
     })
 }

@@ -302,10 +302,18 @@ impl Summary {
 /// Errors that stop the whole run (a single unreadable file does not).
 #[derive(Debug, thiserror::Error)]
 pub enum AnalyzeError {
-    #[error("cannot write the event lines to {path}: {source}")]
+    #[error("cannot write the event lines to {path}")]
     Events { path: String, source: io::Error },
     #[error(transparent)]
     Inventory(#[from] crate::inventory::StoreError),
+}
+
+impl AnalyzeError {
+    /// The reader of the event lines went away (`tlspeek analyze --events - | head`): not
+    /// worth an error message, as with any Unix filter.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, AnalyzeError::Events { source, .. } if source.kind() == io::ErrorKind::BrokenPipe)
+    }
 }
 
 /// The inventory of a run, in memory: rows merged as the proxy's writer merges them.

@@ -1,8 +1,11 @@
-//! Capture files for the `analyze` tests, written and rewritten here: a pcap and pcapng
-//! writer, a pcap reader (to convert or reorder what tcpdump wrote), frames for every link
-//! type `tlspeek analyze` reads, TCP connections that number their own segments, and the
-//! large synthetic capture (mostly bulk data) of the memory and speed tests.
-#![allow(dead_code)]
+//! Capture files for `tlspeek analyze`, written and rewritten here: a pcap and pcapng
+//! writer, a pcap reader (the tests convert or reorder what tcpdump wrote), frames for
+//! every link type `tlspeek analyze` reads, TCP connections that number their own
+//! segments, and the large synthetic capture (mostly bulk data) of the memory test and of
+//! the `pcap` mode (the speed benchmark against tshark in BENCHMARKS.md).
+//!
+//! Test-and-benchmark code: the reader trusts its input (it reads captures this module or
+//! tcpdump wrote) and panics on a malformed one.
 
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -30,7 +33,6 @@ pub struct Record {
 pub struct Writer<W: Write> {
     w: W,
     ng: bool,
-    interfaces: Vec<u32>,
 }
 
 impl<W: Write> Writer<W> {
@@ -41,11 +43,7 @@ impl<W: Write> Writer<W> {
         w.write_all(&[0; 8])?;
         w.write_all(&262_144u32.to_le_bytes())?;
         w.write_all(&linktype.to_le_bytes())?;
-        Ok(Writer {
-            w,
-            ng: false,
-            interfaces: vec![linktype],
-        })
+        Ok(Writer { w, ng: false })
     }
 
     /// A pcapng section with one interface per link type (interface i = `linktypes[i]`),
@@ -64,11 +62,7 @@ impl<W: Write> Writer<W> {
             idb.extend_from_slice(&262_144u32.to_le_bytes());
             write_block(&mut w, 1, &[&idb])?;
         }
-        Ok(Writer {
-            w,
-            ng: true,
-            interfaces: linktypes.to_vec(),
-        })
+        Ok(Writer { w, ng: true })
     }
 
     /// Writes a frame captured on interface `iface` (pcap: always its one link type).
@@ -365,7 +359,7 @@ impl Conn {
 pub struct Rng(pub u64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
@@ -375,7 +369,7 @@ impl Rng {
     }
 
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
 }
 
