@@ -141,3 +141,26 @@ pub fn config(data: &[u8]) {
         }
     }
 }
+
+/// The whole offline analysis of a capture, with small limits so eviction, expiry and the
+/// buffer budget are reached too. Besides "no panic": no more connections than TCP
+/// segments, no more TCP segments than packets, every verdict consistent with its
+/// reasons, every connection with an inventory observation has a JA4.
+pub fn capture(cfg: &Config, data: &[u8]) {
+    let limits = tlspeek::analyze::flows::Limits {
+        max_flows: 64,
+        idle: 60_000_000_000,
+        buffer_budget: 1 << 20,
+    };
+    if let Ok((conns, stats)) = tlspeek::analyze::analyze_bytes(data, cfg, limits) {
+        assert!(conns.len() as u64 <= stats.tcp_segments);
+        assert!(stats.tcp_segments <= stats.packets);
+        for c in conns {
+            let r = &c.record;
+            assert_eq!(r.legacy, !r.legacy_reasons.is_empty());
+            assert!(r.kind.is_some());
+            assert!(c.observation.is_none() || r.ja4.is_some());
+            let _ = r.to_json();
+        }
+    }
+}

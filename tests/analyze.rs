@@ -7,6 +7,8 @@
 //! bounded memory; progress, filters, the inventory file and the report.
 //!
 //! The loopback capture is made once and shared by the tests that read it.
+#[path = "../fuzz/checks.rs"]
+mod checks;
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,7 +21,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tlspeek::analyze::{analyze_bytes, flows::Limits};
 use tlspeek::config::Config;
 use tlspeek_loadgen::pcapgen::{self, Conn, Link, Record};
 
@@ -1297,31 +1298,11 @@ fn in_memory_analysis_of_fixtures_and_fuzz_findings() {
     assert!(!files.is_empty());
     for f in &files {
         let bytes = std::fs::read(f).unwrap();
-        check_capture(&cfg, &bytes);
+        checks::capture(&cfg, &bytes);
     }
     let small = std::fs::read(format!("{FIXTURES}/pcap/curl_tls10_to_13.pcap")).unwrap();
     for n in (0..small.len()).step_by(97) {
-        check_capture(&cfg, &small[..n]);
-    }
-}
-
-/// The invariants of fuzz/fuzz_targets/capture.rs.
-fn check_capture(cfg: &Config, data: &[u8]) {
-    let limits = Limits {
-        max_flows: 64,
-        idle: 60_000_000_000,
-        buffer_budget: 1 << 20,
-    };
-    if let Ok((conns, stats)) = analyze_bytes(data, cfg, limits) {
-        assert!(conns.len() as u64 <= stats.tcp_segments);
-        assert!(stats.tcp_segments <= stats.packets);
-        for c in conns {
-            let r = &c.record;
-            assert_eq!(r.legacy, !r.legacy_reasons.is_empty());
-            assert!(r.kind.is_some());
-            assert!(c.observation.is_none() || r.ja4.is_some());
-            let _ = r.to_json();
-        }
+        checks::capture(&cfg, &small[..n]);
     }
 }
 

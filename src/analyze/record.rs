@@ -16,7 +16,6 @@ use super::flows::{ClientState, End, Flow, ServerState};
 use crate::config::Config;
 use crate::hello::{self, classify_client_hello, classify_negotiated};
 use crate::inventory::Observation;
-use crate::inventory::software::{Facts, SoftwareDb};
 use crate::names::HostName;
 use crate::telemetry::{ConnectionRecord, Kind, Mode, Outcome, source_label};
 
@@ -92,27 +91,11 @@ pub fn connection(flow: &Flow, cfg: &Config) -> Option<Connection> {
                 ServerState::Waiting | ServerState::Unknown => hello_verdict,
             };
             rec.set_verdict(&verdict);
-            let ja4 = rec.ja4.clone().unwrap_or_default();
-            let ja3_hash = rec.ja3_hash.clone().unwrap_or_default();
-            let software = SoftwareDb::embedded().identify(&Facts {
-                hello: h,
-                ja4: &ja4,
-                ja3_hash: &ja3_hash,
-                user_agent: None,
-                request: None,
-            });
+            let destination = name
+                .as_ref()
+                .map_or_else(|| server.addr().to_string(), |n| n.to_string());
+            let at = secs(flow.hello_ts.unwrap_or(flow.first_ts));
             observation = Some(Observation {
-                at: secs(flow.hello_ts.unwrap_or(flow.first_ts)),
-                source_ip: rec.source_ip.clone(),
-                source: src.value.clone(),
-                source_name: None,
-                destination: name
-                    .as_ref()
-                    .map_or_else(|| server.addr().to_string(), |n| n.to_string()),
-                ja4,
-                ja3_hash,
-                sni: rec.sni.clone(),
-                offered_version: Some(hello::version_name(h.max_version()).to_string()),
                 negotiated_version: rec.negotiated_version.map(str::to_string),
                 negotiated_cipher: match &flow.server_state {
                     ServerState::Hello(sh) => Some(cipher_label(sh.cipher_suite)),
@@ -124,10 +107,7 @@ pub fn connection(flow: &Flow, cfg: &Config) -> Option<Connection> {
                     .iter()
                     .map(|r| r.as_str().to_string())
                     .collect(),
-                software: software.family,
-                software_confidence: software.confidence.as_str().to_string(),
-                fix: software.fix,
-                user_agent: None,
+                ..Observation::of_hello(h, &rec, &src.value, destination, at)
             });
         }
         ClientState::NotTls => rec.kind = Some(Kind::NotTls),

@@ -50,6 +50,45 @@ pub struct Observation {
     pub user_agent: Option<String>,
 }
 
+impl Observation {
+    /// What a connection's ClientHello tells the inventory: the record's fingerprints and
+    /// SNI, the offered version, the likely software and its fix. The negotiated fields and
+    /// the verdict are the caller's to fill in (the proxy knows them later than the hello,
+    /// a capture sometimes at once).
+    pub fn of_hello(
+        hello: &crate::hello::ClientHelloSummary,
+        rec: &crate::telemetry::record::ConnectionRecord,
+        source: &str,
+        destination: String,
+        at: i64,
+    ) -> Observation {
+        let ja4 = rec.ja4.clone().unwrap_or_default();
+        let ja3_hash = rec.ja3_hash.clone().unwrap_or_default();
+        let software = software::SoftwareDb::embedded().identify(&software::Facts {
+            hello,
+            ja4: &ja4,
+            ja3_hash: &ja3_hash,
+            user_agent: None,
+            request: None,
+        });
+        Observation {
+            at,
+            source_ip: rec.source_ip.clone(),
+            source: source.to_string(),
+            source_name: None,
+            destination,
+            ja4,
+            ja3_hash,
+            sni: rec.sni.clone(),
+            offered_version: Some(crate::hello::version_name(hello.max_version()).to_string()),
+            software: software.family,
+            software_confidence: software.confidence.as_str().to_string(),
+            fix: software.fix,
+            ..Observation::default()
+        }
+    }
+}
+
 /// One inventory row.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CallerRow {

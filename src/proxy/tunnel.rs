@@ -16,7 +16,6 @@ use super::splice::{self, Flow, PumpError, Side, SpliceEnd};
 use crate::config::{Action, OnHelloTimeout, OnUnsupported};
 use crate::hello::{self, ClientHelloSummary};
 use crate::inventory::Observation;
-use crate::inventory::software::{Facts, SoftwareDb};
 use crate::inventory::writer::unix_now as unix_secs;
 use crate::names::HostName;
 use crate::policy;
@@ -332,10 +331,11 @@ impl Conn<'_> {
         rec.action = Some(taken);
         m.action(&who, label, verdict.legacy);
 
-        let observation =
-            self.shared.inventory.as_ref().map(|_| {
-                self.observation(&h, name.as_ref(), target, max_version, verdict.legacy, rec)
-            });
+        let observation = self
+            .shared
+            .inventory
+            .as_ref()
+            .map(|_| self.observation(&h, name.as_ref(), target, verdict.legacy, rec));
         self.watch.set_context(HelloContext {
             shared: self.shared.clone(),
             source: self.src.value.clone(),
@@ -412,37 +412,13 @@ impl Conn<'_> {
         h: &ClientHelloSummary,
         name: Option<&HostName>,
         target: &Authority,
-        max_version: &str,
         legacy: bool,
         rec: &ConnectionRecord,
     ) -> Observation {
-        let ja4 = rec.ja4.clone().unwrap_or_default();
-        let ja3_hash = rec.ja3_hash.clone().unwrap_or_default();
-        let software = SoftwareDb::embedded().identify(&Facts {
-            hello: h,
-            ja4: &ja4,
-            ja3_hash: &ja3_hash,
-            user_agent: None,
-            request: None,
-        });
+        let destination = name.map_or_else(|| target.host.to_string(), |n| n.to_string());
         Observation {
-            at: unix_secs(),
-            source_ip: rec.source_ip.clone(),
-            source: self.src.value.clone(),
-            source_name: None,
-            destination: name.map_or_else(|| target.host.to_string(), |n| n.to_string()),
-            ja4,
-            ja3_hash,
-            sni: rec.sni.clone(),
-            offered_version: Some(max_version.to_string()),
-            negotiated_version: None,
-            negotiated_cipher: None,
             legacy,
-            legacy_reasons: Vec::new(),
-            software: software.family,
-            software_confidence: software.confidence.as_str().to_string(),
-            fix: software.fix,
-            user_agent: None,
+            ..Observation::of_hello(h, rec, &self.src.value, destination, unix_secs())
         }
     }
 }
