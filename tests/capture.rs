@@ -246,6 +246,68 @@ impl NetNs {
         String::from_utf8_lossy(&out.stdout).contains(&format!(":{port} "))
     }
 
+    /// A command run as user "nobody" (whose connections the tests' rules redirect).
+    fn as_nobody(&self, program: &str) -> Command {
+        let mut c = self.cmd("setpriv");
+        c.args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            program,
+        ]);
+        c
+    }
+
+    /// `openssl s_server -www` (TLS 1.0 and up, every cipher) on `accept`, once it listens.
+    fn tls_server(&self, accept: &str, port: u16) -> Proc {
+        let c = certs();
+        let p = Proc(
+            self.cmd("openssl")
+                .args(["s_server", "-accept", accept])
+                .arg("-cert")
+                .arg(&c.crt)
+                .arg("-key")
+                .arg(&c.key)
+                .args([
+                    "-www",
+                    "-quiet",
+                    "-cipher",
+                    "ALL:@SECLEVEL=0",
+                    "-min_protocol",
+                    "TLSv1",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        self.wait_listening(port);
+        p
+    }
+
+    /// tlspeek with `cfg`, in a mount namespace of its own where `hosts` is /etc/hosts,
+    /// once its transparent port listens. Its stderr goes next to `cfg` (`err`).
+    fn tlspeek(&self, cfg: &Path, hosts: &Path, transparent_port: u16) -> Proc {
+        let err = std::fs::File::create(cfg.with_file_name("err")).unwrap();
+        let p = Proc(
+            self.cmd("unshare")
+                .args(["-m", "sh", "-c"])
+                .arg(format!(
+                    "mount --bind {} /etc/hosts && exec \"$0\" \"$@\"",
+                    hosts.display()
+                ))
+                .arg(exe())
+                .args(["run", "--config"])
+                .arg(cfg)
+                .stdout(Stdio::null())
+                .stderr(err)
+                .spawn()
+                .unwrap(),
+        );
+        self.wait_listening(transparent_port);
+        p
+    }
+
     fn wait_listening(&self, port: u16) {
         let end = Instant::now() + Duration::from_secs(10);
         while !self.listening(port) {
@@ -287,29 +349,8 @@ fn transparent_mode_sees_clients_that_ignore_proxies() {
     }
     let ns = NetNs::new("tp");
     let dir = tempfile::tempdir().unwrap();
-    let c = certs();
     let (up, tport, admin, proxy) = (24443u16, 24129u16, 24748u16, 24128u16);
-    let _server = Proc(
-        ns.cmd("openssl")
-            .args(["s_server", "-accept", &format!("127.0.0.2:{up}")])
-            .arg("-cert")
-            .arg(&c.crt)
-            .arg("-key")
-            .arg(&c.key)
-            .args([
-                "-www",
-                "-quiet",
-                "-cipher",
-                "ALL:@SECLEVEL=0",
-                "-min_protocol",
-                "TLSv1",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    ns.wait_listening(up);
+    let _server = ns.tls_server(&format!("127.0.0.2:{up}"), up);
     // In tlspeek's own mount namespace, /etc/hosts gives the server's address a watched name.
     let hosts = dir.path().join("hosts");
     std::fs::write(
@@ -330,23 +371,7 @@ fn transparent_mode_sees_clients_that_ignore_proxies() {
         ),
     )
     .unwrap();
-    let err = std::fs::File::create(dir.path().join("err")).unwrap();
-    let _tlspeek = Proc(
-        ns.cmd("unshare")
-            .args(["-m", "sh", "-c"])
-            .arg(format!(
-                "mount --bind {} /etc/hosts && exec \"$0\" \"$@\"",
-                hosts.display()
-            ))
-            .arg(exe())
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .unwrap(),
-    );
-    ns.wait_listening(tport);
+    let _tlspeek = ns.tlspeek(&cfg, &hosts, tport);
     // Connections user "nobody" opens to 127.0.0.2:up are redirected to tlspeek, which runs
     // as root: its own upstream connection is not redirected.
     let rule = format!(
@@ -360,16 +385,7 @@ fn transparent_mode_sees_clients_that_ignore_proxies() {
             .unwrap()
             .success()
     );
-    let as_nobody = |program: &str| {
-        let mut c = ns.cmd("setpriv");
-        c.args([
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            program,
-        ]);
-        c
-    };
+    let as_nobody = |program: &str| ns.as_nobody(program);
     let out = as_nobody("curl")
         .args([
             "-sk",
@@ -485,6 +501,178 @@ fn transparent_mode_sees_clients_that_ignore_proxies() {
     );
     assert!(
         sample(&m, "tlspeek_connections_total", &[("mode", "transparent")]).unwrap_or(0.0) >= 3.0
+    );
+}
+
+#[test]
+fn transparent_mode_over_ipv6() {
+    // ip6tables REDIRECT: the original destination comes from IP6T_SO_ORIGINAL_DST, and a
+    // locally made connection is redirected to ::1, where the transparent listener is.
+    if !require(&[
+        "ip",
+        "ip6tables",
+        "setpriv",
+        "unshare",
+        "ss",
+        "curl",
+        "openssl",
+    ]) {
+        return;
+    }
+    if !is_root() {
+        let why = "transparent mode test needs root (network namespace, ip6tables)";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+        println!("SKIP: {why}");
+        return;
+    }
+    let ns = NetNs::new("tp6");
+    let (up, tport, admin, proxy) = (24543u16, 24229u16, 24848u16, 24228u16);
+    let server_ip = "fd00:7c::2";
+    assert!(
+        ns.cmd("ip")
+            .args([
+                "-6",
+                "addr",
+                "add",
+                &format!("{server_ip}/128"),
+                "dev",
+                "lo"
+            ])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _server = ns.tls_server(&format!("[{server_ip}]:{up}"), up);
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    std::fs::write(
+        &hosts,
+        format!("::1 localhost\n{server_ip} legacy-sts.corp.example\n"),
+    )
+    .unwrap();
+    let events = dir.path().join("events.jsonl");
+    let cfg = dir.path().join("t.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:{proxy}\"\nallowed_ports = [{up}]\ndeny_destinations = []\n\
+             [admin]\nlisten = \"127.0.0.1:{admin}\"\n[events]\npath = \"{}\"\n[inventory]\npath = \"\"\n\
+             [transparent]\nlisten = \"[::1]:{tport}\"\n\
+             [metrics]\nwatched_destinations = [\"login.microsoftonline.com\", \"legacy-sts.corp.example\"]\n",
+            events.display()
+        ),
+    )
+    .unwrap();
+    let _tlspeek = ns.tlspeek(&cfg, &hosts, tport);
+    let rule = format!(
+        "OUTPUT -p tcp -m owner --uid-owner nobody -d {server_ip} --dport {up} -j REDIRECT --to-ports {tport}"
+    );
+    assert!(
+        ns.cmd("ip6tables")
+            .args(["-t", "nat", "-A"])
+            .args(rule.split(' '))
+            .status()
+            .unwrap()
+            .success()
+    );
+    // A TLS 1.0 caller with SNI, and one without SNI: both through the redirect, both get
+    // their page.
+    let body = dir.path().join("body");
+    let out = ns
+        .as_nobody("curl")
+        .args(["-sk", "-m", "10", "--tlsv1.0", "--tls-max", "1.0"])
+        .args(["--ciphers", "DEFAULT:@SECLEVEL=0"])
+        .args(["--connect-to", &format!("{LOGIN}:443:[{server_ip}]:{up}")])
+        .arg(format!("https://{LOGIN}/"))
+        .arg("-o")
+        .arg(&body)
+        .args(["-w", "%{http_code}"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(cfg.with_file_name("err")).unwrap_or_default()
+    );
+    let mut sc = ns
+        .as_nobody("openssl")
+        .args(["s_client", "-connect", &format!("[{server_ip}]:{up}")])
+        .args(["-noservername", "-quiet"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _ = sc
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET / HTTP/1.0\r\n\r\n");
+    let page = sc.wait_with_output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&page.stdout).contains("200 ok"),
+        "s_client without SNI got no page"
+    );
+
+    let end = Instant::now() + Duration::from_secs(10);
+    let ev = loop {
+        let ev: Vec<Value> = std::fs::read_to_string(&events)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|e: &Value| e["mode"] == "transparent")
+            .collect();
+        if ev.len() >= 2 || Instant::now() > end {
+            break ev;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(ev.len(), 2, "{ev:#?}");
+    for e in &ev {
+        // The original destination, not ::1 where the redirect delivered it.
+        assert_eq!(e["upstream_ip"], server_ip, "{e}");
+        assert_eq!(e["target_port"], up, "{e}");
+        // curl may close with the server's close_notify unread (a reset).
+        assert!(
+            ["closed", "client_reset"].contains(&e["outcome"].as_str().unwrap_or("")),
+            "{e}"
+        );
+    }
+    let legacy = ev
+        .iter()
+        .find(|e| e["sni"] == LOGIN)
+        .unwrap_or_else(|| panic!("{ev:#?}"));
+    assert_eq!(
+        (legacy["max_version"].as_str(), legacy["legacy"].as_bool()),
+        (Some("TLS1.0"), Some(true))
+    );
+    let nosni = ev
+        .iter()
+        .find(|e| e["sni"].is_null())
+        .unwrap_or_else(|| panic!("{ev:#?}"));
+    assert_eq!(nosni["name_inferred"], true, "{nosni}");
+    // The inferred name labels the metrics (the event keeps the address as target_host).
+    let metrics = ns
+        .cmd("curl")
+        .args(["-s", &format!("http://127.0.0.1:{admin}/metrics")])
+        .output()
+        .unwrap();
+    let m = String::from_utf8_lossy(&metrics.stdout);
+    assert_eq!(
+        sample(
+            &m,
+            "tlspeek_client_hellos_total",
+            &[("destination", "legacy-sts.corp.example")]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "tlspeek_connections_total", &[("mode", "transparent")]),
+        Some(2.0),
+        "{m}"
     );
 }
 
