@@ -246,6 +246,23 @@ impl NetNs {
         String::from_utf8_lossy(&out.stdout).contains(&format!(":{port} "))
     }
 
+    /// Connections user "nobody" opens to `dst`:`port` are redirected (`tool` is iptables
+    /// or ip6tables, nat OUTPUT) to `to_port`; tlspeek runs as root, so its own upstream
+    /// connections are not.
+    fn redirect_nobody(&self, tool: &str, dst: &str, port: u16, to_port: u16) {
+        let rule = format!(
+            "OUTPUT -p tcp -m owner --uid-owner nobody -d {dst} --dport {port} -j REDIRECT --to-ports {to_port}"
+        );
+        assert!(
+            self.cmd(tool)
+                .args(["-t", "nat", "-A"])
+                .args(rule.split(' '))
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
     /// A command run as user "nobody" (whose connections the tests' rules redirect).
     fn as_nobody(&self, program: &str) -> Command {
         let mut c = self.cmd("setpriv");
@@ -327,6 +344,49 @@ impl Drop for NetNs {
     }
 }
 
+/// The config of the transparent-mode tests: proxy and admin on 127.0.0.1, the transparent
+/// listener on `transparent`, `up` allowed, nothing denied, a watched internal name.
+/// Returns the config's path and the event log's.
+fn transparent_config(
+    dir: &Path,
+    proxy: u16,
+    admin: u16,
+    up: u16,
+    transparent: &str,
+) -> (PathBuf, PathBuf) {
+    let events = dir.join("events.jsonl");
+    let cfg = dir.join("t.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:{proxy}\"\nallowed_ports = [{up}]\ndeny_destinations = []\n\
+             [admin]\nlisten = \"127.0.0.1:{admin}\"\n[events]\npath = \"{}\"\n[inventory]\npath = \"\"\n\
+             [transparent]\nlisten = \"{transparent}\"\n\
+             [metrics]\nwatched_destinations = [\"login.microsoftonline.com\", \"legacy-sts.corp.example\"]\n",
+            events.display()
+        ),
+    )
+    .unwrap();
+    (cfg, events)
+}
+
+/// The `mode = "transparent"` event lines, once there are `n` (or after 10 s).
+fn transparent_events(events: &Path, n: usize) -> Vec<Value> {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ev: Vec<Value> = std::fs::read_to_string(events)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|e: &Value| e["mode"] == "transparent")
+            .collect();
+        if ev.len() >= n || Instant::now() > end {
+            return ev;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
@@ -358,33 +418,12 @@ fn transparent_mode_sees_clients_that_ignore_proxies() {
         "127.0.0.1 localhost\n127.0.0.2 legacy-sts.corp.example\n",
     )
     .unwrap();
-    let events = dir.path().join("events.jsonl");
-    let cfg = dir.path().join("t.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[proxy]\nlisten = \"127.0.0.1:{proxy}\"\nallowed_ports = [{up}]\ndeny_destinations = []\n\
-             [admin]\nlisten = \"127.0.0.1:{admin}\"\n[events]\npath = \"{}\"\n[inventory]\npath = \"\"\n\
-             [transparent]\nlisten = \"127.0.0.1:{tport}\"\n\
-             [metrics]\nwatched_destinations = [\"login.microsoftonline.com\", \"legacy-sts.corp.example\"]\n",
-            events.display()
-        ),
-    )
-    .unwrap();
+    let (cfg, events) =
+        transparent_config(dir.path(), proxy, admin, up, &format!("127.0.0.1:{tport}"));
     let _tlspeek = ns.tlspeek(&cfg, &hosts, tport);
     // Connections user "nobody" opens to 127.0.0.2:up are redirected to tlspeek, which runs
     // as root: its own upstream connection is not redirected.
-    let rule = format!(
-        "OUTPUT -p tcp -m owner --uid-owner nobody -d 127.0.0.2 --dport {up} -j REDIRECT --to-ports {tport}"
-    );
-    assert!(
-        ns.cmd("iptables")
-            .args(["-t", "nat", "-A"])
-            .args(rule.split(' '))
-            .status()
-            .unwrap()
-            .success()
-    );
+    ns.redirect_nobody("iptables", "127.0.0.2", up, tport);
     let as_nobody = |program: &str| ns.as_nobody(program);
     let out = as_nobody("curl")
         .args([
@@ -450,19 +489,7 @@ fn transparent_mode_sees_clients_that_ignore_proxies() {
         .unwrap();
     assert_ne!(String::from_utf8_lossy(&direct.stdout), "200");
 
-    let end = Instant::now() + Duration::from_secs(10);
-    let ev = loop {
-        let ev: Vec<Value> = std::fs::read_to_string(&events)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .filter(|e: &Value| e["mode"] == "transparent")
-            .collect();
-        if ev.len() >= 3 || Instant::now() > end {
-            break ev;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let ev = transparent_events(&events, 3);
     let legacy = ev
         .iter()
         .find(|e| e["sni"] == LOGIN)
@@ -550,31 +577,9 @@ fn transparent_mode_over_ipv6() {
         format!("::1 localhost\n{server_ip} legacy-sts.corp.example\n"),
     )
     .unwrap();
-    let events = dir.path().join("events.jsonl");
-    let cfg = dir.path().join("t.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[proxy]\nlisten = \"127.0.0.1:{proxy}\"\nallowed_ports = [{up}]\ndeny_destinations = []\n\
-             [admin]\nlisten = \"127.0.0.1:{admin}\"\n[events]\npath = \"{}\"\n[inventory]\npath = \"\"\n\
-             [transparent]\nlisten = \"[::1]:{tport}\"\n\
-             [metrics]\nwatched_destinations = [\"login.microsoftonline.com\", \"legacy-sts.corp.example\"]\n",
-            events.display()
-        ),
-    )
-    .unwrap();
+    let (cfg, events) = transparent_config(dir.path(), proxy, admin, up, &format!("[::1]:{tport}"));
     let _tlspeek = ns.tlspeek(&cfg, &hosts, tport);
-    let rule = format!(
-        "OUTPUT -p tcp -m owner --uid-owner nobody -d {server_ip} --dport {up} -j REDIRECT --to-ports {tport}"
-    );
-    assert!(
-        ns.cmd("ip6tables")
-            .args(["-t", "nat", "-A"])
-            .args(rule.split(' '))
-            .status()
-            .unwrap()
-            .success()
-    );
+    ns.redirect_nobody("ip6tables", server_ip, up, tport);
     // A TLS 1.0 caller with SNI, and one without SNI: both through the redirect, both get
     // their page.
     let body = dir.path().join("body");
@@ -616,19 +621,7 @@ fn transparent_mode_over_ipv6() {
         "s_client without SNI got no page"
     );
 
-    let end = Instant::now() + Duration::from_secs(10);
-    let ev = loop {
-        let ev: Vec<Value> = std::fs::read_to_string(&events)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .filter(|e: &Value| e["mode"] == "transparent")
-            .collect();
-        if ev.len() >= 2 || Instant::now() > end {
-            break ev;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let ev = transparent_events(&events, 2);
     assert_eq!(ev.len(), 2, "{ev:#?}");
     for e in &ev {
         // The original destination, not ::1 where the redirect delivered it.
