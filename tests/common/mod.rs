@@ -202,18 +202,17 @@ impl Tlspeek {
     /// the other sections (e.g. `[[sources]]`). Loopback is not denied unless `proxy_extra`
     /// sets `deny_destinations`, since the test upstreams live there.
     pub fn start(proxy_extra: &str, extra: &str) -> Tlspeek {
-        Tlspeek::start_via(proxy_extra, extra, &[])
+        Tlspeek::start_opts(proxy_extra, extra, &StartOpts::default())
     }
 
     /// Like `start`, with `launcher` words in front of the tlspeek command line (e.g.
     /// `unshare -m sh -c '...; exec "$0" "$@"'`).
     pub fn start_via(proxy_extra: &str, extra: &str, launcher: &[&str]) -> Tlspeek {
-        for _ in 0..5 {
-            if let Some(t) = Tlspeek::try_start(proxy_extra, extra, launcher) {
-                return t;
-            }
-        }
-        panic!("tlspeek did not start");
+        let opts = StartOpts {
+            launcher: launcher.iter().map(|w| w.to_string()).collect(),
+            ..StartOpts::default()
+        };
+        Tlspeek::start_opts(proxy_extra, extra, &opts)
     }
 
     /// Starts another tlspeek on the same config file, ports and event file (after a crash).
@@ -247,60 +246,6 @@ impl Tlspeek {
     pub fn kill9(&mut self) {
         let _ = self.proc.0.kill();
         let _ = self.proc.0.wait();
-    }
-
-    fn try_start(proxy_extra: &str, extra: &str, launcher: &[&str]) -> Option<Tlspeek> {
-        let dir = tempfile::tempdir().unwrap();
-        let (proxy_port, admin_port) = (free_port(), free_port());
-        let events_path = dir.path().join("events.jsonl");
-        let stderr_path = dir.path().join("tlspeek.err");
-        let cfg = harness_config(
-            proxy_port,
-            admin_port,
-            &events_path,
-            dir.path(),
-            proxy_extra,
-            extra,
-        );
-        let cfg_path = dir.path().join("tlspeek.toml");
-        std::fs::write(&cfg_path, cfg).unwrap();
-        let mut cmd = match launcher.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(exe());
-                c
-            }
-            None => Command::new(exe()),
-        };
-        let child = cmd
-            .arg("run")
-            .arg("--config")
-            .arg(&cfg_path)
-            .env("RUST_LOG", "info,tlspeek=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr_path).unwrap())
-            .spawn()
-            .unwrap();
-        let mut proc = Proc(child);
-        let up = wait_port(proxy_port, Duration::from_secs(10))
-            && wait_port(admin_port, Duration::from_secs(5));
-        if !up {
-            let _ = proc.0.kill();
-            eprintln!(
-                "tlspeek failed to start: {}",
-                std::fs::read_to_string(&stderr_path).unwrap_or_default()
-            );
-            return None;
-        }
-        Some(Tlspeek {
-            proc,
-            proxy_port,
-            admin_port,
-            dir,
-            events_path,
-            stderr_path,
-        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -380,14 +325,14 @@ impl Tlspeek {
 /// its own directory, loopback not denied (the test upstreams live there) — then the
 /// test's `proxy_extra` (keys of `[proxy]`) and `extra` (any tables, `[admin]` included)
 /// merged over it key by key.
-pub fn harness_config(
+fn harness_table(
     proxy_port: u16,
     admin_port: u16,
     events_path: &Path,
     dir: &Path,
     proxy_extra: &str,
     extra: &str,
-) -> String {
+) -> toml::Table {
     let base = format!(
         "[proxy]\nlisten = \"127.0.0.1:{proxy_port}\"\ndeny_destinations = []\n\
          [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
@@ -415,7 +360,7 @@ pub fn harness_config(
     wrapped.insert("proxy".into(), toml::Value::Table(proxy));
     merge(&mut table, wrapped);
     merge(&mut table, extra);
-    toml::to_string(&table).unwrap()
+    table
 }
 
 /// A minimal HTTP/1.0 GET on 127.0.0.1:port; returns (status, body).
@@ -666,6 +611,8 @@ pub struct StartOpts {
     pub nofile: Option<u64>,
     /// `RUST_LOG` (default `info,tlspeek=debug`).
     pub rust_log: Option<String>,
+    /// Words in front of the tlspeek command line (not with `nofile`).
+    pub launcher: Vec<String>,
 }
 
 impl Tlspeek {
@@ -687,17 +634,20 @@ impl Tlspeek {
             None => dir.path().join("events.jsonl"),
         };
         let stderr_path = dir.path().join("tlspeek.err");
-        let deny = if opts.default_deny || proxy_extra.contains("deny_destinations") {
-            ""
-        } else {
-            "deny_destinations = []\n"
-        };
-        let cfg = format!(
-            "[proxy]\nlisten = \"127.0.0.1:{proxy_port}\"\n{deny}{proxy_extra}\n\
-             [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
-             [events]\npath = \"{}\"\n{extra}\n",
-            events_path.display()
+        let mut cfg = harness_table(
+            proxy_port,
+            admin_port,
+            &events_path,
+            dir.path(),
+            proxy_extra,
+            extra,
         );
+        if opts.default_deny && !proxy_extra.contains("deny_destinations") {
+            if let Some(toml::Value::Table(proxy)) = cfg.get_mut("proxy") {
+                proxy.remove("deny_destinations");
+            }
+        }
+        let cfg = toml::to_string(&cfg).unwrap();
         let cfg_path = dir.path().join("tlspeek.toml");
         std::fs::write(&cfg_path, cfg).unwrap();
         let mut cmd = match opts.nofile {
@@ -714,11 +664,22 @@ impl Tlspeek {
                 c
             }
             None => {
-                let mut c = Command::new(exe());
+                let mut c = match opts.launcher.split_first() {
+                    Some((first, rest)) => {
+                        let mut c = Command::new(first);
+                        c.args(rest).arg(exe());
+                        c
+                    }
+                    None => Command::new(exe()),
+                };
                 c.arg("run").arg("--config").arg(&cfg_path);
                 c
             }
         };
+        assert!(
+            opts.nofile.is_none() || opts.launcher.is_empty(),
+            "nofile and launcher together"
+        );
         let child = cmd
             .env(
                 "RUST_LOG",
