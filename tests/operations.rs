@@ -282,10 +282,7 @@ fn reload_applies_to_new_connections_and_never_breaks_a_tunnel() {
 
     // An invalid file: refused, counted, the old configuration stays.
     std::fs::write(&cfg_path, format!("{good}\n[proxy\nnot toml\n")).unwrap();
-    Command::new("kill")
-        .args(["-HUP", &t.pid().to_string()])
-        .status()
-        .unwrap();
+    assert!(t.signal("HUP"));
     t.wait_metric(
         "tlspeek_config_reloads_total",
         &[("result", "failure")],
@@ -306,10 +303,7 @@ fn reload_applies_to_new_connections_and_never_breaks_a_tunnel() {
         format!("{good}\n[[rules]]\ndestinations = [\"login.microsoftonline.com\"]\naction = \"block\"\n"),
     )
     .unwrap();
-    Command::new("kill")
-        .args(["-HUP", &t.pid().to_string()])
-        .status()
-        .unwrap();
+    assert!(t.signal("HUP"));
     t.wait_metric(
         "tlspeek_config_reloads_total",
         &[("result", "success")],
@@ -369,10 +363,7 @@ fn the_event_log_reopens_on_sigusr1_with_mode_0640() {
     );
     let rotated = t.events_path.with_extension("jsonl.1");
     std::fs::rename(&t.events_path, &rotated).unwrap();
-    Command::new("kill")
-        .args(["-USR1", &t.pid().to_string()])
-        .status()
-        .unwrap();
+    assert!(t.signal("USR1"));
     let end = Instant::now() + Duration::from_secs(10);
     while !t.events_path.exists() {
         assert!(

@@ -314,9 +314,7 @@ fn shutdown_stops_accepting_and_drains_open_tunnels() {
     s.write_all(b"before").unwrap();
     let mut buf = [0u8; 6];
     s.read_exact(&mut buf).unwrap();
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &t.pid().to_string()])
-        .status();
+    let _ = t.signal("TERM");
     // Readiness turns 503 while the open tunnel still works.
     let end = Instant::now() + Duration::from_secs(5);
     loop {

@@ -305,11 +305,18 @@ impl Tlspeek {
         }
     }
 
+    /// Sends `signal` (`"HUP"`, `"USR1"`, `"TERM"`, ...) with kill(1); whether it was
+    /// delivered (not when the process is already gone).
+    pub fn signal(&self, signal: &str) -> bool {
+        Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
     /// Sends SIGTERM and waits (bounded) for the exit.
     pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status();
+        let _ = self.signal("TERM");
         let end = Instant::now() + within;
         while Instant::now() < end {
             if let Ok(Some(s)) = self.proc.0.try_wait() {
