@@ -344,8 +344,9 @@ impl Drop for NetNs {
     }
 }
 
-/// The config of the transparent-mode tests: proxy and admin on 127.0.0.1, the transparent
-/// listener on `transparent`, `up` allowed, nothing denied, a watched internal name.
+/// The config of the transparent-mode tests: proxy and admin on 127.0.0.1, the
+/// `[transparent]` table's lines `transparent`, `up` allowed, nothing denied, a watched
+/// internal name.
 /// Returns the config's path and the event log's.
 fn transparent_config(
     dir: &Path,
@@ -361,7 +362,7 @@ fn transparent_config(
         format!(
             "[proxy]\nlisten = \"127.0.0.1:{proxy}\"\nallowed_ports = [{up}]\ndeny_destinations = []\n\
              [admin]\nlisten = \"127.0.0.1:{admin}\"\n[events]\npath = \"{}\"\n[inventory]\npath = \"\"\n\
-             [transparent]\nlisten = \"{transparent}\"\n\
+             [transparent]\n{transparent}\n\
              [metrics]\nwatched_destinations = [\"login.microsoftonline.com\", \"legacy-sts.corp.example\"]\n",
             events.display()
         ),
@@ -418,8 +419,13 @@ fn transparent_mode_sees_clients_that_ignore_proxies() {
         "127.0.0.1 localhost\n127.0.0.2 legacy-sts.corp.example\n",
     )
     .unwrap();
-    let (cfg, events) =
-        transparent_config(dir.path(), proxy, admin, up, &format!("127.0.0.1:{tport}"));
+    let (cfg, events) = transparent_config(
+        dir.path(),
+        proxy,
+        admin,
+        up,
+        &format!("listen = \"127.0.0.1:{tport}\""),
+    );
     let _tlspeek = ns.tlspeek(&cfg, &hosts, tport);
     // Connections user "nobody" opens to 127.0.0.2:up are redirected to tlspeek, which runs
     // as root: its own upstream connection is not redirected.
@@ -577,7 +583,13 @@ fn transparent_mode_over_ipv6() {
         format!("::1 localhost\n{server_ip} legacy-sts.corp.example\n"),
     )
     .unwrap();
-    let (cfg, events) = transparent_config(dir.path(), proxy, admin, up, &format!("[::1]:{tport}"));
+    let (cfg, events) = transparent_config(
+        dir.path(),
+        proxy,
+        admin,
+        up,
+        &format!("listen = \"[::1]:{tport}\""),
+    );
     let _tlspeek = ns.tlspeek(&cfg, &hosts, tport);
     ns.redirect_nobody("ip6tables", server_ip, up, tport);
     // A TLS 1.0 caller with SNI, and one without SNI: both through the redirect, both get
@@ -666,6 +678,101 @@ fn transparent_mode_over_ipv6() {
         sample(&m, "tlspeek_connections_total", &[("mode", "transparent")]),
         Some(2.0),
         "{m}"
+    );
+}
+
+#[test]
+fn transparent_mode_with_tproxy() {
+    // TPROXY as on an egress router: a client namespace routes to a router namespace over
+    // a veth pair; there, iptables TPROXY (mangle PREROUTING) hands the client's
+    // connections to tlspeek's IP_TRANSPARENT listener, whose accepted socket's own
+    // address is the original destination.
+    if !require(&["ip", "iptables", "ss", "curl", "openssl"]) {
+        return;
+    }
+    if !is_root() {
+        let why = "TPROXY test needs root (network namespaces, iptables)";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+        println!("SKIP: {why}");
+        return;
+    }
+    let router = NetNs::new("tpr");
+    let client = NetNs::new("tpc");
+    let (up, tport, admin, proxy) = (24643u16, 24329u16, 24948u16, 24328u16);
+    let server_ip = "10.77.9.9";
+    let ip = |ns: &NetNs, args: &str| {
+        let ok = ns
+            .cmd("ip")
+            .args(args.split(' '))
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ip {args}");
+    };
+    ip(
+        &router,
+        &format!("link add vr type veth peer name vc netns {}", client.0),
+    );
+    ip(&router, "addr add 10.77.0.1/24 dev vr");
+    ip(&router, "link set vr up");
+    ip(&router, &format!("addr add {server_ip}/32 dev lo"));
+    ip(&router, "rule add fwmark 1 lookup 100");
+    ip(&router, "route add local 0.0.0.0/0 dev lo table 100");
+    ip(&client, "addr add 10.77.0.2/24 dev vc");
+    ip(&client, "link set vc up");
+    ip(&client, "route add 10.77.9.0/24 via 10.77.0.1");
+    let rule = format!(
+        "PREROUTING -i vr -p tcp -d {server_ip} --dport {up} -j TPROXY --on-port {tport} --on-ip 0.0.0.0 --tproxy-mark 0x1/0x1"
+    );
+    assert!(
+        router
+            .cmd("iptables")
+            .args(["-t", "mangle", "-A"])
+            .args(rule.split(' '))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _server = router.tls_server(&format!("{server_ip}:{up}"), up);
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+    let (cfg, events) = transparent_config(
+        dir.path(),
+        proxy,
+        admin,
+        up,
+        &format!("listen = \"0.0.0.0:{tport}\"\ntproxy = true"),
+    );
+    let _tlspeek = router.tlspeek(&cfg, &hosts, tport);
+
+    let out = client
+        .cmd("curl")
+        .args(["-sk", "-m", "10", "--tlsv1.0", "--tls-max", "1.0"])
+        .args(["--ciphers", "DEFAULT:@SECLEVEL=0"])
+        .args(["--connect-to", &format!("{LOGIN}:443:{server_ip}:{up}")])
+        .args([&format!("https://{LOGIN}/"), "-o", "/dev/null"])
+        .args(["-w", "%{http_code}"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(cfg.with_file_name("err")).unwrap_or_default()
+    );
+    let ev = transparent_events(&events, 1);
+    assert_eq!(ev.len(), 1, "{ev:#?}");
+    let e = &ev[0];
+    assert_eq!(e["source_ip"], "10.77.0.2", "{e}");
+    assert_eq!(e["upstream_ip"], server_ip, "{e}");
+    assert_eq!(e["target_port"], up, "{e}");
+    assert_eq!(e["sni"], LOGIN, "{e}");
+    assert_eq!(
+        (e["max_version"].as_str(), e["legacy"].as_bool()),
+        (Some("TLS1.0"), Some(true)),
+        "{e}"
     );
 }
 

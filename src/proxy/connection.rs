@@ -445,8 +445,8 @@ impl Conn<'_> {
     /// CONNECT (port allow-list, deny-list, connect timeout); no HTTP is spoken.
     async fn serve_transparent(&self, rec: &mut ConnectionRecord) -> Outcome {
         let cfg = self.cfg;
-        let original = match transparent::original_destination(self.client, cfg.transparent_tproxy)
-        {
+        let tproxy = cfg.transparent_tproxy;
+        let original = match transparent::original_destination(self.client, tproxy) {
             Ok(a) => a,
             Err(e) => {
                 info!(error = %e, "no original destination (was the connection redirected?); closing");
@@ -454,25 +454,21 @@ impl Conn<'_> {
                 return Outcome::BadRequest;
             }
         };
-        let original = SocketAddr::new(original.ip().to_canonical(), original.port());
+        let dest = original.destination;
         let target = Authority {
-            host: Host::Ip(original.ip()),
-            port: original.port(),
+            host: Host::Ip(dest.ip()),
+            port: dest.port(),
         };
         rec.target_host = Some(target.host.to_string());
         rec.target_port = Some(target.port);
-        tracing::Span::current().record("target", tracing::field::display(original));
-        let local = self.client.local_addr().unwrap_or(original);
-        let own: Vec<SocketAddr> = [
+        tracing::Span::current().record("target", tracing::field::display(dest));
+        let own = [
             Some(cfg.proxy.listen),
             Some(cfg.admin.listen),
             cfg.transparent_listen,
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        if transparent::is_loop(original, local, &own) {
-            info!(original = %original, "refused: the original destination is tlspeek itself (a redirect loop, or not redirected)");
+        ];
+        if transparent::is_loop(&original, tproxy, &own) {
+            info!(original = %dest, "refused: the original destination is tlspeek itself (a redirect loop, or not redirected)");
             rec.note = Some("redirect loop: the original destination is tlspeek itself".into());
             return Outcome::RefusedDestination;
         }

@@ -9,13 +9,33 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tokio::net::TcpStream;
 
-/// The destination the client meant, before the redirect.
-pub fn original_destination(stream: &TcpStream, tproxy: bool) -> io::Result<SocketAddr> {
+/// Where a transparently captured connection was going, and where it arrived (both with
+/// IPv4-mapped addresses unmapped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Original {
+    /// The destination the client meant.
+    pub destination: SocketAddr,
+    /// The accepted socket's own address.
+    pub local: SocketAddr,
+}
+
+/// The destination the client meant: with `TPROXY` the accepted socket's own address, with
+/// `REDIRECT` the conntrack entry's original destination.
+pub fn original_destination(stream: &TcpStream, tproxy: bool) -> io::Result<Original> {
     let local = stream.local_addr()?;
-    if tproxy {
-        return Ok(local);
-    }
-    original_dst(stream, local)
+    let destination = if tproxy {
+        local
+    } else {
+        original_dst(stream, local)?
+    };
+    Ok(Original {
+        destination: canonical(destination),
+        local: canonical(local),
+    })
+}
+
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
 }
 
 #[cfg(target_os = "linux")]
@@ -42,17 +62,19 @@ fn original_dst(_stream: &TcpStream, _local: SocketAddr) -> io::Result<SocketAdd
 }
 
 /// Loop protection: a connection whose original destination is one of tlspeek's own
-/// listeners (or that was not redirected at all) must not be connected back to tlspeek.
-pub fn is_loop(original: SocketAddr, local: SocketAddr, own_listeners: &[SocketAddr]) -> bool {
-    let original = SocketAddr::new(original.ip().to_canonical(), original.port());
-    if original == SocketAddr::new(local.ip().to_canonical(), local.port()) {
+/// listeners (`own_listeners`), or with `REDIRECT` one that was not redirected at all (its
+/// original destination is where it arrived), must not be connected back to tlspeek. With
+/// `TPROXY` the original destination *is* where it arrived: that is how TPROXY delivers.
+pub fn is_loop(original: &Original, tproxy: bool, own_listeners: &[Option<SocketAddr>]) -> bool {
+    let dest = original.destination;
+    if !tproxy && dest == original.local {
         return true;
     }
-    own_listeners.iter().any(|l| {
-        l.port() == original.port()
+    own_listeners.iter().flatten().any(|l| {
+        l.port() == dest.port()
             && (l.ip().is_unspecified()
-                || l.ip().to_canonical() == original.ip()
-                || original.ip().is_loopback())
+                || l.ip().to_canonical() == dest.ip()
+                || dest.ip().is_loopback())
     })
 }
 
@@ -62,24 +84,39 @@ mod tests {
 
     #[test]
     fn loops_are_recognised() {
-        let own: Vec<SocketAddr> = vec![
-            "0.0.0.0:3129".parse().unwrap(),
-            "127.0.0.1:3128".parse().unwrap(),
+        let own = [
+            Some("0.0.0.0:3129".parse().unwrap()),
+            Some("127.0.0.1:3128".parse().unwrap()),
+            None,
         ];
         let local: SocketAddr = "10.0.0.5:3129".parse().unwrap();
-        assert!(is_loop(local, local, &own), "not redirected");
+        let to = |d: &str| Original {
+            destination: d.parse().unwrap(),
+            local,
+        };
+        assert!(is_loop(&to("10.0.0.5:3129"), false, &own), "not redirected");
         assert!(
-            is_loop("10.0.0.9:3129".parse().unwrap(), local, &own),
+            is_loop(&to("10.0.0.9:3129"), false, &own),
             "to our own transparent port"
         );
         assert!(
-            is_loop("127.0.0.1:3128".parse().unwrap(), local, &own),
+            is_loop(&to("127.0.0.1:3128"), false, &own),
             "to our proxy port"
         );
-        assert!(!is_loop("20.190.128.1:443".parse().unwrap(), local, &own));
+        assert!(!is_loop(&to("20.190.128.1:443"), false, &own));
         assert!(
-            !is_loop("10.0.0.9:3128".parse().unwrap(), local, &own),
+            !is_loop(&to("10.0.0.9:3128"), false, &own),
             "another host's 3128"
+        );
+        // TPROXY: the socket's own address is the destination.
+        let tproxied = Original {
+            destination: "20.190.128.1:443".parse().unwrap(),
+            local: "20.190.128.1:443".parse().unwrap(),
+        };
+        assert!(!is_loop(&tproxied, true, &own), "a TPROXY connection");
+        assert!(
+            is_loop(&to("10.0.0.9:3129"), true, &own),
+            "TPROXY to our own port"
         );
     }
 
@@ -89,10 +126,11 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let c = tokio::spawn(async move { TcpStream::connect(addr).await.unwrap() });
         let (s, _) = l.accept().await.unwrap();
-        assert_eq!(original_destination(&s, true).unwrap(), addr);
+        let tproxied = original_destination(&s, true).unwrap();
+        assert_eq!((tproxied.destination, tproxied.local), (addr, addr));
         // Not redirected: either no conntrack entry (an error) or the address itself.
         if let Ok(orig) = original_destination(&s, false) {
-            assert_eq!(orig, addr);
+            assert_eq!(orig.destination, addr);
         }
         drop(c);
     }
