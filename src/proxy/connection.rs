@@ -274,7 +274,7 @@ pub(super) async fn lingering_close(client: &TcpStream) {
 /// The connection being served.
 pub(super) struct Conn<'a> {
     pub(super) shared: &'a Arc<Shared>,
-    pub(super) cfg: &'a Config,
+    pub(super) cfg: &'a Arc<Config>,
     pub(super) client: &'a TcpStream,
     pub(super) peer: SocketAddr,
     pub(super) src: &'a SourceLabel,
@@ -363,7 +363,7 @@ impl Conn<'_> {
             replay.extend_from_slice(&head.rest);
             let ctx = Arc::new(http_forward::HttpClient {
                 shared: self.shared.clone(),
-                cfg: Arc::new(self.cfg.clone()),
+                cfg: self.cfg.clone(),
                 peer: self.peer,
                 src: self.src.clone(),
                 user: rec.user.clone(),
