@@ -20,11 +20,9 @@ use super::proxy_protocol;
 use super::request::{self, ESTABLISHED, HeadError, RequestHead};
 use super::splice::{self, TunnelStats};
 use super::transparent;
-use super::tunnel::TunnelEnd;
+use super::tunnel::{TunnelEnd, UpgradePlan};
 use super::{http_forward, parent};
 use crate::config::Config;
-use crate::hello::ClientHelloSummary;
-use crate::names::HostName;
 use crate::telemetry::{ConnectionRecord, Mode, Outcome, SourceLabel, source_label};
 
 /// Writing a refusal (or the 200) to a client gets at most this long.
@@ -394,9 +392,7 @@ impl Conn<'_> {
         let _active = ActiveTunnel::open(&self.shared.metrics.active_tunnels);
         match self.tunnel(&upstream, &target, head.rest, rec).await {
             TunnelEnd::Done(outcome) => outcome,
-            TunnelEnd::Upgrade { held, name, hello } => {
-                self.upgrade(&upstream, held, &name, &hello, rec).await
-            }
+            TunnelEnd::Upgrade { held, plan } => self.upgrade(&upstream, held, plan, rec).await,
         }
     }
 
@@ -406,21 +402,18 @@ impl Conn<'_> {
         &self,
         upstream: &TcpStream,
         held: Vec<u8>,
-        name: &HostName,
-        hello: &ClientHelloSummary,
+        plan: UpgradePlan,
         rec: &mut ConnectionRecord,
     ) -> Outcome {
-        let Some(upgrader) = self.shared.upgrader.load_full() else {
-            return Outcome::InternalError;
-        };
         let p = &self.cfg.proxy;
-        let r = upgrader
+        let r = plan
+            .upgrader
             .run(
                 self.client,
                 upstream,
                 held,
-                hello,
-                name,
+                &plan.hello,
+                &plan.name,
                 p.connect_timeout,
                 p.idle_timeout,
                 self.stats,
@@ -486,9 +479,7 @@ impl Conn<'_> {
         let _active = ActiveTunnel::open(&self.shared.metrics.active_tunnels);
         match self.tunnel(&upstream, &target, Vec::new(), rec).await {
             TunnelEnd::Done(outcome) => outcome,
-            TunnelEnd::Upgrade { held, name, hello } => {
-                self.upgrade(&upstream, held, &name, &hello, rec).await
-            }
+            TunnelEnd::Upgrade { held, plan } => self.upgrade(&upstream, held, plan, rec).await,
         }
     }
 

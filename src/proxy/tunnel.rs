@@ -3,6 +3,7 @@
 //! (handed back to `serve`, which owns the upstream socket) the connection.
 
 use std::pin::pin;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpStream;
@@ -20,16 +21,23 @@ use crate::inventory::writer::unix_now as unix_secs;
 use crate::names::HostName;
 use crate::policy;
 use crate::telemetry::{ActionTaken, ConnectionRecord, Kind, Outcome, Who, destination_label};
+use crate::upgrade::Upgrader;
 
 /// What the policy made of the first flight.
 pub(super) enum Act {
     Pass,
     /// Answer with this alert record and close.
     Block([u8; 7]),
-    Upgrade {
-        name: HostName,
-        hello: Box<ClientHelloSummary>,
-    },
+    Upgrade(UpgradePlan),
+}
+
+/// An upgrade decided at the ClientHello: the name to make a certificate for, the hello
+/// (the client side answers it), and the upgrader that approved it (a reload in between
+/// does not change which CA finishes the job).
+pub(super) struct UpgradePlan {
+    pub(super) name: HostName,
+    pub(super) hello: Box<ClientHelloSummary>,
+    pub(super) upgrader: Arc<Upgrader>,
 }
 
 /// The upstream→client tap: the ServerHello peek, until it has what it needs; after that
@@ -52,8 +60,7 @@ pub(super) enum TunnelEnd {
     /// Upgrade: the held ClientHello has not gone upstream; the pumps are stopped.
     Upgrade {
         held: Vec<u8>,
-        name: HostName,
-        hello: Box<ClientHelloSummary>,
+        plan: UpgradePlan,
     },
 }
 
@@ -132,12 +139,11 @@ impl Conn<'_> {
                 lingering_close(self.client).await;
                 return TunnelEnd::Done(Outcome::Blocked);
             }
-            Act::Upgrade { name, hello } => {
+            Act::Upgrade(plan) => {
                 if stats.down() == 0 {
                     return TunnelEnd::Upgrade {
                         held: peeked.held,
-                        name,
-                        hello,
+                        plan,
                     };
                 }
                 // The server spoke before the client's hello: not TLS as we know it.
@@ -326,7 +332,7 @@ impl Conn<'_> {
                 );
                 (ActionTaken::Blocked, "blocked")
             }
-            Act::Upgrade { .. } => (ActionTaken::Upgraded, "upgraded"),
+            Act::Upgrade(_) => (ActionTaken::Upgraded, "upgraded"),
         };
         rec.action = Some(taken);
         m.action(&who, label, verdict.legacy);
@@ -342,16 +348,13 @@ impl Conn<'_> {
             source_is_ip: self.src.is_ip,
             watched: destination != crate::telemetry::guard::OTHER,
             destination,
-            hello: h.clone(),
+            hello: h,
             hello_verdict: verdict,
             observation,
             source_ip: self.peer.ip(),
             timeout: self.cfg.proxy.hello_timeout,
         });
-        match act {
-            Act::Upgrade { name, .. } => Act::Upgrade { name, hello: h },
-            other => other,
-        }
+        act
     }
 
     /// An upgrade rule applies: upgrade if this connection can be, else apply
@@ -381,10 +384,11 @@ impl Conn<'_> {
         };
         match upgrader.cannot(h, name) {
             Some(why) => self.unsupported(why, h, verdict, rec),
-            None => Act::Upgrade {
+            None => Act::Upgrade(UpgradePlan {
                 name: name.clone(),
                 hello: Box::new(ClientHelloSummary::clone(h)),
-            },
+                upgrader,
+            }),
         }
     }
 
