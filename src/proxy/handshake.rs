@@ -219,7 +219,7 @@ impl State {
                 if let Some(first) = v.first_reason() {
                     if !ctx.hello_verdict.legacy {
                         // First known legacy now: count it once, and tell the operator.
-                        m.legacy_connection(&who, first.as_str(), unix_now());
+                        m.legacy_connection_now(&who, first.as_str());
                         tracing::info!(
                             source = %ctx.source,
                             destination = %ctx.destination,
@@ -267,11 +267,4 @@ impl State {
 /// The `cipher` label: the IANA name, else the hex code.
 fn cipher_label(id: u16) -> String {
     hello::cipher_name(id).map_or_else(|| format!("0x{id:04x}"), str::to_string)
-}
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }

@@ -4,7 +4,7 @@
 
 use std::pin::pin;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
@@ -62,13 +62,6 @@ pub(super) enum TunnelEnd {
         held: Vec<u8>,
         plan: UpgradePlan,
     },
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 impl Conn<'_> {
@@ -286,7 +279,7 @@ impl Conn<'_> {
         let max_version = hello::version_name(h.max_version());
         m.client_hello(&who, max_version, verdict.legacy);
         if let Some(first) = verdict.reasons.first() {
-            m.legacy_connection(&who, first.as_str(), unix_now());
+            m.legacy_connection_now(&who, first.as_str());
             info!(
                 source = %self.src.value,
                 destination = %destination,
@@ -306,8 +299,7 @@ impl Conn<'_> {
             SystemTime::now(),
         );
         rec.rule = decision.rule.map(|r| r.name.clone());
-        let rule = rec.rule.clone().unwrap_or_else(|| "-".to_string());
-        let rule = rule.as_str();
+        let rule = decision.rule.map_or("-", |r| r.name.as_str());
         if let Some(would) = decision.would {
             let w = match would {
                 Action::Block => "would_block",
@@ -341,7 +333,7 @@ impl Conn<'_> {
             .shared
             .inventory
             .as_ref()
-            .map(|_| self.observation(&h, name.as_ref(), target, verdict.legacy, rec));
+            .map(|_| self.observation(&h, name.as_ref(), target, rec));
         self.watch.set_context(HelloContext {
             shared: self.shared.clone(),
             source: self.src.value.clone(),
@@ -410,19 +402,16 @@ impl Conn<'_> {
         }
     }
 
-    /// The inventory observation of this connection, with the likely software.
+    /// The inventory observation of this connection, with the likely software (the
+    /// verdict is filled in when the handshake is known).
     fn observation(
         &self,
         h: &ClientHelloSummary,
         name: Option<&HostName>,
         target: &Authority,
-        legacy: bool,
         rec: &ConnectionRecord,
     ) -> Observation {
         let destination = name.map_or_else(|| target.host.to_string(), |n| n.to_string());
-        Observation {
-            legacy,
-            ..Observation::of_hello(h, rec, &self.src.value, destination, unix_secs())
-        }
+        Observation::of_hello(h, rec, &self.src.value, destination, unix_secs())
     }
 }

@@ -282,6 +282,14 @@ impl Metrics {
         });
     }
 
+    /// A connection is first known to be legacy now: `legacy_connection` at the current time.
+    pub fn legacy_connection_now(&self, who: &Who<'_>, reason: &str) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.legacy_connection(who, reason, now);
+    }
+
     /// A connection is first known to be legacy: count it once, and move the last-seen gauge.
     pub fn legacy_connection(&self, who: &Who<'_>, reason: &str, unix_seconds: f64) {
         let labels = Labels {
