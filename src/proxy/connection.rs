@@ -234,14 +234,7 @@ async fn refuse(client: &TcpStream, r: &Refusal) {
         reason = %r.reason,
         "refused"
     );
-    let mut resp = request::refusal_response(r.status, r.phrase, &r.reason);
-    // Extra headers go before the blank line that ends the head.
-    let at = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(0, |p| p + 2);
-    let extra: String = r.headers.iter().map(|h| format!("{h}\r\n")).collect();
-    resp.splice(at..at, extra.into_bytes());
+    let resp = request::refusal_response(r.status, r.phrase, &r.reason, &r.headers);
     if request::write_all(client, &resp, RESPONSE_WRITE_LIMIT)
         .await
         .is_err()

@@ -126,12 +126,18 @@ fn http_error(e: httparse::Error) -> &'static str {
     }
 }
 
-/// A complete HTTP/1.1 response for a refusal: short text body naming the reason, and
-/// `Connection: close`.
-pub fn refusal_response(status: u16, reason_phrase: &str, body: &str) -> Vec<u8> {
+/// A complete HTTP/1.1 response for a refusal: short text body naming the reason,
+/// `Connection: close`, and `extra_headers` lines (`Name: value`, e.g. `Allow` with a 405).
+pub fn refusal_response(
+    status: u16,
+    reason_phrase: &str,
+    body: &str,
+    extra_headers: &[&str],
+) -> Vec<u8> {
     let body = format!("tlspeek: {body}\n");
+    let extra: String = extra_headers.iter().map(|h| format!("{h}\r\n")).collect();
     format!(
-        "HTTP/1.1 {status} {reason_phrase}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\nProxy-Agent: tlspeek\r\n\r\n{body}",
+        "HTTP/1.1 {status} {reason_phrase}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\nProxy-Agent: tlspeek\r\n{extra}\r\n{body}",
         body.len()
     )
     .into_bytes()
@@ -203,8 +209,13 @@ mod tests {
 
     #[test]
     fn refusal_has_length_and_reason() {
-        let r = String::from_utf8(refusal_response(403, "Forbidden", "port 22 is not allowed"))
-            .unwrap();
+        let r = String::from_utf8(refusal_response(
+            403,
+            "Forbidden",
+            "port 22 is not allowed",
+            &[],
+        ))
+        .unwrap();
         assert!(r.starts_with("HTTP/1.1 403 Forbidden\r\n"));
         assert!(r.contains("Content-Length: 32\r\n"), "{r}");
         assert!(r.ends_with("tlspeek: port 22 is not allowed\n"));
