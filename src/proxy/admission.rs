@@ -101,6 +101,22 @@ pub async fn connect(
     }
 }
 
+/// The direct upstream connection of a CONNECT or a plain-HTTP request: `target` resolved
+/// once, every address checked against `deny`, the first that answers connected (each
+/// attempt bounded by `per_address`, its time observed in `connect_seconds`), Nagle off.
+pub async fn connect_checked(
+    target: &Authority,
+    deny: &NetList,
+    per_address: Duration,
+    connect_seconds: &prometheus::Histogram,
+) -> Result<(TcpStream, SocketAddr), ConnectError> {
+    let addrs = resolve(target, deny, per_address).await?;
+    let (stream, addr, took) = connect(&addrs, per_address).await?;
+    connect_seconds.observe(took.as_secs_f64());
+    let _ = stream.set_nodelay(true);
+    Ok((stream, addr))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -293,7 +293,7 @@ fn head_refusal(e: &HeadError) -> Option<Refusal> {
     Some(r)
 }
 
-fn connect_refusal(e: &ConnectError) -> Refusal {
+pub(super) fn connect_refusal(e: &ConnectError) -> Refusal {
     match e {
         ConnectError::Dns { .. } => {
             Refusal::new(502, "Bad Gateway", Outcome::DnsFailed, e.to_string())
@@ -596,18 +596,15 @@ impl Conn<'_> {
             let _ = self.client.set_nodelay(true);
             return Ok(upstream);
         }
-        let addrs = admission::resolve(target, &p.deny_destinations, p.connect_timeout)
-            .await
-            .map_err(|e| connect_refusal(&e))?;
-        let (upstream, addr, took) = admission::connect(&addrs, p.connect_timeout)
-            .await
-            .map_err(|e| connect_refusal(&e))?;
-        self.shared
-            .metrics
-            .upstream_connect_seconds
-            .observe(took.as_secs_f64());
+        let (upstream, addr) = admission::connect_checked(
+            target,
+            &p.deny_destinations,
+            p.connect_timeout,
+            &self.shared.metrics.upstream_connect_seconds,
+        )
+        .await
+        .map_err(|e| connect_refusal(&e))?;
         rec.upstream_ip = Some(addr.ip().to_string());
-        let _ = upstream.set_nodelay(true);
         let _ = self.client.set_nodelay(true);
         Ok(upstream)
     }

@@ -30,6 +30,7 @@ use tracing::{debug, info};
 use super::Shared;
 use super::admission::{self, ConnectError};
 use super::authority::{Authority, parse_authority};
+use super::connection::connect_refusal;
 use super::parent;
 use crate::config::Config;
 use crate::telemetry::{ConnectionRecord, Mode, Outcome, SourceLabel, destination_label};
@@ -159,6 +160,23 @@ impl<B> Drop for Counted<B> {
     }
 }
 
+/// A request's end: its outcome, bytes (up, down) and duration into the record, the
+/// metric, and its event line.
+fn finish_request(
+    shared: &Shared,
+    mut rec: ConnectionRecord,
+    outcome: Outcome,
+    (up, down): (u64, u64),
+    started: Instant,
+) {
+    rec.outcome = outcome;
+    rec.bytes_up = up;
+    rec.bytes_down = down;
+    rec.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    shared.metrics.connection_ended(Mode::Http, outcome);
+    shared.events.write(&rec);
+}
+
 /// One request: admission, upstream connect, forward, stream the answer back.
 async fn forward(ctx: Arc<HttpClient>, req: Request<Incoming>) -> Response<ProxyBody> {
     let started = Instant::now();
@@ -183,13 +201,8 @@ async fn forward(ctx: Arc<HttpClient>, req: Request<Incoming>) -> Response<Proxy
             .take(256)
             .collect()
     });
-    let finish = |mut rec: ConnectionRecord, outcome: Outcome, up: u64, down: u64| {
-        rec.outcome = outcome;
-        rec.bytes_up = up;
-        rec.bytes_down = down;
-        rec.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        shared.metrics.connection_ended(Mode::Http, outcome);
-        shared.events.write(&rec);
+    let finish = |rec: ConnectionRecord, outcome: Outcome, up: u64, down: u64| {
+        finish_request(shared, rec, outcome, (up, down), started);
     };
     let refuse = |rec: ConnectionRecord, status: StatusCode, outcome: Outcome, why: String| {
         info!(outcome = outcome.as_str(), status = status.as_u16(), reason = %why, "http request refused");
@@ -343,14 +356,8 @@ async fn forward(ctx: Arc<HttpClient>, req: Request<Incoming>) -> Response<Proxy
         inner: body,
         counter: Arc::new(AtomicU64::new(0)),
         done: Some(Box::new(move |down| {
-            rec.outcome = Outcome::Closed;
-            rec.bytes_up = up_count.load(Ordering::Relaxed);
-            rec.bytes_down = down;
-            rec.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            shared2
-                .metrics
-                .connection_ended(Mode::Http, Outcome::Closed);
-            shared2.events.write(&rec);
+            let up = up_count.load(Ordering::Relaxed);
+            finish_request(&shared2, rec, Outcome::Closed, (up, down), started);
         })),
     };
     Response::from_parts(parts, body.boxed_unsync())
@@ -364,23 +371,10 @@ async fn connect_upstream(
     rec: &mut ConnectionRecord,
 ) -> Result<TcpStream, (StatusCode, Outcome, String)> {
     let p = &ctx.cfg.proxy;
-    let refused = |e: ConnectError| match e {
-        ConnectError::Dns { .. } => (StatusCode::BAD_GATEWAY, Outcome::DnsFailed, e.to_string()),
-        ConnectError::Denied { .. } => (
-            StatusCode::FORBIDDEN,
-            Outcome::RefusedDestination,
-            e.to_string(),
-        ),
-        ConnectError::Timeout { .. } => (
-            StatusCode::GATEWAY_TIMEOUT,
-            Outcome::ConnectTimeout,
-            e.to_string(),
-        ),
-        ConnectError::Failed { .. } => (
-            StatusCode::BAD_GATEWAY,
-            Outcome::ConnectFailed,
-            e.to_string(),
-        ),
+    let refused = |e: ConnectError| {
+        let r = connect_refusal(&e);
+        let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        (status, r.outcome, r.reason)
     };
     if let Some(parent) = &ctx.cfg.upstream_proxy {
         parent::check_target(target, &p.deny_destinations, p.connect_timeout)
@@ -392,18 +386,15 @@ async fn connect_upstream(
         rec.upstream_ip = Some(addr.ip().to_string());
         return Ok(s);
     }
-    let addrs = admission::resolve(target, &p.deny_destinations, p.connect_timeout)
-        .await
-        .map_err(refused)?;
-    let (s, addr, took) = admission::connect(&addrs, p.connect_timeout)
-        .await
-        .map_err(refused)?;
-    ctx.shared
-        .metrics
-        .upstream_connect_seconds
-        .observe(took.as_secs_f64());
+    let (s, addr) = admission::connect_checked(
+        target,
+        &p.deny_destinations,
+        p.connect_timeout,
+        &ctx.shared.metrics.upstream_connect_seconds,
+    )
+    .await
+    .map_err(refused)?;
     rec.upstream_ip = Some(addr.ip().to_string());
-    let _ = s.set_nodelay(true);
     Ok(s)
 }
 
