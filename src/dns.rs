@@ -61,10 +61,8 @@ impl ReverseDns {
     /// waits; when every slot is busy the lookup is simply not made this time.
     pub fn lookup_later(self: &Arc<Self>, ip: IpAddr) {
         let ip = ip.to_canonical();
-        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-            return;
-        };
-        {
+        // The cache first: most connections come from a source already looked up.
+        let permit = {
             let Ok(mut cache) = self.cache.lock() else {
                 return;
             };
@@ -73,15 +71,22 @@ impl ReverseDns {
                 Some(Entry::Done { expires, .. }) if *expires > Instant::now() => return,
                 _ => {}
             }
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                return;
+            };
             if cache.len() >= MAX_ENTRIES {
                 let now = Instant::now();
-                cache.retain(|_, e| matches!(e, Entry::Done { expires, .. } if *expires > now));
+                cache.retain(|_, e| match e {
+                    Entry::Pending => true,
+                    Entry::Done { expires, .. } => *expires > now,
+                });
                 if cache.len() >= MAX_ENTRIES {
                     return;
                 }
             }
             cache.insert(ip, Entry::Pending);
-        }
+            permit
+        };
         let this = self.clone();
         tokio::spawn(async move {
             // The permit moves into the blocking call: a resolver that hangs keeps its slot
