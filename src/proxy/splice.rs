@@ -21,6 +21,8 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::telemetry::Outcome;
+
 /// Which end of a tunnel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
@@ -42,6 +44,16 @@ impl Side {
 pub struct PumpError {
     pub culprit: Side,
     pub error: io::Error,
+}
+
+impl PumpError {
+    /// How the connection ended, by the side that failed.
+    pub fn outcome(&self) -> Outcome {
+        match self.culprit {
+            Side::Client => Outcome::ClientReset,
+            Side::Upstream => Outcome::UpstreamReset,
+        }
+    }
 }
 
 /// How a splice ended.
@@ -205,7 +217,8 @@ pub struct Flow<'a> {
 }
 
 impl Flow<'_> {
-    fn moved(&self, n: usize) {
+    /// `n` bytes went this way: the count, the metric, the activity clock.
+    pub(crate) fn moved(&self, n: usize) {
         self.count.fetch_add(n as u64, Ordering::Relaxed);
         self.metric.inc_by(n as u64);
         self.activity.touch();

@@ -152,27 +152,20 @@ impl Conn<'_> {
             };
             return TunnelEnd::Done(self.failed(upstream, e));
         }
-        let held = peeked.held.len() as u64;
-        stats.add_up(held);
-        m.bytes_up.inc_by(held);
-        stats.activity.touch();
+        let up_flow = Flow {
+            from: Side::Client,
+            count: &stats.bytes_up,
+            metric: &m.bytes_up,
+            activity: &stats.activity,
+        };
+        up_flow.moved(peeked.held.len());
 
         let mut up_done = peeked.client_eof;
         if up_done {
             let _ = socket2::SockRef::from(upstream).shutdown(std::net::Shutdown::Write);
         }
         let mut no_tap_up = splice::NoTap;
-        let mut up = pin!(splice::pump(
-            self.client,
-            upstream,
-            Flow {
-                from: Side::Client,
-                count: &stats.bytes_up,
-                metric: &m.bytes_up,
-                activity: &stats.activity,
-            },
-            &mut no_tap_up,
-        ));
+        let mut up = pin!(splice::pump(self.client, upstream, up_flow, &mut no_tap_up,));
         let mut idle = pin!(splice::idle_watch(
             &stats.activity,
             self.cfg.proxy.idle_timeout
@@ -206,16 +199,11 @@ impl Conn<'_> {
     /// One side failed: reset the other, so a cut-off stream never looks complete.
     pub(super) fn failed(&self, upstream: &TcpStream, e: PumpError) -> Outcome {
         debug!(culprit = ?e.culprit, error = %e.error, "tunnel side failed: resetting the other");
-        match e.culprit {
-            Side::Client => {
-                splice::reset_on_close(upstream);
-                Outcome::ClientReset
-            }
-            Side::Upstream => {
-                splice::reset_on_close(self.client);
-                Outcome::UpstreamReset
-            }
-        }
+        splice::reset_on_close(match e.culprit {
+            Side::Client => upstream,
+            Side::Upstream => self.client,
+        });
+        e.outcome()
     }
 
     /// Records what the first flight was, counts hellos, and applies the policy.

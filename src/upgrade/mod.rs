@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_openssl::SslStream;
 
@@ -22,7 +22,9 @@ use crate::config::UpgradeConfig;
 use crate::hello::ClientHelloSummary;
 use crate::names::HostName;
 use crate::policy;
-use crate::proxy::splice::TunnelStats;
+use crate::proxy::splice::{
+    self, Flow, NoTap, PooledBuf, PumpError, Side, Tap, Tapped, TunnelStats,
+};
 use crate::telemetry::{Metrics, Outcome};
 
 use ca::{Ca, CaError};
@@ -300,63 +302,29 @@ async fn splice_plaintext<C, U>(
     report: &mut UpgradeReport,
 ) -> Outcome
 where
-    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut ur, mut uw) = tokio::io::split(upstream);
-    let mut sniff: Option<Vec<u8>> = Some(Vec::new());
-    let mut sniffed: Option<(String, Option<String>)> = None;
+    let mut sniff = RequestSniff::default();
     let outcome = {
-        let up = async {
-            let mut buf = vec![0u8; 16 * 1024];
-            loop {
-                let n = match cr.read(&mut buf).await {
-                    Ok(0) => {
-                        let _ = uw.shutdown().await;
-                        return Ok(());
-                    }
-                    Ok(n) => n,
-                    Err(e) => return Err((Outcome::ClientReset, e)),
-                };
-                let chunk = buf.get(..n).unwrap_or_default();
-                if let Some(s) = sniff.as_mut() {
-                    s.extend_from_slice(chunk);
-                    if let Some(found) = sniff_request(s) {
-                        sniffed = Some(found);
-                        sniff = None;
-                    } else if s.len() > SNIFF_MAX {
-                        sniff = None;
-                    }
-                }
-                uw.write_all(chunk)
-                    .await
-                    .map_err(|e| (Outcome::UpstreamReset, e))?;
-                stats.add_up(n as u64);
-                metrics.bytes_up.inc_by(n as u64);
-                stats.activity.touch();
-            }
+        let up_flow = Flow {
+            from: Side::Client,
+            count: &stats.bytes_up,
+            metric: &metrics.bytes_up,
+            activity: &stats.activity,
         };
-        let down = async {
-            let mut buf = vec![0u8; 16 * 1024];
-            loop {
-                let n = match ur.read(&mut buf).await {
-                    Ok(0) => {
-                        let _ = cw.shutdown().await;
-                        return Ok(());
-                    }
-                    Ok(n) => n,
-                    Err(e) => return Err((Outcome::UpstreamReset, e)),
-                };
-                cw.write_all(buf.get(..n).unwrap_or_default())
-                    .await
-                    .map_err(|e| (Outcome::ClientReset, e))?;
-                stats.add_down(n as u64);
-                metrics.bytes_down.inc_by(n as u64);
-                stats.activity.touch();
-            }
+        let down_flow = Flow {
+            from: Side::Upstream,
+            count: &stats.bytes_down,
+            metric: &metrics.bytes_down,
+            activity: &stats.activity,
         };
-        let idle_watch = crate::proxy::splice::idle_watch(&stats.activity, idle);
+        let up = copy_plain(&mut cr, &mut uw, up_flow, &mut sniff);
+        let mut no_tap = NoTap;
+        let down = copy_plain(&mut ur, &mut cw, down_flow, &mut no_tap);
+        let idle_watch = splice::idle_watch(&stats.activity, idle);
         tokio::pin!(up, down, idle_watch);
         let (mut up_done, mut down_done) = (false, false);
         loop {
@@ -366,27 +334,82 @@ where
             tokio::select! {
                 r = &mut up, if !up_done => match r {
                     Ok(()) => up_done = true,
-                    Err((o, e)) => {
-                        tracing::debug!(error = %e, "upgraded tunnel side failed");
-                        break o;
-                    }
+                    Err(e) => break side_failed(e),
                 },
                 r = &mut down, if !down_done => match r {
                     Ok(()) => down_done = true,
-                    Err((o, e)) => {
-                        tracing::debug!(error = %e, "upgraded tunnel side failed");
-                        break o;
-                    }
+                    Err(e) => break side_failed(e),
                 },
                 _ = &mut idle_watch => break Outcome::IdleTimeout,
             }
         }
     };
-    if let Some((request, ua)) = sniffed {
+    if let Some((request, ua)) = sniff.found {
         report.request = Some(request);
         report.user_agent = ua;
     }
     outcome
+}
+
+fn side_failed(e: PumpError) -> Outcome {
+    tracing::debug!(error = %e.error, "upgraded tunnel side failed");
+    e.outcome()
+}
+
+/// One direction of an upgraded tunnel's plaintext: copies until end of stream, then
+/// half-closes `w`; `tap` sees the bytes until it is done, `flow` counts them.
+async fn copy_plain<R, W>(
+    r: &mut R,
+    w: &mut W,
+    flow: Flow<'_>,
+    tap: &mut impl Tap,
+) -> Result<(), PumpError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let fail = |culprit, error| PumpError { culprit, error };
+    let mut buf = PooledBuf::take();
+    let mut tapping = true;
+    loop {
+        let n = match r.read(buf.as_mut()).await {
+            Ok(0) => {
+                let _ = w.shutdown().await;
+                return Ok(());
+            }
+            Ok(n) => n,
+            Err(e) => return Err(fail(flow.from, e)),
+        };
+        let chunk = buf.as_mut().get(..n).unwrap_or_default();
+        if tapping {
+            tapping = matches!(tap.see(chunk), Tapped::More);
+        }
+        w.write_all(chunk)
+            .await
+            .map_err(|e| fail(flow.from.other(), e))?;
+        flow.moved(n);
+    }
+}
+
+/// Taps the client's first plaintext bytes for the request line and User-Agent (at most
+/// [`SNIFF_MAX`] bytes).
+#[derive(Default)]
+struct RequestSniff {
+    buf: Vec<u8>,
+    found: Option<(String, Option<String>)>,
+}
+
+impl Tap for RequestSniff {
+    fn see(&mut self, chunk: &[u8]) -> Tapped {
+        self.buf.extend_from_slice(chunk);
+        if let Some(found) = sniff_request(&self.buf) {
+            self.found = Some(found);
+        } else if self.buf.len() <= SNIFF_MAX {
+            return Tapped::More;
+        }
+        self.buf = Vec::new();
+        Tapped::Done
+    }
 }
 
 #[cfg(test)]
