@@ -79,13 +79,11 @@ pub fn connection(flow: &Flow, cfg: &Config) -> Option<Connection> {
             name = h.sni.as_deref().and_then(HostName::parse);
             let verdict = match &flow.server_state {
                 ServerState::Hello(sh) => {
-                    rec.negotiated_version = Some(hello::version_name(sh.negotiated_version));
-                    rec.negotiated_cipher = Some(format!("0x{:04x}", sh.cipher_suite));
-                    rec.ja3s = Some(sh.ja3s_hash());
+                    rec.set_server_hello(sh);
                     classify_negotiated(Some(h), sh)
                 }
                 ServerState::Alert { description, .. } => {
-                    rec.server_alert = Some(hello::alert_name(*description));
+                    rec.set_server_alert(*description);
                     hello_verdict
                 }
                 ServerState::Waiting | ServerState::Unknown => hello_verdict,
@@ -95,20 +93,16 @@ pub fn connection(flow: &Flow, cfg: &Config) -> Option<Connection> {
                 .as_ref()
                 .map_or_else(|| server.addr().to_string(), |n| n.to_string());
             let at = secs(flow.hello_ts.unwrap_or(flow.first_ts));
-            observation = Some(Observation {
+            let mut o = Observation {
                 negotiated_version: rec.negotiated_version.map(str::to_string),
                 negotiated_cipher: match &flow.server_state {
-                    ServerState::Hello(sh) => Some(cipher_label(sh.cipher_suite)),
+                    ServerState::Hello(sh) => Some(hello::cipher_label(sh.cipher_suite)),
                     _ => None,
                 },
-                legacy: verdict.legacy,
-                legacy_reasons: verdict
-                    .reasons
-                    .iter()
-                    .map(|r| r.as_str().to_string())
-                    .collect(),
                 ..Observation::of_hello(h, &rec, &src.value, destination, at)
-            });
+            };
+            o.set_verdict(&verdict);
+            observation = Some(o);
         }
         ClientState::NotTls => rec.kind = Some(Kind::NotTls),
         ClientState::TooLarge => rec.kind = Some(Kind::TooLarge),
@@ -168,9 +162,4 @@ fn note(flow: &Flow) -> Option<String> {
         notes.push("the connection began before the capture did");
     }
     (!notes.is_empty()).then(|| notes.join("; "))
-}
-
-/// The inventory's cipher value: the IANA name, else the hex code (as the proxy's).
-fn cipher_label(id: u16) -> String {
-    hello::cipher_name(id).map_or_else(|| format!("0x{id:04x}"), str::to_string)
 }

@@ -26,7 +26,7 @@ mod verdict;
 
 pub use client::{ClientHelloSummary, HelloFormat};
 pub use grease::is_grease;
-pub use names::{alert_name, cipher_name, sslv2_cipher_name, version_name};
+pub use names::{alert_name, cipher_label, cipher_name, sslv2_cipher_name, version_name};
 pub use server::ServerHelloSummary;
 pub use sslv2::SSL2_VERSION;
 pub use verdict::{LegacyReason, Verdict, classify_client_hello, classify_negotiated};

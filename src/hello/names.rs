@@ -29,6 +29,11 @@ pub(crate) const UNREGISTERED_SUITES: &[(u16, &str)] = &[
     (0xffe1, "SSL_RSA_OLDFIPS_WITH_DES_CBC_SHA"),
 ];
 
+/// A cipher suite as metrics and the inventory show it: the IANA name, else the hex code.
+pub fn cipher_label(id: u16) -> String {
+    cipher_name(id).map_or_else(|| format!("0x{id:04x}"), str::to_string)
+}
+
 /// IANA name of a TLS cipher suite (tls-parser's copy of the registry, plus the few
 /// unregistered suites legacy stacks still send).
 pub fn cipher_name(id: u16) -> Option<&'static str> {

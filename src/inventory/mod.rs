@@ -89,6 +89,18 @@ impl Observation {
     }
 }
 
+impl Observation {
+    /// The connection's final verdict.
+    pub fn set_verdict(&mut self, verdict: &crate::hello::Verdict) {
+        self.legacy = verdict.legacy;
+        self.legacy_reasons = verdict
+            .reasons
+            .iter()
+            .map(|r| r.as_str().to_string())
+            .collect();
+    }
+}
+
 /// One inventory row.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CallerRow {

@@ -171,14 +171,8 @@ impl HandshakeWatch {
         let Ok(mut s) = self.state.lock() else { return };
         s.report();
         match &s.server {
-            Some(ServerOutcome::Hello(h)) => {
-                rec.negotiated_version = Some(hello::version_name(h.negotiated_version));
-                rec.negotiated_cipher = Some(format!("0x{:04x}", h.cipher_suite));
-                rec.ja3s = Some(h.ja3s_hash());
-            }
-            Some(ServerOutcome::Alert { description, .. }) => {
-                rec.server_alert = Some(hello::alert_name(*description));
-            }
+            Some(ServerOutcome::Hello(h)) => rec.set_server_hello(h),
+            Some(ServerOutcome::Alert { description, .. }) => rec.set_server_alert(*description),
             _ => {}
         }
         if let Some(v) = &s.final_verdict {
@@ -214,7 +208,7 @@ impl State {
             Some(ServerOutcome::Hello(sh)) => {
                 let v = classify_negotiated(Some(&ctx.hello), sh);
                 let version = hello::version_name(sh.negotiated_version);
-                let cipher = cipher_label(sh.cipher_suite);
+                let cipher = hello::cipher_label(sh.cipher_suite);
                 m.handshake(&who, version, &cipher, v.legacy);
                 if let Some(first) = v.first_reason() {
                     if !ctx.hello_verdict.legacy {
@@ -247,12 +241,7 @@ impl State {
         };
         let keep = verdict.legacy || ctx.watched;
         if let Some(mut o) = ctx.observation.take().filter(|_| keep) {
-            o.legacy = verdict.legacy;
-            o.legacy_reasons = verdict
-                .reasons
-                .iter()
-                .map(|r| r.as_str().to_string())
-                .collect();
+            o.set_verdict(&verdict);
             if let Some(dns) = &ctx.shared.dns {
                 o.source_name = dns.cached(ctx.source_ip);
             }
@@ -262,9 +251,4 @@ impl State {
         }
         self.final_verdict = Some(verdict);
     }
-}
-
-/// The `cipher` label: the IANA name, else the hex code.
-fn cipher_label(id: u16) -> String {
-    hello::cipher_name(id).map_or_else(|| format!("0x{id:04x}"), str::to_string)
 }

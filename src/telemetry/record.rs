@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::hello::{self, ClientHelloSummary, HelloFormat, Verdict};
+use crate::hello::{self, ClientHelloSummary, HelloFormat, ServerHelloSummary, Verdict};
 
 /// How the connection reached tlspeek.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -265,6 +265,18 @@ impl ConnectionRecord {
         self.ja3_hash = Some(ja3_hash);
         self.ja4 = Some(h.ja4());
         self.set_verdict(verdict);
+    }
+
+    /// What the server answered: the negotiated version and cipher, JA3S.
+    pub fn set_server_hello(&mut self, sh: &ServerHelloSummary) {
+        self.negotiated_version = Some(hello::version_name(sh.negotiated_version));
+        self.negotiated_cipher = Some(format!("0x{:04x}", sh.cipher_suite));
+        self.ja3s = Some(sh.ja3s_hash());
+    }
+
+    /// The server refused the handshake with this alert.
+    pub fn set_server_alert(&mut self, description: u8) {
+        self.server_alert = Some(hello::alert_name(description));
     }
 
     pub fn set_verdict(&mut self, verdict: &Verdict) {
