@@ -16,6 +16,7 @@
 //! collecting flows stop collecting).
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use super::capture::Nanos;
 use super::link::{ACK, Endpoint, FIN, RST, SYN, Segment};
@@ -260,10 +261,11 @@ impl Flow {
 
     /// No SYN seen: the side whose first bytes are a ClientHello is the client.
     fn guess_client(&mut self, side: usize, ts: Nanos) {
-        match hello::detect_client_hello(self.streams[side].data(), MAX_HELLO_BYTES) {
+        let detection = hello::detect_client_hello(self.streams[side].data(), MAX_HELLO_BYTES);
+        match &detection {
             Detection::Hello(_) | Detection::TooLarge => {
                 self.set_client(side);
-                self.look_client(side, ts, false);
+                self.client_detected(side, ts, false, detection);
                 let other = 1 - side;
                 if !self.streams[other].data().is_empty() {
                     self.frontier[other] = 0;
@@ -289,8 +291,17 @@ impl Flow {
         if !matches!(self.client_state, ClientState::Waiting) {
             return;
         }
-        let data = self.streams[side].data();
-        match hello::detect_client_hello(data, MAX_HELLO_BYTES) {
+        let detection = hello::detect_client_hello(self.streams[side].data(), MAX_HELLO_BYTES);
+        self.client_detected(side, ts, last, detection);
+    }
+
+    /// What the client's bytes so far turned out to be.
+    fn client_detected(&mut self, side: usize, ts: Nanos, last: bool, detection: Detection) {
+        if !matches!(self.client_state, ClientState::Waiting) {
+            return;
+        }
+        let held = self.streams[side].data().len();
+        match detection {
             Detection::Hello(h) => {
                 self.client_state = ClientState::Hello(h);
                 self.hello_ts = Some(ts);
@@ -298,7 +309,7 @@ impl Flow {
             }
             Detection::NotTls => self.client_not_hello(ClientState::NotTls),
             Detection::TooLarge => self.client_not_hello(ClientState::TooLarge),
-            Detection::NeedMore if data.len() >= MAX_HELLO_BYTES => {
+            Detection::NeedMore if held >= MAX_HELLO_BYTES => {
                 self.client_not_hello(ClientState::TooLarge)
             }
             Detection::NeedMore => {
@@ -322,12 +333,6 @@ impl Flow {
             return;
         }
         let data = self.streams[side].data();
-        // Anything but a handshake or alert record cannot start a TLS server's answer.
-        if !matches!(data.first(), Some(0x16) | Some(0x15)) {
-            self.server_state = ServerState::Unknown;
-            self.streams[side].clear();
-            return;
-        }
         self.server_state = match hello::detect_server_hello(data, MAX_HELLO_BYTES) {
             ServerDetection::Hello(h) => ServerState::Hello(h),
             ServerDetection::Alert { level, description } => {
@@ -480,31 +485,39 @@ impl FlowTable {
             }
         }
         let (key, side) = FlowKey::of(seg.src, seg.dst);
+        // A SYN with another sequence number: the ports were reused by a new connection.
         let syn_only = seg.flags & (SYN | ACK) == SYN;
-        if let Some(flow) = self.flows.get(&key) {
-            // A SYN with another sequence number: the ports were reused by a new connection.
-            let reused = syn_only && flow.client_isn.is_some_and(|isn| isn != seg.seq);
-            if reused {
-                self.finish(&key, End::Reused);
-            }
+        if syn_only
+            && self
+                .flows
+                .get(&key)
+                .is_some_and(|f| f.client_isn.is_some_and(|isn| isn != seg.seq))
+        {
+            self.finish(&key, End::Reused);
         }
-        if !self.flows.contains_key(&key) {
-            // Only a SYN, a SYN-ACK or data starts a flow: a late ACK or FIN of a flow
-            // that already ended does not.
-            if seg.flags & SYN == 0 && seg.payload.is_empty() {
+        // Only a SYN, a SYN-ACK or data starts a flow: a late ACK or FIN of a flow that
+        // already ended does not.
+        let starts = seg.flags & SYN != 0 || !seg.payload.is_empty();
+        if self.flows.len() >= self.limits.max_flows && !self.flows.contains_key(&key) {
+            if !starts {
                 return;
             }
-            if self.flows.len() >= self.limits.max_flows {
-                self.evict();
-            }
-            let id = self.next_id;
-            self.next_id += 1;
-            self.stats.flows += 1;
-            self.flows.insert(key, Flow::new(id, key, ts));
-            self.stats.peak_flows = self.stats.peak_flows.max(self.flows.len());
+            self.evict();
         }
-        let Some(flow) = self.flows.get_mut(&key) else {
-            return;
+        // One lookup for the packet (bulk data of a known flow is nearly every packet).
+        let len = self.flows.len();
+        let flow = match self.flows.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => {
+                if !starts {
+                    return;
+                }
+                let id = self.next_id;
+                self.next_id += 1;
+                self.stats.flows += 1;
+                self.stats.peak_flows = self.stats.peak_flows.max(len + 1);
+                v.insert(Flow::new(id, key, ts))
+            }
         };
         let before = if flow.collecting { flow.held() } else { 0 };
         let had_client = matches!(flow.client_state, ClientState::Hello(_));

@@ -424,9 +424,8 @@ pub fn run(opts: &Options) -> Result<Summary, AnalyzeError> {
         if let Some(w) = events.as_mut() {
             let mut failed = write_error.borrow_mut();
             if failed.is_none() {
-                let line = c.record.to_json();
-                if let Err(e) = w
-                    .write_all(line.as_bytes())
+                if let Err(e) = serde_json::to_writer(&mut *w, &c.record)
+                    .map_err(io::Error::from)
                     .and_then(|()| w.write_all(b"\n"))
                 {
                     *failed = Some(e);
