@@ -11,15 +11,17 @@ use std::time::{Duration, Instant};
 /// within `timeout`. Returns false when the thread did not finish in time.
 pub fn stop<M>(
     tx: &SyncSender<M>,
-    mut close: impl FnMut() -> M,
+    close: M,
     thread: &Mutex<Option<JoinHandle<()>>>,
     timeout: Duration,
 ) -> bool {
     let end = Instant::now() + timeout;
-    while let Err(TrySendError::Full(_)) = tx.try_send(close()) {
+    let mut close = close;
+    while let Err(TrySendError::Full(back)) = tx.try_send(close) {
         if Instant::now() >= end {
             break;
         }
+        close = back;
         std::thread::sleep(Duration::from_millis(5));
     }
     let Some(t) = thread.lock().ok().and_then(|mut t| t.take()) else {

@@ -86,7 +86,7 @@ impl Inventory {
 
     /// Writes what is pending and stops the writer (bounded by `timeout`).
     pub fn close(&self, timeout: Duration) {
-        if !crate::writer_thread::stop(&self.tx, || Msg::Close, &self.thread, timeout) {
+        if !crate::writer_thread::stop(&self.tx, Msg::Close, &self.thread, timeout) {
             tracing::warn!("inventory writer did not finish in time; the last updates may be lost");
         }
     }

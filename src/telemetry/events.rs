@@ -74,7 +74,7 @@ impl EventLog {
     /// Writes what is queued, flushes and stops the writer (bounded by `timeout`). Lines
     /// written after this are counted as dropped.
     pub fn close(&self, timeout: Duration) {
-        if !crate::writer_thread::stop(&self.tx, || Msg::Close, &self.thread, timeout) {
+        if !crate::writer_thread::stop(&self.tx, Msg::Close, &self.thread, timeout) {
             tracing::warn!("event log writer did not finish in time; some lines may be lost");
         }
     }
