@@ -101,6 +101,7 @@ pub fn connection(flow: &Flow, cfg: &Config) -> Option<Connection> {
                 },
                 ..Observation::of_hello(h, &rec, &src.value, destination, at)
             };
+            o.identify(h, None, None);
             o.set_verdict(&verdict);
             observation = Some(o);
         }

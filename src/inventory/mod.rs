@@ -52,9 +52,9 @@ pub struct Observation {
 
 impl Observation {
     /// What a connection's ClientHello tells the inventory: the record's fingerprints and
-    /// SNI, the offered version, the likely software and its fix. The negotiated fields and
-    /// the verdict are the caller's to fill in (the proxy knows them later than the hello,
-    /// a capture sometimes at once).
+    /// SNI, the offered version. The likely software ([`Observation::identify`]), the
+    /// negotiated fields and the verdict are the caller's to fill in (the proxy knows them
+    /// later than the hello, and keeps only some observations; a capture knows them at once).
     pub fn of_hello(
         hello: &crate::hello::ClientHelloSummary,
         rec: &crate::telemetry::record::ConnectionRecord,
@@ -62,30 +62,38 @@ impl Observation {
         destination: String,
         at: i64,
     ) -> Observation {
-        let ja4 = rec.ja4.clone().unwrap_or_default();
-        let ja3_hash = rec.ja3_hash.clone().unwrap_or_default();
-        let software = software::SoftwareDb::embedded().identify(&software::Facts {
-            hello,
-            ja4: &ja4,
-            ja3_hash: &ja3_hash,
-            user_agent: None,
-            request: None,
-        });
         Observation {
             at,
             source_ip: rec.source_ip.clone(),
             source: source.to_string(),
             source_name: None,
             destination,
-            ja4,
-            ja3_hash,
+            ja4: rec.ja4.clone().unwrap_or_default(),
+            ja3_hash: rec.ja3_hash.clone().unwrap_or_default(),
             sni: rec.sni.clone(),
             offered_version: Some(crate::hello::version_name(hello.max_version()).to_string()),
-            software: software.family,
-            software_confidence: software.confidence.as_str().to_string(),
-            fix: software.fix,
             ..Observation::default()
         }
+    }
+
+    /// The likely software and its fix, from the hello's fingerprints and, when the
+    /// plaintext was seen (upgrade mode), the request and User-Agent.
+    pub fn identify(
+        &mut self,
+        hello: &crate::hello::ClientHelloSummary,
+        user_agent: Option<&str>,
+        request: Option<&str>,
+    ) {
+        let m = software::SoftwareDb::embedded().identify(&software::Facts {
+            hello,
+            ja4: &self.ja4,
+            ja3_hash: &self.ja3_hash,
+            user_agent,
+            request,
+        });
+        self.software = m.family;
+        self.software_confidence = m.confidence.as_str().to_string();
+        self.fix = m.fix;
     }
 }
 

@@ -147,18 +147,7 @@ impl HandshakeWatch {
             if let Some(o) = ctx.observation.as_mut() {
                 o.user_agent = user_agent.map(str::to_string);
                 if user_agent.is_some() || request.is_some() {
-                    let m = crate::inventory::software::SoftwareDb::embedded().identify(
-                        &crate::inventory::software::Facts {
-                            hello: &ctx.hello,
-                            ja4: &o.ja4,
-                            ja3_hash: &o.ja3_hash,
-                            user_agent,
-                            request,
-                        },
-                    );
-                    o.software = m.family;
-                    o.software_confidence = m.confidence.as_str().to_string();
-                    o.fix = m.fix;
+                    o.identify(&ctx.hello, user_agent, request);
                 }
             }
         }
@@ -241,6 +230,11 @@ impl State {
         };
         let keep = verdict.legacy || ctx.watched;
         if let Some(mut o) = ctx.observation.take().filter(|_| keep) {
+            // Only an observation that is kept is worth identifying (once: the upgrade
+            // path may have done it with the plaintext request).
+            if o.software.is_empty() {
+                o.identify(&ctx.hello, None, None);
+            }
             o.set_verdict(&verdict);
             if let Some(dns) = &ctx.shared.dns {
                 o.source_name = dns.cached(ctx.source_ip);
