@@ -26,6 +26,16 @@ pub enum LegacyReason {
 }
 
 impl LegacyReason {
+    /// Every reason, in priority order.
+    pub const ALL: [LegacyReason; 6] = [
+        LegacyReason::NegotiatedSsl3,
+        LegacyReason::NegotiatedTls10,
+        LegacyReason::NegotiatedTls11,
+        LegacyReason::Negotiated3des,
+        LegacyReason::MaxVersionBelowTls12,
+        LegacyReason::Only3desCiphers,
+    ];
+
     /// The contract string: `negotiated_ssl3`, …, `only_3des_ciphers`.
     pub fn as_str(&self) -> &'static str {
         match self {

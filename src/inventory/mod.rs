@@ -16,16 +16,6 @@ use serde::Serialize;
 pub use store::{Filter, Store, StoreError, parse_since};
 pub use writer::Inventory;
 
-/// Legacy reasons in their priority order (DESIGN.md), for sorting merged sets.
-const REASON_ORDER: [&str; 6] = [
-    "negotiated_ssl3",
-    "negotiated_tls10",
-    "negotiated_tls11",
-    "negotiated_3des",
-    "max_version_below_tls12",
-    "only_3des_ciphers",
-];
-
 /// What one connection contributes to the inventory.
 #[derive(Clone, Debug, Default)]
 pub struct Observation {
@@ -147,10 +137,11 @@ fn union(a: &mut Vec<String>, b: &[String]) {
 
 fn union_reasons(a: &mut Vec<String>, b: &[String]) {
     union(a, b);
+    // Priority order (DESIGN.md); a reason this version does not know goes last.
     a.sort_by_key(|r| {
-        REASON_ORDER
+        crate::hello::LegacyReason::ALL
             .iter()
-            .position(|x| x == r)
+            .position(|x| x.as_str() == r)
             .unwrap_or(usize::MAX)
     });
 }
@@ -237,12 +228,7 @@ impl CallerRow {
 }
 
 fn rank(confidence: &str) -> u8 {
-    match confidence {
-        "exact" => 3,
-        "user_agent" => 2,
-        "heuristic" => 1,
-        _ => 0,
-    }
+    software::Confidence::parse(confidence).map_or(0, software::Confidence::rank)
 }
 
 #[cfg(test)]

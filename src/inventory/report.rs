@@ -9,6 +9,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde::Serialize;
 
 use super::CallerRow;
+use super::software::Confidence;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -24,9 +25,9 @@ pub fn rfc3339(unix: i64) -> String {
 }
 
 fn heuristic_note(confidence: &str) -> &'static str {
-    match confidence {
-        "heuristic" => " (heuristic)",
-        "user_agent" => " (by User-Agent)",
+    match Confidence::parse(confidence) {
+        Some(Confidence::Heuristic) => " (heuristic)",
+        Some(Confidence::UserAgent) => " (by User-Agent)",
         _ => "",
     }
 }

@@ -34,6 +34,29 @@ impl Confidence {
             Confidence::Unknown => "unknown",
         }
     }
+
+    /// The confidence stored as [`Confidence::as_str`] wrote it.
+    pub fn parse(s: &str) -> Option<Confidence> {
+        [
+            Confidence::Exact,
+            Confidence::UserAgent,
+            Confidence::Heuristic,
+            Confidence::Unknown,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+    }
+
+    /// How much a match says, for keeping the better of two: exact above User-Agent
+    /// above heuristic above unknown.
+    pub fn rank(self) -> u8 {
+        match self {
+            Confidence::Exact => 3,
+            Confidence::UserAgent => 2,
+            Confidence::Heuristic => 1,
+            Confidence::Unknown => 0,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
