@@ -274,10 +274,7 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
     let dbs: Vec<PathBuf> = if !args.db.is_empty() {
         args.db
     } else {
-        let cfg = match &args.config {
-            Some(path) => Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
-            None => Config::embedded_default().map_err(|e| anyhow::anyhow!("{e}"))?,
-        };
+        let cfg = load_config(args.config.as_deref())?;
         let path = cfg
             .inventory
             .path
@@ -289,12 +286,7 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
             anyhow::bail!("no inventory at {}", db.display());
         }
     }
-    let since = match &args.since {
-        Some(s) => Some(parse_since(s, unix_now()).with_context(|| {
-            format!("--since {s:?}: use RFC 3339, a date, Unix seconds or a duration like 7d")
-        })?),
-        None => None,
-    };
+    let since = parse_when("--since", &args.since)?;
     let filter = Filter {
         since,
         destination: args.destination.map(|d| d.to_ascii_lowercase()),
@@ -303,7 +295,7 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
     };
     let paths: Vec<&std::path::Path> = dbs.iter().map(PathBuf::as_path).collect();
     let rows = Store::merged(&paths, &filter)?;
-    print!("{}", report::render(&rows, args.format));
+    let mut empty_line = None;
     if rows.is_empty() {
         let mut began = None;
         for p in &paths {
@@ -320,33 +312,34 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
         } else {
             "legacy callers"
         };
-        let line = format!("no {what} seen since {from}");
-        // Keep CSV and JSON on stdout machine-readable.
-        match args.format {
-            Format::Table => println!("{line}"),
-            _ => eprintln!("{line}"),
-        }
+        empty_line = Some(format!("no {what} seen since {from}"));
     }
+    report::print(&rows, args.format, empty_line.as_deref());
     Ok(())
+}
+
+/// `--config FILE`, else the embedded default.
+fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    match path {
+        Some(path) => Config::load(path).map_err(|e| anyhow::anyhow!("{e}")),
+        None => Config::embedded_default().map_err(|e| anyhow::anyhow!("{e}")),
+    }
+}
+
+/// A `--since`/`--until` value: RFC 3339, a date, Unix seconds, or a duration meaning "ago".
+fn parse_when(flag: &str, v: &Option<String>) -> anyhow::Result<Option<i64>> {
+    v.as_deref()
+        .map(|s| {
+            parse_since(s, unix_now()).with_context(|| {
+                format!("{flag} {s:?}: use RFC 3339, a date, Unix seconds or a duration like 7d")
+            })
+        })
+        .transpose()
 }
 
 fn analyze(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
     use tlspeek::analyze::{Destination, EventsTo, Filter, Options, flows::Limits};
-    let config = match &args.config {
-        Some(path) => Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
-        None => Config::embedded_default().map_err(|e| anyhow::anyhow!("{e}"))?,
-    };
-    let when = |flag: &str, v: &Option<String>| -> anyhow::Result<Option<i64>> {
-        v.as_deref()
-            .map(|s| {
-                parse_since(s, unix_now()).with_context(|| {
-                    format!(
-                        "{flag} {s:?}: use RFC 3339, a date, Unix seconds or a duration like 7d"
-                    )
-                })
-            })
-            .transpose()
-    };
+    let config = load_config(args.config.as_deref())?;
     let duration = |flag: &str, v: &str| {
         humantime::parse_duration(v).with_context(|| format!("{flag} {v:?}: use e.g. 30s, 5m"))
     };
@@ -366,8 +359,8 @@ fn analyze(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
         filter: Filter {
             destination: args.destination.as_deref().map(Destination::parse),
             legacy_only: args.legacy_only,
-            since: when("--since", &args.since)?,
-            until: when("--until", &args.until)?,
+            since: parse_when("--since", &args.since)?,
+            until: parse_when("--until", &args.until)?,
         },
         limits: Limits {
             max_flows: args.max_flows,

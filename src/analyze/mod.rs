@@ -284,18 +284,14 @@ impl Summary {
             .filter(|r| all || r.legacy)
             .cloned()
             .collect();
-        print!("{}", report::render(&rows, format));
-        if rows.is_empty() {
-            let what = if all { "callers" } else { "legacy callers" };
-            let line = format!(
+        let what = if all { "callers" } else { "legacy callers" };
+        let empty_line = rows.is_empty().then(|| {
+            format!(
                 "no {what} in the capture ({} connections analysed)",
                 self.connections
-            );
-            match format {
-                Format::Table => println!("{line}"),
-                _ => eprintln!("{line}"),
-            }
-        }
+            )
+        });
+        report::print(&rows, format, empty_line.as_deref());
     }
 }
 

@@ -215,6 +215,18 @@ pub fn to_table(rows: &[CallerRow]) -> String {
     out
 }
 
+/// Prints the report on stdout; with no rows, `empty_line` too — on stdout under a table,
+/// on stderr for CSV and JSON (which stay machine-readable).
+pub fn print(rows: &[CallerRow], format: Format, empty_line: Option<&str>) {
+    print!("{}", render(rows, format));
+    if let (true, Some(line)) = (rows.is_empty(), empty_line) {
+        match format {
+            Format::Table => println!("{line}"),
+            _ => eprintln!("{line}"),
+        }
+    }
+}
+
 pub fn render(rows: &[CallerRow], format: Format) -> String {
     match format {
         Format::Table => to_table(rows),
