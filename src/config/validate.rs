@@ -238,24 +238,6 @@ fn parse_parent(v: &str) -> Result<super::ParentProxy, String> {
     })
 }
 
-/// A private key file must exist and be readable by its owner only: a CA key that others
-/// can read lets them impersonate every name the CA may sign.
-fn check_private_key_file(c: &mut Checker, key: &str, path: &std::path::Path) {
-    use std::os::unix::fs::PermissionsExt;
-    match std::fs::metadata(path) {
-        Err(e) => c.err(key, format!("{}: {e}", path.display())),
-        Ok(m) if m.permissions().mode() & 0o077 != 0 => c.err(
-            key,
-            format!(
-                "{} is readable by group or others (mode {:04o}); run chmod 600 on it",
-                path.display(),
-                m.permissions().mode() & 0o7777
-            ),
-        ),
-        Ok(_) => {}
-    }
-}
-
 /// An IP network in CIDR form, or a single address (host route). Host bits are cleared.
 pub(crate) fn parse_net(s: &str) -> Option<IpNet> {
     if let Ok(n) = IpNet::from_str(s) {
@@ -415,7 +397,9 @@ pub(super) fn validate(raw: RawConfig, earlier: Vec<ConfigError>) -> Result<Conf
         );
     }
     if let Some(key) = &upgrade.ca_key {
-        check_private_key_file(&mut c, "upgrade.ca_key", key);
+        if let Err(e) = crate::upgrade::ca::check_key_file(key) {
+            c.err("upgrade.ca_key", e.to_string());
+        }
     }
     for (key, path) in [
         ("upgrade.ca_cert", &upgrade.ca_cert),

@@ -29,6 +29,8 @@ use openssl::x509::extension::{
 use openssl::x509::{X509, X509Builder, X509NameBuilder};
 use tokio::sync::OnceCell;
 
+use crate::names::HostName;
+
 /// The identity domains a new CA may sign for, unless `ca init --permit` says otherwise:
 /// the registrable domains of the default watched destinations.
 pub const DEFAULT_PERMITTED: &[&str] = &[
@@ -182,29 +184,34 @@ fn read(path: &Path) -> Result<Vec<u8>, CaError> {
 
 /// Whether `name` is inside the DNS subtree `base` (RFC 5280: the domain and every name
 /// below it).
+/// `name` and `base` are lowercase (host names are; the bases are lowercased at load).
 fn within(name: &str, base: &str) -> bool {
-    let base = base.trim_start_matches('.').to_ascii_lowercase();
-    name == base
-        || name
-            .strip_suffix(base.as_str())
-            .is_some_and(|p| p.ends_with('.'))
+    let base = base.trim_start_matches('.');
+    name == base || name.strip_suffix(base).is_some_and(|p| p.ends_with('.'))
+}
+
+/// A CA key file must exist and be readable by its owner only: a key that others can read
+/// lets them impersonate every name the CA may sign.
+pub fn check_key_file(key_path: &Path) -> Result<(), CaError> {
+    let meta = std::fs::metadata(key_path).map_err(|source| CaError::Io {
+        path: key_path.to_path_buf(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(CaError::KeyReadable {
+            path: key_path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
 }
 
 impl Ca {
     /// Loads the CA certificate and key; the key must be readable by its owner only, and
     /// the certificate must be a CA whose key matches.
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Ca, CaError> {
-        let meta = std::fs::metadata(key_path).map_err(|source| CaError::Io {
-            path: key_path.to_path_buf(),
-            source,
-        })?;
-        let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(CaError::KeyReadable {
-                path: key_path.to_path_buf(),
-                mode,
-            });
-        }
+        check_key_file(key_path)?;
         let invalid = |path: &Path, reason: String| CaError::Invalid {
             path: path.to_path_buf(),
             reason,
@@ -267,14 +274,14 @@ impl Ca {
     }
 
     /// May this CA sign for `name` (its name constraints)?
-    pub fn permits(&self, name: &str) -> bool {
-        let name = name.to_ascii_lowercase();
-        if self.excluded.iter().any(|e| within(&name, e)) {
+    pub fn permits(&self, name: &HostName) -> bool {
+        let name = name.as_str();
+        if self.excluded.iter().any(|e| within(name, e)) {
             return false;
         }
         self.permitted
             .as_ref()
-            .is_none_or(|p| p.iter().any(|d| within(&name, d)))
+            .is_none_or(|p| p.iter().any(|d| within(name, d)))
     }
 
     pub fn leaf_key(&self) -> &PKey<Private> {
@@ -294,10 +301,7 @@ impl Ca {
         b.set_subject_name(&subject)?;
         b.set_issuer_name(self.cert.subject_name())?;
         b.set_pubkey(&self.leaf_key)?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now = crate::inventory::writer::unix_now();
         b.set_not_before(Asn1Time::from_unix(now - 86_400)?.as_ref())?;
         b.set_not_after(Asn1Time::days_from_now(LEAF_VALIDITY_DAYS)?.as_ref())?;
         b.append_extension(BasicConstraints::new().build()?)?;
@@ -341,17 +345,20 @@ impl Ca {
                 }
             }
         };
-        let this = self.clone();
-        let owned = name.to_string();
-        cell.get_or_try_init(|| async move {
-            tokio::task::spawn_blocking(move || this.mint(&owned))
-                .await
-                .map_err(|e| e.to_string())?
-                .map(|cert| Leaf {
-                    cert,
-                    minted: Instant::now(),
-                })
-                .map_err(|e| e.to_string())
+        // A leaf already minted costs no copies: the closure runs only to mint one.
+        cell.get_or_try_init(|| {
+            let this = self.clone();
+            let owned = name.to_string();
+            async move {
+                tokio::task::spawn_blocking(move || this.mint(&owned))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map(|cert| Leaf {
+                        cert,
+                        minted: Instant::now(),
+                    })
+                    .map_err(|e| e.to_string())
+            }
         })
         .await
         .cloned()
@@ -361,6 +368,10 @@ impl Ca {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn host(name: &str) -> HostName {
+        HostName::parse(name).unwrap()
+    }
 
     fn permits(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
@@ -379,10 +390,10 @@ mod tests {
             Err(CaError::Exists(_))
         ));
         let ca = Ca::load(&crt, &key).unwrap();
-        assert!(ca.permits("login.microsoftonline.com"));
-        assert!(ca.permits("microsoft.com"));
-        assert!(!ca.permits("example.com"));
-        assert!(!ca.permits("evilmicrosoft.com"));
+        assert!(ca.permits(&host("login.microsoftonline.com")));
+        assert!(ca.permits(&host("microsoft.com")));
+        assert!(!ca.permits(&host("example.com")));
+        assert!(!ca.permits(&host("evilmicrosoft.com")));
         let leaf = ca.mint("login.microsoftonline.com").unwrap();
         assert!(leaf.verify(&ca.cert().public_key().unwrap()).unwrap());
         let text = String::from_utf8(leaf.to_text().unwrap()).unwrap();
@@ -406,7 +417,7 @@ mod tests {
             Ca::load(&crt, &key).unwrap()
         };
         assert!(
-            unconstrained.permits("example.com"),
+            unconstrained.permits(&host("example.com")),
             "no constraints: any name"
         );
     }
