@@ -99,13 +99,7 @@ async fn route(
     }
     let known = matches!(
         path,
-        "/metrics"
-            | "/healthz"
-            | "/readyz"
-            | "/legacy"
-            | "/legacy.csv"
-            | "/-/reload"
-            | "/proxy.pac"
+        "/metrics" | "/healthz" | "/readyz" | "/legacy" | "/legacy.csv" | "/-/reload"
     );
     if !known {
         return text(

@@ -84,7 +84,7 @@ impl Upgrader {
 
     /// Why this connection cannot be upgraded here, if it cannot.
     pub fn cannot(&self, hello: &ClientHelloSummary, name: &HostName) -> Option<String> {
-        if !self.ca.permits(name.as_str()) {
+        if !self.ca.permits(name) {
             return Some(format!(
                 "{name} is outside the upgrade CA's name constraints"
             ));
@@ -133,34 +133,18 @@ impl Upgrader {
         )
         .await;
         let mut up_tls = match tls {
-            Err(_) => {
-                refuse(
-                    &mut report,
-                    "upstream TLS handshake timed out".into(),
-                    policy::ALERT_HANDSHAKE_FAILURE,
-                );
-                return report;
-            }
-            Ok(Err(e)) => {
-                let why = if probe.asked() {
-                    "the upstream asks for a client certificate, which cannot be relayed"
-                        .to_string()
-                } else {
-                    format!("upstream TLS failed: {e}")
+            Ok(Ok(t)) if !probe.asked() => t,
+            failed => {
+                let why = match failed {
+                    Err(_) => "upstream TLS handshake timed out".to_string(),
+                    Ok(Err(e)) if !probe.asked() => format!("upstream TLS failed: {e}"),
+                    Ok(_) => "the upstream asks for a client certificate, which cannot be relayed"
+                        .to_string(),
                 };
                 refuse(&mut report, why, policy::ALERT_HANDSHAKE_FAILURE);
                 return report;
             }
-            Ok(Ok(t)) => t,
         };
-        if probe.asked() {
-            refuse(
-                &mut report,
-                "the upstream asks for a client certificate, which cannot be relayed".into(),
-                policy::ALERT_HANDSHAKE_FAILURE,
-            );
-            return report;
-        }
         let (_, conn) = up_tls.get_ref();
         report.upstream_version = conn
             .protocol_version()
