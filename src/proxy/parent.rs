@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -80,7 +81,7 @@ pub async fn tunnel(
     timeout: Duration,
 ) -> Result<(TcpStream, SocketAddr), ParentError> {
     check_target(target, deny, timeout).await?;
-    let (s, addr) = connect(parent, timeout).await?;
+    let (mut s, addr) = connect(parent, timeout).await?;
     let authority = match &target.host {
         Host::Ip(std::net::IpAddr::V6(v6)) => format!("[{v6}]:{}", target.port),
         h => format!("{h}:{}", target.port),
@@ -94,28 +95,35 @@ pub async fn tunnel(
     request::write_all(&s, req.as_bytes(), timeout)
         .await
         .map_err(|e| ParentError::Protocol(e.to_string()))?;
-    // Read the answer byte by byte up to its blank line: nothing of the tunnel after it
-    // may be consumed here.
+    // Read the answer up to its blank line and not a byte further: what follows belongs
+    // to the tunnel. Peek at what has arrived, then take only the head's part of it.
     let deadline = Instant::now() + timeout;
     let mut head = Vec::with_capacity(256);
-    while !head.ends_with(b"\r\n\r\n") {
+    let mut buf = [0u8; 1024];
+    loop {
         if head.len() > request::MAX_HEAD_BYTES {
             return Err(ParentError::Protocol("answer head too large".into()));
         }
-        match tokio::time::timeout_at(deadline, s.readable()).await {
+        let n = match tokio::time::timeout_at(deadline, s.peek(&mut buf)).await {
             Err(_) => return Err(ParentError::Protocol("no answer to CONNECT in time".into())),
-            Ok(r) => r.map_err(|e| ParentError::Protocol(e.to_string()))?,
-        }
-        let mut b = [0u8; 1];
-        match s.try_read(&mut b) {
-            Ok(0) => {
+            Ok(Err(e)) => return Err(ParentError::Protocol(e.to_string())),
+            Ok(Ok(0)) => {
                 return Err(ParentError::Protocol(
                     "closed before answering CONNECT".into(),
                 ));
             }
-            Ok(_) => head.push(b[0]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(ParentError::Protocol(e.to_string())),
+            Ok(Ok(n)) => n,
+        };
+        let peeked = buf.get(..n).unwrap_or_default();
+        let end = head_end(&head, peeked);
+        let take = end.unwrap_or(n);
+        let part = buf.get_mut(..take).unwrap_or_default();
+        s.read_exact(part)
+            .await
+            .map_err(|e| ParentError::Protocol(e.to_string()))?;
+        head.extend_from_slice(part);
+        if end.is_some() {
+            break;
         }
     }
     let line = String::from_utf8_lossy(head.split(|b| *b == b'\n').next().unwrap_or_default())
@@ -129,4 +137,35 @@ pub async fn tunnel(
         return Err(ParentError::Refused(line));
     }
     Ok((s, addr))
+}
+
+/// How many bytes of `more` complete a response head whose first bytes are `head` (which
+/// holds no blank line yet): up to and including the first `\r\n\r\n`, which may begin
+/// in `head`.
+fn head_end(head: &[u8], more: &[u8]) -> Option<usize> {
+    let keep = head.len().min(3);
+    let mut window = head.get(head.len() - keep..).unwrap_or_default().to_vec();
+    window.extend_from_slice(more);
+    window
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4 - keep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::head_end;
+
+    #[test]
+    fn the_head_ends_at_the_first_blank_line_even_across_reads() {
+        let answer = b"HTTP/1.1 200 Connection established\r\n\r\n\x16\x03\x01";
+        let whole = answer.len() - 3;
+        assert_eq!(head_end(b"", answer), Some(whole));
+        // Split at every byte: the bytes taken from the second part end the head exactly.
+        for at in 0..whole {
+            let (a, b) = answer.split_at(at);
+            assert_eq!(head_end(a, b), Some(whole - at), "split at {at}");
+        }
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\r\n", b"Via: x\r\n"), None);
+    }
 }
