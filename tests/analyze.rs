@@ -248,31 +248,6 @@ fn raw_client(port: u16, bytes: &[u8], pieces: usize) -> u16 {
     local
 }
 
-fn s_client_tls1(proxy_port: u16, up: u16) -> String {
-    let mut child = Command::new("openssl")
-        .args(["s_client", "-proxy", &format!("127.0.0.1:{proxy_port}")])
-        .args(["-connect", &format!("127.0.0.1:{up}"), "-servername", LOGIN])
-        .args(["-quiet", "-tls1", "-cipher", "DEFAULT:@SECLEVEL=0"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"GET / HTTP/1.0\r\n\r\n")
-        .unwrap();
-    let end = Instant::now() + Duration::from_secs(15);
-    while child.try_wait().unwrap().is_none() && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
 fn record_real_traffic() -> Real {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("analyze-real");
     let _ = std::fs::remove_dir_all(&dir);
@@ -301,7 +276,11 @@ fn record_real_traffic() -> Real {
     assert_eq!(code, "200", "curl TLS 1.2: {err}");
     let (code, err) = curl(p_all, &["--tlsv1.3"]);
     assert_eq!(code, "200", "curl TLS 1.3: {err}");
-    let out = s_client_tls1(t.proxy_port, p_all);
+    let out = s_client_get(
+        t.proxy_port,
+        p_all,
+        &["-tls1", "-cipher", "DEFAULT:@SECLEVEL=0"],
+    );
     assert!(out.contains("200 ok"), "s_client: {out}");
     let out = gnutls_via_proxy(
         t.proxy_port,

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -154,28 +153,7 @@ fn openssl_s_client_tls1_and_tls1_3() {
         ),
         (&["-tls1_3"][..], "TLS1.3", "false"),
     ] {
-        let mut child = Command::new("openssl")
-            .args(["s_client", "-proxy", &format!("127.0.0.1:{}", t.proxy_port)])
-            .args([
-                "-connect",
-                &format!("127.0.0.1:{up}"),
-                "-servername",
-                LOGIN,
-                "-quiet",
-            ])
-            .args(flags)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"GET / HTTP/1.0\r\n\r\n")
-            .unwrap();
-        let out = wait_with_timeout(child, Duration::from_secs(15));
+        let out = s_client_get(t.proxy_port, up, flags);
         assert!(out.contains("HTTP/1.0 200 ok"), "{version}: {out}");
         let labels = [
             ("version", version),
@@ -184,24 +162,6 @@ fn openssl_s_client_tls1_and_tls1_3() {
         ];
         assert_eq!(hello_count(&t, &labels), 1.0, "{version}");
     }
-}
-
-fn wait_with_timeout(mut child: std::process::Child, limit: Duration) -> String {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if let Ok(Some(_)) = child.try_wait() {
-            let out = child.wait_with_output().unwrap();
-            return format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    format!("[timed out] {}", String::from_utf8_lossy(&out.stderr))
 }
 
 /// gnutls-cli (3DES only) → socat's CONNECT address → tlspeek → gnutls-serv.

@@ -1134,3 +1134,45 @@ impl Prometheus {
 pub fn url_encode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
+
+/// `openssl s_client` with `flags` through the proxy to 127.0.0.1:`up` (SNI
+/// login.microsoftonline.com), sending one `GET / HTTP/1.0`; its stdout and stderr, or
+/// `[timed out] stderr` after 15 s.
+pub fn s_client_get(proxy_port: u16, up: u16, flags: &[&str]) -> String {
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-proxy", &format!("127.0.0.1:{proxy_port}")])
+        .args(["-connect", &format!("127.0.0.1:{up}"), "-servername", LOGIN])
+        .arg("-quiet")
+        .args(flags)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .unwrap();
+    wait_with_timeout(child, Duration::from_secs(15))
+}
+
+/// A child's stdout and stderr once it exits, or `[timed out] stderr` (killed) after `limit`.
+pub fn wait_with_timeout(mut child: std::process::Child, limit: Duration) -> String {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if let Ok(Some(_)) = child.try_wait() {
+            let out = child.wait_with_output().unwrap();
+            return format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    format!("[timed out] {}", String::from_utf8_lossy(&out.stderr))
+}
