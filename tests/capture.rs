@@ -5,7 +5,6 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -263,6 +262,16 @@ impl NetNs {
         );
     }
 
+    /// tlspeek's /metrics from its admin port in this namespace.
+    fn metrics(&self, admin: u16) -> String {
+        let out = self
+            .cmd("curl")
+            .args(["-s", &format!("http://127.0.0.1:{admin}/metrics")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// A command run as user "nobody" (whose connections the tests' rules redirect).
     fn as_nobody(&self, program: &str) -> Command {
         let mut c = self.cmd("setpriv");
@@ -516,12 +525,7 @@ fn transparent_mode_sees_clients_that_ignore_proxies() {
         .find(|e| e["outcome"] == "refused_destination")
         .unwrap_or_else(|| panic!("{ev:#?}"));
     assert!(looped["note"].as_str().unwrap().contains("loop"));
-    let metrics = ns
-        .cmd("curl")
-        .args(["-s", &format!("http://127.0.0.1:{admin}/metrics")])
-        .output()
-        .unwrap();
-    let m = String::from_utf8_lossy(&metrics.stdout);
+    let m = ns.metrics(admin);
     assert!(
         sample(
             &m,
@@ -659,12 +663,7 @@ fn transparent_mode_over_ipv6() {
         .unwrap_or_else(|| panic!("{ev:#?}"));
     assert_eq!(nosni["name_inferred"], true, "{nosni}");
     // The inferred name labels the metrics (the event keeps the address as target_host).
-    let metrics = ns
-        .cmd("curl")
-        .args(["-s", &format!("http://127.0.0.1:{admin}/metrics")])
-        .output()
-        .unwrap();
-    let m = String::from_utf8_lossy(&metrics.stdout);
+    let m = ns.metrics(admin);
     assert_eq!(
         sample(
             &m,
@@ -866,13 +865,7 @@ fn proxy_v2(src: [u8; 4], sport: u16) -> Vec<u8> {
 }
 
 fn send_from(source: &str, port: u16, bytes: &[u8]) -> String {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&std::net::SocketAddr::new(source.parse().unwrap(), 0).into())
-        .unwrap();
-    sock.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
-        .unwrap();
-    let mut s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut s = connect_from(source, port, Duration::from_secs(10));
     s.write_all(bytes).unwrap();
     read_head(&mut s)
 }

@@ -46,13 +46,7 @@ fn passwd(user: &str, password: &str) -> String {
 }
 
 fn connect_with(proxy: u16, source: &str, target: &str, auth: Option<(&str, &str)>) -> String {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&std::net::SocketAddr::new(source.parse().unwrap(), 0).into())
-        .unwrap();
-    sock.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], proxy)).into())
-        .unwrap();
-    let mut s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut s = connect_from(source, proxy, Duration::from_secs(10));
     let header = auth
         .map(|(u, p)| {
             format!(
@@ -162,13 +156,7 @@ fn proxy_authentication() {
 }
 
 fn admin_request(port: u16, source: &str, request: &str) -> String {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&std::net::SocketAddr::new(source.parse().unwrap(), 0).into())
-        .unwrap();
-    sock.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
-        .unwrap();
-    let mut s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut s = connect_from(source, port, Duration::from_secs(10));
     s.write_all(request.as_bytes()).unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);

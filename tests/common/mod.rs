@@ -458,15 +458,22 @@ pub fn connect_tunnel(proxy_port: u16, target: &str) -> (TcpStream, String) {
     connect_tunnel_from("127.0.0.1", proxy_port, target)
 }
 
-/// Like `connect_tunnel`, from another loopback source address (e.g. "127.0.0.7").
-pub fn connect_tunnel_from(source: &str, proxy_port: u16, target: &str) -> (TcpStream, String) {
+/// A TCP connection to 127.0.0.1:`port` from another loopback source address (e.g.
+/// "127.0.0.7"), reads timing out after `read_timeout`.
+pub fn connect_from(source: &str, port: u16, read_timeout: Duration) -> TcpStream {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     let src: std::net::IpAddr = source.parse().unwrap();
     sock.bind(&SocketAddr::new(src, 0).into()).unwrap();
-    sock.connect(&SocketAddr::from(([127, 0, 0, 1], proxy_port)).into())
+    sock.connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())
         .unwrap();
-    let mut s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(read_timeout)).unwrap();
+    s
+}
+
+/// Like `connect_tunnel`, from another loopback source address (e.g. "127.0.0.7").
+pub fn connect_tunnel_from(source: &str, proxy_port: u16, target: &str) -> (TcpStream, String) {
+    let mut s = connect_from(source, proxy_port, Duration::from_secs(15));
     write!(s, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").unwrap();
     let head = read_head(&mut s);
     let status = head.lines().next().unwrap_or_default().to_string();
