@@ -271,24 +271,33 @@ impl Conn {
         }
     }
 
-    pub fn syn(&mut self) -> Vec<u8> {
-        let f = frame(&self.link, self.client, self.server, self.cseq, 0, SYN, &[]);
-        self.cseq = self.cseq.wrapping_add(1);
+    /// The next segment from the client (`from_client`) or the server: sequence number
+    /// from that side's counter, which advances by the payload (and by one for SYN or FIN);
+    /// the other side's counter as the ACK number when ACK is set.
+    pub fn segment(&mut self, from_client: bool, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let (src, dst, seq, peer_seq) = if from_client {
+            (self.client, self.server, self.cseq, self.sseq)
+        } else {
+            (self.server, self.client, self.sseq, self.cseq)
+        };
+        let ack = if flags & ACK != 0 { peer_seq } else { 0 };
+        let f = frame(&self.link, src, dst, seq, ack, flags, payload);
+        let used = payload.len() as u32 + u32::from(flags & (SYN | FIN) != 0);
+        let own = if from_client {
+            &mut self.cseq
+        } else {
+            &mut self.sseq
+        };
+        *own = own.wrapping_add(used);
         f
     }
 
+    pub fn syn(&mut self) -> Vec<u8> {
+        self.segment(true, SYN, &[])
+    }
+
     pub fn syn_ack(&mut self) -> Vec<u8> {
-        let f = frame(
-            &self.link,
-            self.server,
-            self.client,
-            self.sseq,
-            self.cseq,
-            SYN | ACK,
-            &[],
-        );
-        self.sseq = self.sseq.wrapping_add(1);
-        f
+        self.segment(false, SYN | ACK, &[])
     }
 
     pub fn handshake(&mut self) -> Vec<Vec<u8>> {
@@ -299,59 +308,19 @@ impl Conn {
     }
 
     pub fn client_data(&mut self, payload: &[u8]) -> Vec<u8> {
-        let f = frame(
-            &self.link,
-            self.client,
-            self.server,
-            self.cseq,
-            self.sseq,
-            ACK | PSH,
-            payload,
-        );
-        self.cseq = self.cseq.wrapping_add(payload.len() as u32);
-        f
+        self.segment(true, ACK | PSH, payload)
     }
 
     pub fn server_data(&mut self, payload: &[u8]) -> Vec<u8> {
-        let f = frame(
-            &self.link,
-            self.server,
-            self.client,
-            self.sseq,
-            self.cseq,
-            ACK | PSH,
-            payload,
-        );
-        self.sseq = self.sseq.wrapping_add(payload.len() as u32);
-        f
+        self.segment(false, ACK | PSH, payload)
     }
 
     pub fn client_fin(&mut self) -> Vec<u8> {
-        let f = frame(
-            &self.link,
-            self.client,
-            self.server,
-            self.cseq,
-            self.sseq,
-            FIN | ACK,
-            &[],
-        );
-        self.cseq = self.cseq.wrapping_add(1);
-        f
+        self.segment(true, FIN | ACK, &[])
     }
 
     pub fn server_fin(&mut self) -> Vec<u8> {
-        let f = frame(
-            &self.link,
-            self.server,
-            self.client,
-            self.sseq,
-            self.cseq,
-            FIN | ACK,
-            &[],
-        );
-        self.sseq = self.sseq.wrapping_add(1);
-        f
+        self.segment(false, FIN | ACK, &[])
     }
 }
 
