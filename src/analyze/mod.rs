@@ -342,11 +342,7 @@ impl Rows {
 
     fn sorted(self) -> Vec<CallerRow> {
         let mut rows: Vec<CallerRow> = self.rows.into_values().collect();
-        rows.sort_by(|a, b| {
-            b.last_seen
-                .cmp(&a.last_seen)
-                .then_with(|| a.key().cmp(&b.key()))
-        });
+        CallerRow::sort_for_report(&mut rows);
         rows
     }
 }

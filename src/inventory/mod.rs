@@ -9,8 +9,6 @@ pub mod software;
 pub mod store;
 pub mod writer;
 
-use std::collections::BTreeSet;
-
 use serde::Serialize;
 
 pub use store::{Filter, Store, StoreError, parse_since};
@@ -129,10 +127,11 @@ pub struct CallerRow {
 /// The primary key of a row.
 pub type CallerKey = (String, String, String);
 
+/// `a` ∪ `b`, sorted, each value once.
 fn union(a: &mut Vec<String>, b: &[String]) {
-    let mut set: BTreeSet<String> = a.drain(..).collect();
-    set.extend(b.iter().cloned());
-    *a = set.into_iter().collect();
+    a.extend(b.iter().cloned());
+    a.sort_unstable();
+    a.dedup();
 }
 
 fn union_reasons(a: &mut Vec<String>, b: &[String]) {
@@ -147,6 +146,15 @@ fn union_reasons(a: &mut Vec<String>, b: &[String]) {
 }
 
 impl CallerRow {
+    /// The report's order: newest first, then by key.
+    pub fn sort_for_report(rows: &mut [CallerRow]) {
+        rows.sort_by(|a, b| {
+            b.last_seen.cmp(&a.last_seen).then_with(|| {
+                (&a.source_ip, &a.destination, &a.ja4).cmp(&(&b.source_ip, &b.destination, &b.ja4))
+            })
+        });
+    }
+
     pub fn key(&self) -> CallerKey {
         (
             self.source_ip.clone(),

@@ -292,20 +292,16 @@ impl Store {
         };
         for p in paths {
             for row in Store::open_read_only(p)?.query(&all)? {
-                match by_key.get_mut(&row.key()) {
-                    Some(r) => r.merge(&row),
-                    None => {
-                        by_key.insert(row.key(), row);
+                match by_key.entry(row.key()) {
+                    std::collections::btree_map::Entry::Occupied(mut r) => r.get_mut().merge(&row),
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert(row);
                     }
                 }
             }
         }
         let mut rows: Vec<CallerRow> = by_key.into_values().collect();
-        rows.sort_by(|a, b| {
-            b.last_seen
-                .cmp(&a.last_seen)
-                .then_with(|| a.key().cmp(&b.key()))
-        });
+        CallerRow::sort_for_report(&mut rows);
         if let Some(l) = f.limit {
             rows.truncate(l);
         }

@@ -5,6 +5,7 @@
 //! rows are kept and retried, and the proxy keeps proxying.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -129,11 +130,11 @@ impl Writer {
     fn observe(&mut self, o: &Observation) {
         let row = CallerRow::from_observation(o);
         let full = self.pending.len() >= MAX_PENDING;
-        match self.pending.get_mut(&row.key()) {
-            Some(r) => r.merge(&row),
-            None if full => self.metrics.inventory_dropped.inc(),
-            None => {
-                self.pending.insert(row.key(), row);
+        match self.pending.entry(row.key()) {
+            Entry::Occupied(mut r) => r.get_mut().merge(&row),
+            Entry::Vacant(_) if full => self.metrics.inventory_dropped.inc(),
+            Entry::Vacant(v) => {
+                v.insert(row);
             }
         }
     }
