@@ -64,19 +64,24 @@ pub fn connection(flow: &Flow, cfg: &Config) -> Option<Connection> {
     let mut rec = ConnectionRecord::new(flow.id, Mode::Pcap, client_addr, src.value.clone());
     rec.ts = system_time(flow.first_ts);
     rec.target_port = Some(server.port);
-    rec.upstream_ip = Some(server.addr().to_string());
+    let server_ip = server.addr().to_string();
+    rec.upstream_ip = Some(server_ip.clone());
     rec.bytes_up = flow.bytes[c];
     rec.bytes_down = flow.bytes[s];
     rec.duration_ms =
         u64::try_from(flow.last_ts.saturating_sub(flow.first_ts) / 1_000_000).unwrap_or(0);
 
+    // The connection's name: the SNI, else the server's address.
+    let name = match &flow.client_state {
+        ClientState::Hello(h) => h.sni.as_deref().and_then(HostName::parse),
+        _ => None,
+    };
+    let target = name.map_or(server_ip, |n| n.to_string());
     let mut observation = None;
-    let mut name = None;
     match &flow.client_state {
         ClientState::Hello(h) => {
             let hello_verdict = classify_client_hello(h);
             rec.set_client_hello(h, &hello_verdict);
-            name = h.sni.as_deref().and_then(HostName::parse);
             let verdict = match &flow.server_state {
                 ServerState::Hello(sh) => {
                     rec.set_server_hello(sh);
@@ -89,9 +94,6 @@ pub fn connection(flow: &Flow, cfg: &Config) -> Option<Connection> {
                 ServerState::Waiting | ServerState::Unknown => hello_verdict,
             };
             rec.set_verdict(&verdict);
-            let destination = name
-                .as_ref()
-                .map_or_else(|| server.addr().to_string(), |n| n.to_string());
             let at = secs(flow.hello_ts.unwrap_or(flow.first_ts));
             let mut o = Observation {
                 negotiated_version: rec.negotiated_version.map(str::to_string),
@@ -99,7 +101,7 @@ pub fn connection(flow: &Flow, cfg: &Config) -> Option<Connection> {
                     ServerState::Hello(sh) => Some(hello::cipher_label(sh.cipher_suite)),
                     _ => None,
                 },
-                ..Observation::of_hello(h, &rec, &src.value, destination, at)
+                ..Observation::of_hello(&rec, &src.value, target.clone(), at)
             };
             o.identify(h, None, None);
             o.set_verdict(&verdict);
@@ -110,7 +112,7 @@ pub fn connection(flow: &Flow, cfg: &Config) -> Option<Connection> {
         ClientState::Waiting if flow.bytes[c] > 0 => rec.kind = Some(Kind::Truncated),
         ClientState::Waiting => rec.kind = Some(Kind::None),
     }
-    rec.target_host = Some(name.map_or_else(|| server.addr().to_string(), |n| n.to_string()));
+    rec.target_host = Some(target);
     rec.outcome = outcome(flow);
     rec.note = note(flow);
     Some(Connection {

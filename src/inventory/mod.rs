@@ -39,12 +39,11 @@ pub struct Observation {
 }
 
 impl Observation {
-    /// What a connection's ClientHello tells the inventory: the record's fingerprints and
-    /// SNI, the offered version. The likely software ([`Observation::identify`]), the
+    /// What a connection's ClientHello tells the inventory, from the record it was copied
+    /// into: fingerprints, SNI, the offered version. The likely software ([`Observation::identify`]), the
     /// negotiated fields and the verdict are the caller's to fill in (the proxy knows them
     /// later than the hello, and keeps only some observations; a capture knows them at once).
     pub fn of_hello(
-        hello: &crate::hello::ClientHelloSummary,
         rec: &crate::telemetry::record::ConnectionRecord,
         source: &str,
         destination: String,
@@ -59,7 +58,7 @@ impl Observation {
             ja4: rec.ja4.clone().unwrap_or_default(),
             ja3_hash: rec.ja3_hash.clone().unwrap_or_default(),
             sni: rec.sni.clone(),
-            offered_version: Some(crate::hello::version_name(hello.max_version()).to_string()),
+            offered_version: rec.max_version.map(str::to_string),
             ..Observation::default()
         }
     }

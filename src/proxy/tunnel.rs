@@ -321,7 +321,7 @@ impl Conn<'_> {
             .shared
             .inventory
             .as_ref()
-            .map(|_| self.observation(&h, name.as_ref(), target, rec));
+            .map(|_| self.observation(name.as_ref(), target, rec));
         self.watch.set_context(HelloContext {
             shared: self.shared.clone(),
             source: self.src.value.clone(),
@@ -394,12 +394,11 @@ impl Conn<'_> {
     /// verdict is filled in when the handshake is known).
     fn observation(
         &self,
-        h: &ClientHelloSummary,
         name: Option<&HostName>,
         target: &Authority,
         rec: &ConnectionRecord,
     ) -> Observation {
         let destination = name.map_or_else(|| target.host.to_string(), |n| n.to_string());
-        Observation::of_hello(h, rec, &self.src.value, destination, unix_secs())
+        Observation::of_hello(rec, &self.src.value, destination, unix_secs())
     }
 }
