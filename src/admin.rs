@@ -3,7 +3,9 @@
 //! with `?since=`, `?destination=`, `?legacy=true|false`, `?limit=`), `POST /-/reload`.
 //! Every request is checked against `[admin] allowed_sources`; `/legacy*` and reload need
 //! `Authorization: Bearer <token>` when `[admin] token_file` is set; admin connections are
-//! bounded in number and time.
+//! bounded in number and time. A source that neither the admin's nor the proxy's
+//! allow-list names is closed at accept; proxy clients (they may fetch `/proxy.pac`) never
+//! take the slots reserved for the admin's own sources; every 403 closes its connection.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,7 +20,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -26,17 +28,71 @@ use crate::inventory::writer::unix_now;
 use crate::inventory::{Filter, Store, parse_since, report};
 use crate::proxy::Shared;
 
-/// Admin connections served at once; more wait in the listen backlog.
+/// Admin connections served at once.
 const MAX_ADMIN_CONNECTIONS: usize = 64;
+/// Of those, slots only the admin's own allowed sources may take, so that `/healthz` and
+/// `/readyz` are answered however many proxy clients hold `/proxy.pac` connections.
+const RESERVED_FOR_ADMIN: usize = 8;
 /// An admin connection (keep-alive included) lasts at most this long.
 const ADMIN_CONNECTION_LIMIT: Duration = Duration::from_secs(60);
+/// An allowed admin source waits at most this long for a free slot.
+const SLOT_WAIT: Duration = Duration::from_secs(5);
+
+/// Connection slots: a shared pool, and a reserve for the admin's allowed sources.
+struct Slots {
+    shared: Arc<Semaphore>,
+    reserved: Arc<Semaphore>,
+}
+
+impl Slots {
+    fn new() -> Slots {
+        Slots {
+            shared: Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS - RESERVED_FOR_ADMIN)),
+            reserved: Arc::new(Semaphore::new(RESERVED_FOR_ADMIN)),
+        }
+    }
+
+    /// A slot for an admin source: any free one, waiting a little when all are taken.
+    async fn for_admin(&self) -> Option<OwnedSemaphorePermit> {
+        if let Ok(p) = self.shared.clone().try_acquire_owned() {
+            return Some(p);
+        }
+        let wait = async {
+            tokio::select! {
+                p = self.reserved.clone().acquire_owned() => p.ok(),
+                p = self.shared.clone().acquire_owned() => p.ok(),
+            }
+        };
+        tokio::time::timeout(SLOT_WAIT, wait).await.ok().flatten()
+    }
+
+    /// A slot for a proxy client (`/proxy.pac` only): never one of the reserve, never waits.
+    fn for_proxy_client(&self) -> Option<OwnedSemaphorePermit> {
+        self.shared.clone().try_acquire_owned().ok()
+    }
+}
+
+/// Which sources the admin listener talks to at all, decided at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    Admin,
+    ProxyClient,
+    Stranger,
+}
+
+fn caller(cfg: &crate::config::Config, ip: std::net::IpAddr) -> Caller {
+    if cfg.admin.allowed_sources.contains(ip) {
+        Caller::Admin
+    } else if cfg.proxy.allowed_sources.contains(ip) {
+        Caller::ProxyClient
+    } else {
+        Caller::Stranger
+    }
+}
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
-    let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    let slots = Arc::new(Slots::new());
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
             r = listener.accept() => r,
@@ -49,9 +105,36 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
                 continue;
             }
         };
+        // A source neither list allows is closed at once: it never holds a slot.
+        let who = caller(&shared.config.load(), peer.ip());
+        let permit = match who {
+            Caller::Stranger => {
+                debug!(%peer, "admin connection from a source that is not allowed: closed");
+                drop(stream);
+                continue;
+            }
+            Caller::ProxyClient => match slots.for_proxy_client() {
+                Some(p) => Some(p),
+                None => {
+                    debug!(%peer, "admin slots for proxy clients are all taken: closed");
+                    continue;
+                }
+            },
+            Caller::Admin => None,
+        };
         let shared = shared.clone();
+        let slots = slots.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permit = match permit {
+                Some(p) => p,
+                None => match slots.for_admin().await {
+                    Some(p) => p,
+                    None => {
+                        debug!(%peer, "no admin slot came free in time: closed");
+                        return;
+                    }
+                },
+            };
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(route(&shared, peer, &req).await) }
@@ -67,6 +150,16 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
             }
         });
     }
+}
+
+/// A 403 that ends the connection: a refused client gets no keep-alive to hold a slot with.
+fn forbidden(body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = text(StatusCode::FORBIDDEN, body);
+    r.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    r
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -95,7 +188,7 @@ async fn route(
     }
     if !cfg.admin.allowed_sources.contains(peer.ip()) {
         debug!(%peer, "admin request from a source that is not allowed");
-        return text(StatusCode::FORBIDDEN, "forbidden\n");
+        return forbidden("forbidden\n");
     }
     let known = matches!(
         path,
@@ -240,7 +333,7 @@ async fn reload(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Full<
         return r;
     }
     if req.headers().contains_key(header::ORIGIN) {
-        return text(StatusCode::FORBIDDEN, "cross-origin reload refused\n");
+        return forbidden("cross-origin reload refused\n");
     }
     match crate::proxy::reload::reload(shared).await {
         Ok(restart) if restart.is_empty() => text(StatusCode::OK, "reloaded\n"),

@@ -18,6 +18,7 @@ pub mod inventory;
 pub mod names;
 pub mod policy;
 pub mod proxy;
+pub mod secrets;
 pub mod telemetry;
 pub mod upgrade;
 pub mod writer_thread;

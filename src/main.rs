@@ -32,10 +32,16 @@ struct Cli {
 enum Command {
     /// Run the proxy.
     Run(RunArgs),
-    /// Validate a config file: print the effective config, or every error with its key.
+    /// Validate a config file as `run` would (the files it names included: credentials,
+    /// admin token, upgrade CA): print the effective config with secrets redacted, or
+    /// every error with its key.
     CheckConfig {
         /// The config file (laid over the embedded default).
         file: PathBuf,
+        /// Check keys and values only, not the files the config names (for an image build,
+        /// where secrets and the CA are not mounted yet). `run` still checks them.
+        #[arg(long)]
+        skip_files: bool,
     },
     /// Print the legacy callers of the inventory (several --db are merged).
     Report(ReportArgs),
@@ -164,7 +170,7 @@ struct RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
-        Command::CheckConfig { file } => check_config(&file),
+        Command::CheckConfig { file, skip_files } => check_config(&file, skip_files),
         Command::Ca(CaCommand::Init {
             out,
             permit,
@@ -252,22 +258,39 @@ fn main() -> ExitCode {
     }
 }
 
-fn check_config(file: &std::path::Path) -> ExitCode {
-    match Config::load(file) {
-        Ok(cfg) => {
-            println!("# {}: valid. Effective configuration:", file.display());
-            print!("{}", cfg.to_toml());
-            ExitCode::SUCCESS
-        }
+fn check_config(file: &std::path::Path, skip_files: bool) -> ExitCode {
+    let cfg = match Config::load(file) {
+        Ok(cfg) => cfg,
         Err(e @ LoadError::Read { .. }) => {
             eprintln!("tlspeek: {e}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
         Err(LoadError::Invalid { path, errors }) => {
             eprintln!("tlspeek: {}: {errors}", path.display());
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
+        }
+    };
+    if !skip_files {
+        // What `run` builds before it binds anything (CA, credentials, admin token), built
+        // the same way, so the two cannot disagree.
+        let metrics = match tlspeek::telemetry::Metrics::new(
+            cfg.metrics.max_series_per_metric,
+            cfg.metrics.series_idle_expiry,
+        ) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("tlspeek: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Err(e) = tlspeek::proxy::reload::build(cfg.clone(), None, &metrics) {
+            eprintln!("tlspeek: {}: {e}", file.display());
+            return ExitCode::FAILURE;
         }
     }
+    println!("# {}: valid. Effective configuration:", file.display());
+    print!("{}", cfg.to_toml());
+    ExitCode::SUCCESS
 }
 
 fn report(args: ReportArgs) -> anyhow::Result<()> {

@@ -24,6 +24,8 @@ fn check_config(text: &str) -> String {
     std::fs::write(&f, text).unwrap();
     let out = Command::new(exe())
         .arg("check-config")
+        // The secrets these configs name exist only where they are deployed.
+        .arg("--skip-files")
         .arg(&f)
         .output()
         .unwrap();
@@ -205,7 +207,7 @@ fn dockerfile_ships_a_checked_config_and_drops_root() {
     assert!(d.matches("FROM ").count() >= 2, "multi-stage");
     assert!(d.contains("COPY deploy/container.toml /etc/tlspeek/tlspeek.toml"));
     assert!(
-        d.contains("check-config deploy/container.toml"),
+        d.contains("check-config --skip-files deploy/container.toml"),
         "the build checks the shipped config"
     );
     assert!(d.contains("USER 10001"), "not root");

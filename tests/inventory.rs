@@ -152,7 +152,7 @@ fn inventory_from_real_clients_survives_kill_9_and_is_reported() {
     );
     let row = lines.next().unwrap();
     assert!(
-        row.contains(",127.0.0.5,") && row.contains("curl (OpenSSL 3.0)"),
+        row.contains(",\"127.0.0.5\",") && row.contains("curl (OpenSSL 3.0)"),
         "{row}"
     );
     assert!(lines.next().is_none());

@@ -101,6 +101,25 @@ pub enum OnHelloTimeout {
     Close,
 }
 
+/// `http://user:password@host:port` with the password replaced by `REDACTED`.
+fn redact_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let redacted = if userinfo.contains(':') {
+                format!("{user}:REDACTED")
+            } else {
+                user.to_string()
+            };
+            format!("{scheme}://{redacted}@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
 /// A list of networks; IPv4-mapped IPv6 addresses are unmapped before every check.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NetList(pub Vec<IpNet>);
@@ -110,6 +129,26 @@ impl NetList {
         let ip = ip.to_canonical();
         self.0.iter().any(|n| n.contains(&ip))
     }
+
+    /// The deny-list check of a destination: the address, and every IPv4 address an IPv6
+    /// one carries in its last 32 bits by a standard mapping — IPv4-mapped (`::ffff:a.b.c.d`),
+    /// IPv4-compatible (`::a.b.c.d`, deprecated but still routed by some stacks) and the
+    /// NAT64 well-known prefix (`64:ff9b::a.b.c.d`, translated to IPv4 by a NAT64 gateway).
+    /// Denied when any form is listed.
+    pub fn denies(&self, ip: IpAddr) -> bool {
+        self.contains(ip) || embedded_ipv4(ip).is_some_and(|v4| self.contains(IpAddr::V4(v4)))
+    }
+}
+
+/// The IPv4 address carried by an IPv4-compatible or NAT64 (64:ff9b::/96) IPv6 address.
+/// (IPv4-mapped ones are unmapped by `to_canonical`.)
+pub fn embedded_ipv4(ip: IpAddr) -> Option<std::net::Ipv4Addr> {
+    let IpAddr::V6(v6) = ip else { return None };
+    let s = v6.segments();
+    let low = std::net::Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    let compatible = s[..6] == [0; 6];
+    let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+    (compatible || nat64).then_some(low)
 }
 
 /// `[[sources]]`: names for address ranges, used as the `source` label. First match wins.
@@ -317,8 +356,13 @@ impl Config {
     }
 
     /// The effective configuration as TOML.
+    /// The effective configuration as TOML, secrets redacted: a parent proxy's password
+    /// becomes `REDACTED` (`check-config` runs as the unit's `ExecStartPre`, and its output
+    /// lands in the journal).
     pub fn to_toml(&self) -> String {
-        toml::to_string(&self.raw).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+        let mut raw = self.raw.clone();
+        raw.upstream.proxy = redact_userinfo(&raw.upstream.proxy);
+        toml::to_string(&raw).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
 
     /// Is `host` one of the watched destinations?

@@ -58,6 +58,8 @@ pub struct ClientHelloSummary {
     /// The first `host_name` entry of `server_name`, as sent (invalid UTF-8 replaced);
     /// the caller validates and normalizes it.
     pub sni: Option<String>,
+    /// The SNI was longer than `MAX_SNI_BYTES` and `sni` holds its start (an anomaly).
+    pub sni_cut: bool,
     /// ALPN protocol names, UTF-8 with invalid bytes replaced by U+FFFD.
     pub alpn: Vec<String>,
     /// Raw bytes of the first ALPN name (JA4 looks at its bytes, not its text).
@@ -86,6 +88,7 @@ impl ClientHelloSummary {
             cipher_suites: Vec::new(),
             extensions: Vec::new(),
             sni: None,
+            sni_cut: false,
             alpn: Vec::new(),
             alpn_first_raw: None,
             ech: false,

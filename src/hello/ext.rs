@@ -59,7 +59,11 @@ pub(crate) fn parse_client_extensions(
             *s = true;
         }
         match ty {
-            EXT_SERVER_NAME => h.sni = parse_sni(data)?,
+            EXT_SERVER_NAME => {
+                let (sni, cut) = parse_sni(data)?;
+                h.sni = sni;
+                h.sni_cut = cut;
+            }
             EXT_ALPN => parse_alpn(data, h)?,
             EXT_SUPPORTED_GROUPS => h.groups = u16_list(whole(data, Reader::vec16)?)?,
             EXT_EC_POINT_FORMATS => h.point_formats = whole(data, Reader::vec8)?.to_vec(),
@@ -94,22 +98,39 @@ fn u16_list(list: &[u8]) -> Result<Vec<u16>, Malformed> {
     Ok(out)
 }
 
-/// First `host_name` (type 0) entry of a `ServerNameList`. An empty extension (what a
+/// The most of an SNI kept: a DNS host name is at most 253 bytes, so anything longer is
+/// abuse or garbage, and a 60 KB "name" must not be stored in every event line and row.
+pub const MAX_SNI_BYTES: usize = 255;
+
+/// First `host_name` (type 0) entry of a `ServerNameList`, at most `MAX_SNI_BYTES` of it
+/// (cut at a character boundary), and whether it was cut. An empty extension (what a
 /// server sends back) gives no name.
-fn parse_sni(data: &[u8]) -> Result<Option<String>, Malformed> {
+fn parse_sni(data: &[u8]) -> Result<(Option<String>, bool), Malformed> {
     if data.is_empty() {
-        return Ok(None);
+        return Ok((None, false));
     }
     let mut names = Reader::new(whole(data, Reader::vec16)?);
-    let mut host = None;
+    let (mut host, mut cut) = (None, false);
     while !names.is_empty() {
         let name_type = names.u8().ok_or(Malformed("server_name"))?;
         let name = names.vec16().ok_or(Malformed("server_name"))?;
         if name_type == 0 && host.is_none() {
-            host = Some(String::from_utf8_lossy(name).into_owned());
+            let mut text =
+                String::from_utf8_lossy(&name[..name.len().min(MAX_SNI_BYTES)]).into_owned();
+            cut = name.len() > MAX_SNI_BYTES;
+            if text.len() > MAX_SNI_BYTES {
+                // Replacement characters grew it: cut at the last boundary that fits.
+                let mut end = MAX_SNI_BYTES;
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                text.truncate(end);
+                cut = true;
+            }
+            host = Some(text);
         }
     }
-    Ok(host)
+    Ok((host, cut))
 }
 
 fn parse_alpn(data: &[u8], h: &mut ClientHelloSummary) -> Result<(), Malformed> {
@@ -193,6 +214,31 @@ mod tests {
         let h = parse(&block).unwrap();
         assert_eq!(h.sni.as_deref(), Some("a"));
         assert_eq!(h.extensions, [0, 0]);
+    }
+
+    #[test]
+    fn an_sni_longer_than_a_host_name_is_cut_and_flagged() {
+        let long = vec![b'a'; 60_000];
+        let mut list = vec![0u8];
+        list.extend_from_slice(&(long.len() as u16).to_be_bytes());
+        list.extend_from_slice(&long);
+        let mut data = (list.len() as u16).to_be_bytes().to_vec();
+        data.extend_from_slice(&list);
+        let (sni, cut) = parse_sni(&data).unwrap();
+        assert_eq!(sni.unwrap().len(), MAX_SNI_BYTES);
+        assert!(cut);
+        // Invalid bytes become U+FFFD (3 bytes): the cut stays within the cap.
+        let bad = vec![0xffu8; 200];
+        let mut list = vec![0u8];
+        list.extend_from_slice(&(bad.len() as u16).to_be_bytes());
+        list.extend_from_slice(&bad);
+        let mut data = (list.len() as u16).to_be_bytes().to_vec();
+        data.extend_from_slice(&list);
+        let (sni, cut) = parse_sni(&data).unwrap();
+        assert!(sni.unwrap().len() <= MAX_SNI_BYTES);
+        assert!(cut);
+        let (sni, cut) = parse_sni(b"\x00\x0e\x00\x00\x0bexample.com").unwrap();
+        assert_eq!((sni.as_deref(), cut), (Some("example.com"), false));
     }
 
     #[test]

@@ -25,6 +25,7 @@ mod suites;
 mod verdict;
 
 pub use client::{ClientHelloSummary, HelloFormat};
+pub use ext::MAX_SNI_BYTES;
 pub use grease::is_grease;
 pub use names::{alert_name, cipher_label, cipher_name, sslv2_cipher_name, version_name};
 pub use server::ServerHelloSummary;

@@ -64,11 +64,23 @@ pub(crate) fn first_handshake_message(
         match check_record_header(rest, side) {
             HeaderCheck::NeedMore => return Framed::NeedMore,
             HeaderCheck::NotTls => return Framed::NotTls,
-            HeaderCheck::Alert => {
-                return match rest.get(5..7) {
-                    Some(&[level, description]) => Framed::Alert { level, description },
-                    _ => Framed::NeedMore,
+            HeaderCheck::Alert { len } => {
+                let Some(&[level, description]) = rest.get(5..7) else {
+                    return Framed::NeedMore;
                 };
+                if ends_handshake(level, description) {
+                    return Framed::Alert { level, description };
+                }
+                // A warning that does not end the handshake (older IIS and Apache send
+                // `unrecognized_name` before their ServerHello when the SNI matches no
+                // site): skip its record and keep reading for the ServerHello.
+                if off.saturating_add(5).saturating_add(len) > max {
+                    return Framed::TooLarge;
+                }
+                if rest.len() < 5 + len {
+                    return Framed::NeedMore;
+                }
+                off += 5 + len;
             }
             HeaderCheck::Handshake { version, len } => {
                 if len > MAX_RECORD_LEN || off.saturating_add(5).saturating_add(len) > max {
@@ -124,8 +136,19 @@ pub(crate) fn first_handshake_message(
 enum HeaderCheck {
     NeedMore,
     NotTls,
-    Alert,
+    Alert { len: usize },
     Handshake { version: u16, len: usize },
+}
+
+/// Alert levels and the warnings that end a handshake (RFC 5246 §7.2).
+const LEVEL_WARNING: u8 = 1;
+const CLOSE_NOTIFY: u8 = 0;
+const USER_CANCELED: u8 = 90;
+
+/// Does this alert end the handshake? A fatal one always; a warning only when it is
+/// `close_notify` or `user_canceled`. Any other warning lets the handshake go on.
+fn ends_handshake(level: u8, description: u8) -> bool {
+    level != LEVEL_WARNING || matches!(description, CLOSE_NOTIFY | USER_CANCELED)
 }
 
 /// Checks as much of a record header as `rest` holds.
@@ -158,7 +181,7 @@ fn check_record_header(rest: &[u8], side: Side) -> HeaderCheck {
         return match (len, rest.get(5)) {
             (0..=1, _) => HeaderCheck::NotTls,
             (_, Some(&level)) if level != 1 && level != 2 => HeaderCheck::NotTls,
-            _ => HeaderCheck::Alert,
+            _ => HeaderCheck::Alert { len },
         };
     }
     if len == 0 {
@@ -176,22 +199,33 @@ fn check_record_header(rest: &[u8], side: Side) -> HeaderCheck {
 fn join(buf: &[u8], end: usize, total: usize) -> Option<Cow<'_, [u8]>> {
     let flight = buf.get(..end)?;
     let mut records = Reader::new(flight);
-    let mut first = records.take(5)?;
-    let first_len = usize::from(Reader::new(first.get(3..)?).u16()?);
-    first = records.take(first_len)?;
-    if let Some(message) = first.get(..total) {
-        return Some(Cow::Borrowed(message));
-    }
-    let mut out = Vec::with_capacity(total);
-    out.extend_from_slice(first);
-    while out.len() < total {
+    let mut out: Option<Vec<u8>> = None;
+    loop {
         let header = records.take(5)?;
         let len = usize::from(Reader::new(header.get(3..)?).u16()?);
         let payload = records.take(len)?;
-        let want = (total - out.len()).min(payload.len());
-        out.extend_from_slice(payload.get(..want)?);
+        // Warning alerts skipped by the framing are not part of the message.
+        if header.first() != Some(&CONTENT_HANDSHAKE) {
+            continue;
+        }
+        match &mut out {
+            None => {
+                if let Some(message) = payload.get(..total) {
+                    return Some(Cow::Borrowed(message));
+                }
+                let mut v = Vec::with_capacity(total);
+                v.extend_from_slice(payload);
+                out = Some(v);
+            }
+            Some(v) => {
+                let want = (total - v.len()).min(payload.len());
+                v.extend_from_slice(payload.get(..want)?);
+                if v.len() >= total {
+                    return out.map(Cow::Owned);
+                }
+            }
+        }
     }
-    Some(Cow::Owned(out))
 }
 
 #[cfg(test)]
@@ -336,6 +370,33 @@ mod tests {
             }
         );
         assert_eq!(f(&record(0x15, &[9, 70])), Framed::NotTls, "bad level");
+        // Warnings that end the handshake are answers too.
+        for description in [0, 90] {
+            assert_eq!(
+                f(&record(0x15, &[1, description])),
+                Framed::Alert {
+                    level: 1,
+                    description
+                }
+            );
+        }
+        // Any other warning (unrecognized_name) before the ServerHello is skipped.
+        let hello = message(2, &[7; 40]);
+        let mut warned = record(0x15, &[1, 112]);
+        assert_eq!(f(&warned), Framed::NeedMore, "keep reading after a warning");
+        warned.extend(record(0x16, &hello[..10]));
+        assert_eq!(f(&warned), Framed::NeedMore);
+        warned.extend(record(0x15, &[1, 112]));
+        warned.extend(record(0x16, &hello[10..]));
+        match f(&warned) {
+            Framed::Message {
+                message, consumed, ..
+            } => {
+                assert_eq!(&message[..], &hello[..]);
+                assert_eq!(consumed, warned.len());
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(f(&record(0x15, &[2])), Framed::NotTls, "short alert");
         // Alert after a first fragment of the ServerHello.
         let msg = message(2, &[0; 40]);

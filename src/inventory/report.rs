@@ -112,18 +112,16 @@ pub const CSV_HEADER: &[&str] = &[
     "fix",
 ];
 
-/// One CSV cell: formula-looking text is defused, then quoted when needed.
+/// One CSV cell: formula-looking text is defused (OWASP: a leading `=`, `+`, `-`, `@`, TAB
+/// or CR gets a `'`), and every cell is quoted. Quoting only cells that hold a comma is not
+/// enough: in a locale whose list separator is `;`, `x;=cmd|...` splits into a formula.
 pub fn csv_cell(s: &str) -> String {
     let defused = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{s}")
     } else {
         s.to_string()
     };
-    if defused.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", defused.replace('"', "\"\""))
-    } else {
-        defused
-    }
+    format!("\"{}\"", defused.replace('"', "\"\""))
 }
 
 pub fn to_csv(rows: &[CallerRow]) -> String {
@@ -267,18 +265,21 @@ mod tests {
 
     #[test]
     fn csv_defuses_formulas_and_quotes() {
-        assert_eq!(csv_cell("=1+1"), "'=1+1");
-        assert_eq!(csv_cell("-x"), "'-x");
-        assert_eq!(csv_cell("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(csv_cell("=1+1"), "\"'=1+1\"");
+        assert_eq!(csv_cell("-x"), "\"'-x\"");
+        assert_eq!(csv_cell("@SUM(A1)"), "\"'@SUM(A1)\"");
+        assert_eq!(csv_cell("\tx"), "\"'\tx\"");
         assert_eq!(csv_cell("a,b"), "\"a,b\"");
+        assert_eq!(csv_cell("x;=cmd|'/c calc'!A1"), "\"x;=cmd|'/c calc'!A1\"");
+        assert_eq!(csv_cell(""), "\"\"");
         assert_eq!(csv_cell("say \"hi\""), "\"say \"\"hi\"\"\"");
         let csv = to_csv(&[row()]);
         let mut lines = csv.lines();
         assert_eq!(lines.next().unwrap(), CSV_HEADER.join(","));
         let line = lines.next().unwrap();
         assert!(line.contains("\"'=HYPERLINK(\"\"http://x\"\")\""), "{line}");
-        assert!(line.contains(",'@evil,"), "{line}");
-        assert!(line.starts_with("2023-11-14T22:13:20Z,"), "{line}");
+        assert!(line.contains(",\"'@evil\","), "{line}");
+        assert!(line.starts_with("\"2023-11-14T22:13:20Z\","), "{line}");
         assert!(line.contains("negotiated_tls10;max_version_below_tls12"));
     }
 

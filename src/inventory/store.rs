@@ -16,6 +16,31 @@ pub enum StoreError {
         path: String,
         source: rusqlite::Error,
     },
+    #[error("inventory database {path}: {source}")]
+    Create {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// The mode a new inventory gets, whatever the umask: it names weak internal hosts, so
+/// others may not read it; the group may (a report run by an operators' group). SQLite
+/// gives its `-wal` and `-shm` files the database's mode.
+const DB_MODE: u32 = 0o640;
+
+/// Creates an empty database file with `DB_MODE` when none exists.
+fn create_private(path: &Path) -> Result<(), std::io::Error> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(DB_MODE)
+        .open(path)
+    {
+        Ok(_) => std::fs::set_permissions(path, std::fs::Permissions::from_mode(DB_MODE)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 const SCHEMA: &str = "
@@ -147,6 +172,10 @@ impl Store {
             path: shown.clone(),
             source,
         };
+        create_private(path).map_err(|source| StoreError::Create {
+            path: shown.clone(),
+            source,
+        })?;
         let conn = Connection::open(path).map_err(e)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(e)?;
         // WAL: readers never block the writer; NORMAL sync: a crash loses at most the last
@@ -382,6 +411,24 @@ mod tests {
 
         assert_eq!(s.prune(200).unwrap(), 1);
         assert_eq!(s.query(&Filter::default()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_new_inventory_is_0640_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("inv.sqlite");
+        // A umask of 0 would leave 0644 (others read), 077 would leave 0600 (no group):
+        // the mode is set, not inherited. The process umask is not touched here (tests run
+        // in parallel); the mode is checked on the file itself.
+        Store::open(&db).unwrap();
+        let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+        // An existing file keeps the mode its operator gave it.
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Store::open(&db).unwrap();
+        let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 
     #[test]

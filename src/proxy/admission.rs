@@ -63,7 +63,7 @@ pub async fn resolve(
     let mut checked = Vec::with_capacity(addrs.len());
     for a in addrs {
         let ip = a.ip().to_canonical();
-        if deny.contains(ip) {
+        if deny.denies(ip) {
             return Err(ConnectError::Denied {
                 host: target.host.to_string(),
                 ip,

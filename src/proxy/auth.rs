@@ -2,7 +2,10 @@
 //! `[auth] credentials_file`, one `user:$argon2id$...` line per user.
 //!
 //! Hashing is expensive on 2 cores, so it is guarded: a source with too many recent failures
-//! gets 429 before any hashing; at most two checks hash at once; a verified user/password
+//! gets 429 before any hashing; an attempt counts as a failure from before its hash until
+//! it succeeds, and one check per source hashes at a time (so concurrent requests cannot
+//! race the limit); an unknown user costs the same hash as a known one; at most two checks
+//! hash at once in all; a verified user/password
 //! pair is remembered for a few minutes (by its SHA-256, never in clear). Sources in
 //! `exempt_sources` are not asked (services running as SYSTEM cannot answer a 407, and they
 //! are the very callers being hunted).
@@ -36,6 +39,8 @@ const HASHING_WAIT: Duration = Duration::from_secs(5);
 pub enum AuthFileError {
     #[error("auth.credentials_file {path}: {reason}")]
     Bad { path: String, reason: String },
+    #[error("{0}")]
+    Secret(String),
 }
 
 /// What a request's credentials amount to.
@@ -51,27 +56,132 @@ pub enum AuthResult {
     TooMany,
 }
 
-/// Failure counts per source; kept across reloads (a reload must not reset an attacker).
+/// The answer to a request whose credentials do not let it through.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AuthRefusal {
+    pub status: u16,
+    pub phrase: &'static str,
+    pub reason: &'static str,
+    /// The response header that goes with it (`Proxy-Authenticate` or `Retry-After`).
+    pub header: &'static str,
+    /// The `reason` label of `tlspeek_auth_failures_total`.
+    pub metric_reason: &'static str,
+}
+
+impl AuthResult {
+    /// The user to record when allowed, else the refusal to answer with. CONNECT and every
+    /// plain-HTTP request of a keep-alive connection go through this one mapping.
+    pub fn verdict(self) -> Result<Option<String>, AuthRefusal> {
+        const CHALLENGE: &str = "Proxy-Authenticate: Basic realm=\"tlspeek\"";
+        let refusal = match self {
+            AuthResult::Allowed(user) => return Ok(user),
+            AuthResult::Missing => AuthRefusal {
+                status: 407,
+                phrase: "Proxy Authentication Required",
+                reason: "proxy authentication required",
+                header: CHALLENGE,
+                metric_reason: "missing",
+            },
+            AuthResult::Denied => AuthRefusal {
+                status: 407,
+                phrase: "Proxy Authentication Required",
+                reason: "wrong user name or password",
+                header: CHALLENGE,
+                metric_reason: "denied",
+            },
+            AuthResult::TooMany => AuthRefusal {
+                status: 429,
+                phrase: "Too Many Requests",
+                reason: "too many failed logins from this source; try again later",
+                header: "Retry-After: 60",
+                metric_reason: "rate_limited",
+            },
+        };
+        Err(refusal)
+    }
+}
+
+/// Per-source attempt bookkeeping, kept across reloads (a reload must not reset an
+/// attacker).
+///
+/// An attempt is *taken* before any hashing: it counts as a failure from the moment it
+/// starts and is given back only when the password turns out right. Together with one hash
+/// in flight per source (`gate`), concurrency cannot race the limit: the 6th of 200
+/// simultaneous wrong passwords already finds 5 failures on the books.
 #[derive(Default)]
-pub struct FailureLog(Mutex<HashMap<IpAddr, (u32, Instant)>>);
+pub struct FailureLog(Mutex<HashMap<IpAddr, SourceAttempts>>);
+
+struct SourceAttempts {
+    failures: u32,
+    since: Instant,
+    /// One password check hashing at a time per source.
+    gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl SourceAttempts {
+    fn fresh() -> SourceAttempts {
+        SourceAttempts {
+            failures: 0,
+            since: Instant::now(),
+            gate: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    fn current_failures(&self) -> u32 {
+        if self.since.elapsed() < FAILURE_WINDOW {
+            self.failures
+        } else {
+            0
+        }
+    }
+}
 
 impl FailureLog {
     fn blocked(&self, ip: IpAddr) -> bool {
         let Ok(m) = self.0.lock() else { return true };
         m.get(&ip)
-            .is_some_and(|(n, since)| *n >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW)
+            .is_some_and(|a| a.current_failures() >= MAX_FAILURES)
     }
 
-    fn record(&self, ip: IpAddr) {
-        let Ok(mut m) = self.0.lock() else { return };
+    /// The source's hashing gate (created on first use).
+    fn gate(&self, ip: IpAddr) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        let mut m = self.0.lock().ok()?;
         if m.len() > 100_000 {
-            m.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
+            // Keep sources with recent failures or a check in flight.
+            m.retain(|_, a| a.current_failures() > 0 || Arc::strong_count(&a.gate) > 1);
         }
-        let e = m.entry(ip).or_insert((0, Instant::now()));
-        if e.1.elapsed() >= FAILURE_WINDOW {
-            *e = (0, Instant::now());
+        Some(
+            m.entry(ip)
+                .or_insert_with(SourceAttempts::fresh)
+                .gate
+                .clone(),
+        )
+    }
+
+    /// Takes an attempt: false (and nothing taken) when the source is at its limit.
+    fn take(&self, ip: IpAddr) -> bool {
+        let Ok(mut m) = self.0.lock() else {
+            return false;
+        };
+        let a = m.entry(ip).or_insert_with(SourceAttempts::fresh);
+        if a.since.elapsed() >= FAILURE_WINDOW {
+            a.failures = 0;
+            a.since = Instant::now();
         }
-        e.0 += 1;
+        if a.failures >= MAX_FAILURES {
+            return false;
+        }
+        a.failures += 1;
+        true
+    }
+
+    /// Gives back an attempt that succeeded (or was never judged).
+    fn give_back(&self, ip: IpAddr) {
+        if let Ok(mut m) = self.0.lock() {
+            if let Some(a) = m.get_mut(&ip) {
+                a.failures = a.failures.saturating_sub(1);
+            }
+        }
     }
 }
 
@@ -81,6 +191,9 @@ pub struct Auth {
     failures: Arc<FailureLog>,
     cache: Mutex<HashMap<[u8; 32], (String, Instant)>>,
     hashing: Arc<Semaphore>,
+    /// What an unknown user's password is checked against, so that an unknown name costs
+    /// a hash like a known one and response times do not tell which names exist.
+    dummy_hash: String,
     /// Password hashes computed (`tlspeek_auth_password_hashes_total`): a 429 must not hash.
     hashes: prometheus::IntCounter,
 }
@@ -99,7 +212,8 @@ impl Auth {
             path: shown.clone(),
             reason,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let text = crate::secrets::read_secret_file("auth.credentials_file", path)
+            .map_err(|e| AuthFileError::Secret(e.to_string()))?;
         let mut users = HashMap::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -120,12 +234,17 @@ impl Auth {
         if users.is_empty() {
             return Err(bad("no users".into()));
         }
+        let dummy_hash = hash_line("unknown", "no password matches this one")
+            .ok()
+            .and_then(|l| l.split_once(':').map(|(_, h)| h.to_string()))
+            .ok_or_else(|| bad("cannot make the unknown-user hash".into()))?;
         Ok(Auth {
             users,
             exempt,
             failures,
             cache: Mutex::new(HashMap::new()),
             hashing: Arc::new(Semaphore::new(HASHING_SLOTS)),
+            dummy_hash,
             hashes,
         })
     }
@@ -147,21 +266,33 @@ impl Auth {
             return AuthResult::TooMany;
         }
         let key: [u8; 32] = Sha256::digest(format!("{user}\0{password}").as_bytes()).into();
-        if let Ok(c) = self.cache.lock() {
-            if let Some((u, at)) = c.get(&key) {
-                if at.elapsed() < CACHE_TTL {
-                    return AuthResult::Allowed(Some(u.clone()));
-                }
-            }
+        if let Some(u) = self.cached(&key) {
+            return AuthResult::Allowed(Some(u));
         }
-        let Some(hash) = self.users.get(&user).cloned() else {
-            self.failures.record(ip);
-            return AuthResult::Denied;
+        // One check hashes at a time per source; the others wait their turn (bounded).
+        let Some(gate) = self.failures.gate(ip) else {
+            return AuthResult::TooMany;
         };
+        let Ok(_turn) = tokio::time::timeout(HASHING_WAIT, gate.lock_owned()).await else {
+            return AuthResult::TooMany;
+        };
+        // While this one waited, the same credentials may have been verified.
+        if let Some(u) = self.cached(&key) {
+            return AuthResult::Allowed(Some(u));
+        }
+        if !self.failures.take(ip) {
+            return AuthResult::TooMany;
+        }
         let Ok(Ok(permit)) =
             tokio::time::timeout(HASHING_WAIT, self.hashing.clone().acquire_owned()).await
         else {
+            self.failures.give_back(ip);
             return AuthResult::TooMany;
+        };
+        // An unknown user is checked against a dummy hash: same cost, same slot, same count.
+        let (hash, known) = match self.users.get(&user) {
+            Some(h) => (h.clone(), true),
+            None => (self.dummy_hash.clone(), false),
         };
         self.hashes.inc();
         let ok = tokio::task::spawn_blocking(move || {
@@ -176,10 +307,10 @@ impl Auth {
         })
         .await
         .unwrap_or(false);
-        if !ok {
-            self.failures.record(ip);
+        if !(ok && known) {
             return AuthResult::Denied;
         }
+        self.failures.give_back(ip);
         if let Ok(mut c) = self.cache.lock() {
             if c.len() >= MAX_CACHED {
                 c.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
@@ -187,6 +318,13 @@ impl Auth {
             c.insert(key, (user.clone(), Instant::now()));
         }
         AuthResult::Allowed(Some(user))
+    }
+
+    fn cached(&self, key: &[u8; 32]) -> Option<String> {
+        let c = self.cache.lock().ok()?;
+        c.get(key)
+            .filter(|(_, at)| at.elapsed() < CACHE_TTL)
+            .map(|(u, _)| u.clone())
     }
 }
 
@@ -223,6 +361,11 @@ pub fn hash_line(user: &str, password: &str) -> Result<String, String> {
 mod tests {
     use super::*;
 
+    fn private(p: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
     fn header(u: &str, p: &str) -> Vec<u8> {
         format!(
             "Basic {}",
@@ -240,6 +383,7 @@ mod tests {
             format!("# users\n{}\n", hash_line("alice", "s3cret").unwrap()),
         )
         .unwrap();
+        private(&file);
         let exempt = NetList(vec!["10.9.9.9/32".parse().unwrap()]);
         let hashes = prometheus::IntCounter::new("h", "h").unwrap();
         let a = Auth::load(&file, exempt, Arc::default(), hashes.clone()).unwrap();
@@ -278,11 +422,87 @@ mod tests {
         );
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_wrong_passwords_cannot_race_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("creds");
+        std::fs::write(&file, hash_line("alice", "s3cret").unwrap() + "\n").unwrap();
+        private(&file);
+        let hashes = prometheus::IntCounter::new("h", "h").unwrap();
+        let a = Arc::new(
+            Auth::load(&file, NetList::default(), Arc::default(), hashes.clone()).unwrap(),
+        );
+        let ip: IpAddr = "10.0.0.3".parse().unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let a = a.clone();
+            tasks.push(tokio::spawn(async move {
+                a.check(ip, Some(&header("alice", &format!("wrong{i}"))))
+                    .await
+            }));
+        }
+        let mut too_many = 0;
+        for t in tasks {
+            if t.await.unwrap() == AuthResult::TooMany {
+                too_many += 1;
+            }
+        }
+        assert_eq!(
+            hashes.get(),
+            u64::from(MAX_FAILURES),
+            "one hash per allowed failure"
+        );
+        assert_eq!(too_many, 40 - MAX_FAILURES as usize);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_user_costs_a_hash_and_a_right_password_gives_its_attempt_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("creds");
+        std::fs::write(&file, hash_line("alice", "s3cret").unwrap() + "\n").unwrap();
+        private(&file);
+        let hashes = prometheus::IntCounter::new("h", "h").unwrap();
+        let a = Auth::load(&file, NetList::default(), Arc::default(), hashes.clone()).unwrap();
+        let ip: IpAddr = "10.0.0.4".parse().unwrap();
+        assert_eq!(
+            a.check(ip, Some(&header("nobody", "s3cret"))).await,
+            AuthResult::Denied
+        );
+        assert_eq!(
+            hashes.get(),
+            1,
+            "an unknown user is hashed like a known one"
+        );
+        // Four more failures and successes in between: successes do not count.
+        for _ in 0..3 {
+            assert_eq!(
+                a.check(ip, Some(&header("alice", "nope"))).await,
+                AuthResult::Denied
+            );
+        }
+        let other_ip: IpAddr = "10.0.0.5".parse().unwrap();
+        for _ in 0..3 {
+            assert_eq!(
+                a.check(other_ip, Some(&header("alice", "s3cret"))).await,
+                AuthResult::Allowed(Some("alice".into()))
+            );
+        }
+        assert_eq!(
+            a.check(ip, Some(&header("alice", "nope"))).await,
+            AuthResult::Denied
+        );
+        assert_eq!(
+            a.check(ip, Some(&header("alice", "nope"))).await,
+            AuthResult::TooMany
+        );
+    }
+
     #[test]
     fn bad_files_say_which_line() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("creds");
         std::fs::write(&file, "alice:plaintext\n").unwrap();
+        private(&file);
         let h = prometheus::IntCounter::new("h", "h").unwrap();
         let e = Auth::load(&file, NetList::default(), Arc::default(), h)
             .err()

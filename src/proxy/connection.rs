@@ -12,7 +12,6 @@ use tracing::{debug, info};
 
 use super::Shared;
 use super::admission::{self, ConnectError};
-use super::auth::AuthResult;
 use super::authority::{Authority, Host, parse_authority};
 use super::handshake::HandshakeWatch;
 use super::limits::{LimitHit, Permit};
@@ -337,10 +336,6 @@ impl Conn<'_> {
                     };
                 }
             };
-        if let Err(r) = self.authenticate(&head, rec).await {
-            refuse(self.client, &r).await;
-            return r.outcome;
-        }
         if head.method != "CONNECT"
             && head
                 .target
@@ -352,14 +347,19 @@ impl Conn<'_> {
             rec.written_elsewhere = true;
             let mut replay = head.raw;
             replay.extend_from_slice(&head.rest);
+            // Every request of the connection is authenticated by the forwarder, the
+            // first one included: hyper serves the ones after it.
             let ctx = Arc::new(http_forward::HttpClient {
                 shared: self.shared.clone(),
                 cfg: self.cfg.clone(),
                 peer: self.peer,
                 src: self.src.clone(),
-                user: rec.user.clone(),
             });
             return http_forward::serve(self.client, replay, ctx).await;
+        }
+        if let Err(r) = self.authenticate(&head, rec).await {
+            refuse(self.client, &r).await;
+            return r.outcome;
         }
         let target = match self.admit(&head, rec) {
             Ok(t) => t,
@@ -486,44 +486,25 @@ impl Conn<'_> {
         let Some(auth) = self.shared.auth.load_full() else {
             return Ok(());
         };
-        let result = auth
+        let verdict = auth
             .check(self.peer.ip(), head.header("proxy-authorization"))
-            .await;
-        let failures = &self.shared.metrics.auth_failures;
-        match result {
-            AuthResult::Allowed(user) => {
+            .await
+            .verdict();
+        match verdict {
+            Ok(user) => {
                 rec.user = user;
                 Ok(())
             }
-            AuthResult::Missing => {
-                failures.with_label_values(&["missing"]).inc();
-                Err(Refusal::new(
-                    407,
-                    "Proxy Authentication Required",
-                    Outcome::AuthRequired,
-                    "proxy authentication required",
+            Err(r) => {
+                self.shared
+                    .metrics
+                    .auth_failures
+                    .with_label_values(&[r.metric_reason])
+                    .inc();
+                Err(
+                    Refusal::new(r.status, r.phrase, Outcome::AuthRequired, r.reason)
+                        .with_header(r.header),
                 )
-                .with_header("Proxy-Authenticate: Basic realm=\"tlspeek\""))
-            }
-            AuthResult::Denied => {
-                failures.with_label_values(&["denied"]).inc();
-                Err(Refusal::new(
-                    407,
-                    "Proxy Authentication Required",
-                    Outcome::AuthRequired,
-                    "wrong user name or password",
-                )
-                .with_header("Proxy-Authenticate: Basic realm=\"tlspeek\""))
-            }
-            AuthResult::TooMany => {
-                failures.with_label_values(&["rate_limited"]).inc();
-                Err(Refusal::new(
-                    429,
-                    "Too Many Requests",
-                    Outcome::AuthRequired,
-                    "too many failed logins from this source; try again later",
-                )
-                .with_header("Retry-After: 60"))
             }
         }
     }

@@ -44,7 +44,6 @@ pub struct HttpClient {
     pub cfg: Arc<Config>,
     pub peer: SocketAddr,
     pub src: SourceLabel,
-    pub user: Option<String>,
 }
 
 /// Serves the client connection (its first head already read) as an HTTP/1.1 proxy.
@@ -187,7 +186,6 @@ async fn forward(ctx: Arc<HttpClient>, req: Request<Incoming>) -> Response<Proxy
         ctx.peer,
         ctx.src.value.clone(),
     );
-    rec.user = ctx.user.clone();
     let path = req.uri().path().to_string();
     rec.request = Some(
         format!("{} {}", req.method(), path)
@@ -210,6 +208,35 @@ async fn forward(ctx: Arc<HttpClient>, req: Request<Incoming>) -> Response<Proxy
         text(status, why)
     };
 
+    // Proxy authentication for every request, not just a connection's first: a later
+    // request without (good) credentials on the same keep-alive connection gets 407 too.
+    if let Some(auth) = shared.auth.load_full() {
+        let given = req
+            .headers()
+            .get(header::PROXY_AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        match auth.check(ctx.peer.ip(), given).await.verdict() {
+            Ok(user) => rec.user = user,
+            Err(r) => {
+                shared
+                    .metrics
+                    .auth_failures
+                    .with_label_values(&[r.metric_reason])
+                    .inc();
+                let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN);
+                let mut resp = refuse(rec, status, Outcome::AuthRequired, r.reason.into());
+                if let Some((name, value)) = r.header.split_once(": ") {
+                    if let (Ok(n), Ok(v)) = (
+                        HeaderName::from_bytes(name.as_bytes()),
+                        HeaderValue::from_str(value),
+                    ) {
+                        resp.headers_mut().insert(n, v);
+                    }
+                }
+                return resp;
+            }
+        }
+    }
     // Only absolute-form http:// requests; https goes through CONNECT.
     let uri = req.uri().clone();
     match uri.scheme_str() {
@@ -240,6 +267,15 @@ async fn forward(ctx: Arc<HttpClient>, req: Request<Incoming>) -> Response<Proxy
             "the URL has no host".into(),
         );
     };
+    // Two Host headers make the request ambiguous (RFC 9112 §3.2): refused, not guessed.
+    if req.headers().get_all(header::HOST).iter().count() > 1 {
+        return refuse(
+            rec,
+            StatusCode::BAD_REQUEST,
+            Outcome::BadRequest,
+            "more than one Host header".into(),
+        );
+    }
     let port = authority.port_u16().unwrap_or(80);
     let target = match parse_authority(&format!("{}:{port}", authority.host())) {
         Ok(t) => t,
@@ -300,9 +336,19 @@ async fn forward(ctx: Arc<HttpClient>, req: Request<Incoming>) -> Response<Proxy
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     add_via(&mut parts.headers);
-    if !parts.headers.contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+    // Host is the URL's authority (RFC 9112 §3.2.2), whatever the client's Host said: the
+    // upstream must serve the name the event line and the rules judged.
+    match HeaderValue::from_str(&host_header(authority)) {
+        Ok(v) => {
             parts.headers.insert(header::HOST, v);
+        }
+        Err(_) => {
+            return refuse(
+                rec,
+                StatusCode::BAD_REQUEST,
+                Outcome::BadRequest,
+                "the URL's host cannot be a Host header".into(),
+            );
         }
     }
     match &cfg.upstream_proxy {
@@ -363,6 +409,14 @@ async fn forward(ctx: Arc<HttpClient>, req: Request<Incoming>) -> Response<Proxy
     Response::from_parts(parts, body.boxed_unsync())
 }
 
+/// The Host header for a URL authority: host and explicit port, never the userinfo.
+fn host_header(authority: &hyper::http::uri::Authority) -> String {
+    match authority.port() {
+        Some(p) => format!("{}:{}", authority.host(), p.as_str()),
+        None => authority.host().to_string(),
+    }
+}
+
 /// The upstream TCP connection for one request: through the parent proxy if there is one,
 /// else resolved once, checked against the deny-list, and connected to a checked address.
 async fn connect_upstream(
@@ -401,6 +455,17 @@ async fn connect_upstream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_is_the_urls_authority_without_userinfo() {
+        let a = |s: &str| s.parse::<Uri>().unwrap().authority().unwrap().clone();
+        assert_eq!(
+            host_header(&a("http://u:p@example.com:8080/x")),
+            "example.com:8080"
+        );
+        assert_eq!(host_header(&a("http://example.com/")), "example.com");
+        assert_eq!(host_header(&a("http://[::1]:81/")), "[::1]:81");
+    }
 
     #[test]
     fn hop_by_hop_headers_and_proxy_credentials_are_removed() {

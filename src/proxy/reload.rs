@@ -56,18 +56,9 @@ pub fn build(cfg: Config, previous: Option<&Shared>, metrics: &Metrics) -> Resul
         None => None,
     };
     let admin_token = match &cfg.admin.token_file {
-        Some(path) => {
-            let t = std::fs::read_to_string(path)
-                .map_err(|e| format!("admin.token_file {}: {e}", path.display()))?;
-            let t = t.trim().to_string();
-            if t.len() < 16 {
-                return Err(format!(
-                    "admin.token_file {}: the token must have at least 16 characters",
-                    path.display()
-                ));
-            }
-            Some(Arc::new(t))
-        }
+        Some(path) => Some(Arc::new(
+            crate::secrets::read_token_file(path).map_err(|e| e.to_string())?,
+        )),
         None => None,
     };
     Ok(Built {

@@ -243,6 +243,17 @@ impl Conn<'_> {
     ) -> Act {
         let verdict = hello::classify_client_hello(&h);
         rec.set_client_hello(&h, &verdict);
+        if h.sni_cut {
+            self.shared
+                .metrics
+                .hello_anomalies
+                .with_label_values(&["sni_too_long"])
+                .inc();
+            info!(
+                kept_bytes = hello::MAX_SNI_BYTES,
+                "SNI longer than a host name can be: stored cut"
+            );
+        }
         // The name is the SNI, else the CONNECT host, and only a valid host name.
         // Without SNI (Windows XP SChannel, Java 6) the address may still belong to a watched
         // name: say so rather than label it "other".

@@ -3,8 +3,11 @@
 //! Sources are strangers' addresses: without a bound, a scan or a large network turns
 //! `/metrics` into millions of series. The guard keeps at most `max` series per metric and
 //! reserves a quarter of them for legacy series, because finding legacy callers is the
-//! point: a new legacy caller is never folded away (when even the whole budget is full, the
-//! least recently updated non-legacy series is evicted to make room). Non-legacy series from
+//! point: a new legacy caller is never folded away. When the whole budget is full, the
+//! least recently updated non-legacy series is evicted to make room; when every series is
+//! legacy, a source that has no series yet still gets its own, and the source holding the
+//! most series gives up its least recently updated one (so one client flooding distinct
+//! watched names cannot hide a newcomer; its own excess folds into `other`). Non-legacy series from
 //! unnamed sources fold into `source="other"` when their share is used up. Every fold and
 //! every drop is counted in `tlspeek_label_overflow_total{metric}`. Series not updated for
 //! `idle_expiry` are removed.
@@ -38,6 +41,28 @@ struct Series {
 struct Budget {
     series: HashMap<Vec<String>, Series>,
     non_legacy: usize,
+    /// Series per `source` label value.
+    per_source: HashMap<String, usize>,
+}
+
+impl Budget {
+    fn source_series(&self, source: &str) -> usize {
+        self.per_source.get(source).copied().unwrap_or(0)
+    }
+
+    fn forget(&mut self, key: &[String], legacy: bool) {
+        if !legacy {
+            self.non_legacy = self.non_legacy.saturating_sub(1);
+        }
+        if let Some(src) = key.first() {
+            if let Some(n) = self.per_source.get_mut(src) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_source.remove(src);
+                }
+            }
+        }
+    }
 }
 
 enum Slot {
@@ -65,6 +90,7 @@ impl Guard {
             budget: Mutex::new(Budget {
                 series: HashMap::new(),
                 non_legacy: 0,
+                per_source: HashMap::new(),
             }),
             overflow,
         }
@@ -84,7 +110,11 @@ impl Guard {
         }
         let non_legacy_cap = self.max.saturating_sub(self.legacy_reserve);
         let fits = if labels.legacy {
-            b.series.len() < self.max || self.evict_oldest_non_legacy(&mut b, &remove)
+            b.series.len() < self.max
+                || self.evict_oldest_non_legacy(&mut b, &remove)
+                || (labels.source_is_ip
+                    && b.source_series(labels.values.first().copied().unwrap_or(OTHER)) == 0
+                    && self.evict_from_largest_source(&mut b, &remove))
         } else if labels.source_is_ip {
             b.series.len() < self.max && b.non_legacy < non_legacy_cap
         } else {
@@ -128,6 +158,9 @@ impl Guard {
         if !legacy {
             b.non_legacy += 1;
         }
+        if let Some(src) = key.first() {
+            *b.per_source.entry(src.clone()).or_insert(0) += 1;
+        }
         b.series.insert(
             key.clone(),
             Series {
@@ -148,8 +181,35 @@ impl Guard {
         match oldest {
             Some(k) => {
                 b.series.remove(&k);
-                b.non_legacy = b.non_legacy.saturating_sub(1);
+                b.forget(&k, false);
                 remove(&k);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Makes room for a new legacy caller when every series is legacy: the least recently
+    /// updated series of the source holding the most series goes. One client flooding
+    /// distinct names thus pays for a newcomer, and cannot hide it.
+    fn evict_from_largest_source(&self, b: &mut Budget, remove: &impl Fn(&[String])) -> bool {
+        let Some(most) = b.per_source.values().copied().max() else {
+            return false;
+        };
+        // Among the largest sources (ties are common: one series each), the least recently
+        // updated series goes.
+        let victim = b
+            .series
+            .iter()
+            .filter(|(k, _)| k.first().is_some_and(|src| b.source_series(src) == most))
+            .min_by_key(|(_, s)| s.last_used)
+            .map(|(k, s)| (k.clone(), s.legacy));
+        match victim {
+            Some((k, legacy)) => {
+                b.series.remove(&k);
+                b.forget(&k, legacy);
+                remove(&k);
+                self.overflow.inc();
                 true
             }
             None => false,
@@ -170,9 +230,7 @@ impl Guard {
             .collect();
         for k in &stale {
             if let Some(s) = b.series.remove(k) {
-                if !s.legacy {
-                    b.non_legacy = b.non_legacy.saturating_sub(1);
-                }
+                b.forget(k, s.legacy);
             }
             remove(k);
         }
@@ -371,17 +429,50 @@ mod tests {
     }
 
     #[test]
-    fn when_all_series_are_legacy_the_excess_folds() {
+    fn when_all_series_are_legacy_a_new_source_still_gets_its_own() {
         let (c, overflow) = setup(4);
+        let t0 = Instant::now();
         for i in 0..6 {
             let ip = format!("10.9.9.{i}");
-            c.inc(&obs(&[&ip, "login"], true));
+            c.inc_at(&obs(&[&ip, "login"], true), t0 + Duration::from_millis(i));
         }
         assert_eq!(c.series(), 4);
+        // Each newcomer took the place of the least recently updated series; each loss is
+        // counted.
         assert_eq!(overflow.with_label_values(&["hellos_total"]).get(), 2);
         let t = text(&c);
-        assert!(t.contains("source=\"10.9.9.3\""), "{t}");
+        for i in 2..6 {
+            assert!(t.contains(&format!("source=\"10.9.9.{i}\"")), "{t}");
+        }
         assert!(!t.contains("source=\"other\""), "{t}");
+    }
+
+    #[test]
+    fn a_flood_of_legacy_names_from_one_source_cannot_hide_a_new_caller() {
+        let (c, overflow) = setup(20);
+        for i in 0..100 {
+            let name = format!("leg{i}.login.microsoftonline.com");
+            c.inc(&obs(&["10.6.6.6", &name], true));
+        }
+        assert_eq!(c.series(), 20);
+        let folded = overflow.with_label_values(&["hellos_total"]).get();
+        assert!(folded >= 80, "the flood's excess folds ({folded})");
+        for i in 0..5 {
+            let ip = format!("10.9.9.{i}");
+            c.inc(&obs(&[&ip, "login.microsoftonline.com"], true));
+        }
+        let t = text(&c);
+        for i in 0..5 {
+            assert!(
+                t.contains(&format!("source=\"10.9.9.{i}\"")),
+                "new caller {i} kept: {t}"
+            );
+        }
+        assert!(c.series() <= 20);
+        // A caller that already has a series folds its excess like the flooder does.
+        c.inc(&obs(&["10.9.9.0", "login.microsoftonline.us"], true));
+        assert!(c.series() <= 20);
+        assert!(!text(&c).contains("source=\"10.9.9.0\",destination=\"login.microsoftonline.us\""));
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     pub auth_password_hashes: IntCounter,
     pub http_requests: IntCounterVec,
+    pub hello_anomalies: IntCounterVec,
 }
 
 /// Label values for the per-connection counters.
@@ -196,6 +197,15 @@ impl Metrics {
             &["destination"],
         )?;
         registry.register(Box::new(http_requests.clone()))?;
+        let hello_anomalies = IntCounterVec::new(
+            Opts::new(
+                "tlspeek_hello_anomalies_total",
+                "ClientHellos with something no real client sends, by reason (sni_too_long: an SNI over 255 bytes, stored cut).",
+            ),
+            &["reason"],
+        )?;
+        hello_anomalies.with_label_values(&["sni_too_long"]);
+        registry.register(Box::new(hello_anomalies.clone()))?;
         registry.register(Box::new(inventory_errors.clone()))?;
         registry.register(Box::new(inventory_dropped.clone()))?;
         registry.register(Box::new(ptr_lookups.clone()))?;
@@ -265,6 +275,7 @@ impl Metrics {
             auth_failures,
             auth_password_hashes,
             http_requests,
+            hello_anomalies,
         })
     }
 

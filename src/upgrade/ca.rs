@@ -43,6 +43,9 @@ pub const DEFAULT_PERMITTED: &[&str] = &[
     "chinacloudapi.cn",
 ];
 
+/// Name-constraint subtrees excluding every IPv4 and IPv6 address.
+const EXCLUDED_IP_SUBTREES: &[&str] = &["excluded;IP:0.0.0.0/0.0.0.0", "excluded;IP:::/::"];
+
 /// A leaf is valid from a day before minting (clock skew of old hosts) for this long.
 const LEAF_VALIDITY_DAYS: u32 = 30;
 /// A cached leaf is minted again after this long (well within its validity).
@@ -121,20 +124,21 @@ pub fn init(out: &Path, permit: &[String], days: u32) -> Result<(PathBuf, PathBu
     )?;
     let ski = SubjectKeyIdentifier::new().build(&b.x509v3_context(None, None))?;
     b.append_extension(ski)?;
-    if !permit.is_empty() {
-        let value = format!(
-            "critical,{}",
-            permit
-                .iter()
-                .map(|d| format!("permitted;DNS:{}", d.to_ascii_lowercase()))
-                .collect::<Vec<_>>()
-                .join(",")
-        );
-        // openssl has no builder for nameConstraints; the config-string form is stable.
-        #[allow(deprecated)]
-        let ext = openssl::x509::X509Extension::new_nid(None, None, Nid::NAME_CONSTRAINTS, &value)?;
-        b.append_extension(ext)?;
-    }
+    // Name constraints: DNS names limited to `permit` (when given), and no IP address
+    // at all (a leaf with an IP SAN must not verify). Extended key usage: server
+    // authentication only, so a leaf for client authentication or e-mail (S/MIME) does not
+    // chain to this CA either.
+    let mut subtrees: Vec<String> = permit
+        .iter()
+        .map(|d| format!("permitted;DNS:{}", d.to_ascii_lowercase()))
+        .collect();
+    subtrees.extend(EXCLUDED_IP_SUBTREES.iter().map(|s| s.to_string()));
+    let value = format!("critical,{}", subtrees.join(","));
+    // openssl has no builder for nameConstraints; the config-string form is stable.
+    #[allow(deprecated)]
+    let ext = openssl::x509::X509Extension::new_nid(None, None, Nid::NAME_CONSTRAINTS, &value)?;
+    b.append_extension(ext)?;
+    b.append_extension(ExtendedKeyUsage::new().server_auth().build()?)?;
     b.sign(&key, MessageDigest::sha256())?;
     let cert = b.build();
 
@@ -207,6 +211,43 @@ pub fn check_key_file(key_path: &Path) -> Result<(), CaError> {
     Ok(())
 }
 
+/// What a CA made by an older `ca init` (or by hand) lacks of today's limits.
+fn older_ca_weaknesses(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<&'static str> {
+    use x509_parser::extensions::GeneralName;
+    let mut out = Vec::new();
+    let (mut v4, mut v6) = (false, false);
+    if let Ok(Some(nc)) = cert.name_constraints() {
+        for s in nc.value.excluded_subtrees.iter().flatten() {
+            if let GeneralName::IPAddress(b) = s.base {
+                // address followed by mask, all zero: the whole address family.
+                v4 |= b.len() == 8 && b.iter().all(|&x| x == 0);
+                v6 |= b.len() == 32 && b.iter().all(|&x| x == 0);
+            }
+        }
+    }
+    if !(v4 && v6) {
+        out.push(
+            "its name constraints do not exclude IP addresses (a leaf with an IP SAN would verify)",
+        );
+    }
+    let server_auth_only = cert.extended_key_usage().ok().flatten().is_some_and(|e| {
+        let e = e.value;
+        let others = [
+            e.any,
+            e.client_auth,
+            e.email_protection,
+            e.code_signing,
+            e.time_stamping,
+            e.ocsp_signing,
+        ];
+        e.server_auth && !others.contains(&true) && e.other.is_empty()
+    });
+    if !server_auth_only {
+        out.push("it is not limited to the serverAuth extended key usage (client-auth or S/MIME leaves would verify)");
+    }
+    out
+}
+
 impl Ca {
     /// Loads the CA certificate and key; the key must be readable by its owner only, and
     /// the certificate must be a CA whose key matches.
@@ -240,6 +281,13 @@ impl Ca {
                 cert_path,
                 "is not a CA certificate (basicConstraints CA:TRUE)".into(),
             ));
+        }
+        for weakness in older_ca_weaknesses(&parsed) {
+            tracing::warn!(
+                ca_cert = %cert_path.display(),
+                weakness,
+                "the upgrade CA predates tlspeek's current limits; run `tlspeek ca init` again (and deploy the new ca.crt) to get them"
+            );
         }
         let (mut permitted, mut excluded) = (None, Vec::new());
         if let Ok(Some(nc)) = parsed.name_constraints() {
@@ -399,6 +447,125 @@ mod tests {
         let text = String::from_utf8(leaf.to_text().unwrap()).unwrap();
         assert!(text.contains("DNS:login.microsoftonline.com"), "{text}");
         assert!(text.contains("sha256WithRSAEncryption"));
+    }
+
+    /// A leaf signed with the CA key as a thief would sign it: any SANs, any usage.
+    fn thief_leaf(ca: &Ca, sans: &[&str], usage: &str) -> X509 {
+        let mut b = X509Builder::new().unwrap();
+        b.set_version(2).unwrap();
+        serial(&mut b).unwrap();
+        b.set_subject_name(&name_builder("thief").unwrap()).unwrap();
+        b.set_issuer_name(ca.cert.subject_name()).unwrap();
+        b.set_pubkey(&ca.leaf_key).unwrap();
+        b.set_not_before(Asn1Time::days_from_now(0).unwrap().as_ref())
+            .unwrap();
+        b.set_not_after(Asn1Time::days_from_now(5).unwrap().as_ref())
+            .unwrap();
+        let mut san = SubjectAlternativeName::new();
+        for s in sans {
+            match s.split_once(':') {
+                Some(("IP", v)) => san.ip(v),
+                Some(("email", v)) => san.email(v),
+                Some(("URI", v)) => san.uri(v),
+                _ => san.dns(s),
+            };
+        }
+        let san = san.build(&b.x509v3_context(Some(&ca.cert), None)).unwrap();
+        b.append_extension(san).unwrap();
+        let mut eku = ExtendedKeyUsage::new();
+        match usage {
+            "client" => eku.client_auth(),
+            "email" => eku.email_protection(),
+            _ => eku.server_auth(),
+        };
+        b.append_extension(eku.build().unwrap()).unwrap();
+        b.sign(&ca.key, MessageDigest::sha256()).unwrap();
+        b.build()
+    }
+
+    /// `openssl verify` of `leaf` against the CA file for `purpose`.
+    fn verifies(dir: &Path, crt: &Path, leaf: &X509, purpose: &str) -> bool {
+        let p = dir.join(format!("leaf-{}.pem", rand_name()));
+        std::fs::write(&p, leaf.to_pem().unwrap()).unwrap();
+        let out = std::process::Command::new("openssl")
+            .arg("verify")
+            .arg("-purpose")
+            .arg(purpose)
+            .arg("-CAfile")
+            .arg(crt)
+            .arg(&p)
+            .output()
+            .expect("openssl is on every machine");
+        out.status.success()
+    }
+
+    fn rand_name() -> String {
+        let mut b = [0u8; 8];
+        openssl::rand::rand_bytes(&mut b).unwrap();
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    #[test]
+    fn a_stolen_key_signs_no_ip_client_or_email_leaf() {
+        let dir = tempfile::tempdir().unwrap();
+        let (crt, key) = init(dir.path(), &permits(DEFAULT_PERMITTED), 30).unwrap();
+        let ca = Ca::load(&crt, &key).unwrap();
+        let der = ca.cert.to_der().unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert!(older_ca_weaknesses(&parsed).is_empty());
+        let d = dir.path();
+        // The control: what tlspeek mints verifies as a server certificate.
+        let ours = ca.mint("login.microsoftonline.com").unwrap();
+        assert!(verifies(d, &crt, &ours, "sslserver"));
+        let ok_dns = thief_leaf(&ca, &["login.microsoftonline.com"], "server");
+        assert!(
+            verifies(d, &crt, &ok_dns, "sslserver"),
+            "a permitted DNS name"
+        );
+        // Outside the permitted names, an IP address, another usage: refused.
+        let other = thief_leaf(&ca, &["www.example.com"], "server");
+        assert!(!verifies(d, &crt, &other, "sslserver"));
+        for ip in ["IP:203.0.113.5", "IP:10.0.0.1", "IP:2001:db8::1"] {
+            let l = thief_leaf(&ca, &["login.microsoftonline.com", ip], "server");
+            assert!(!verifies(d, &crt, &l, "sslserver"), "{ip}");
+        }
+        let client = thief_leaf(&ca, &["login.microsoftonline.com"], "client");
+        assert!(!verifies(d, &crt, &client, "sslclient"));
+        let smime = thief_leaf(&ca, &["email:ceo@corp.example"], "email");
+        assert!(!verifies(d, &crt, &smime, "smimesign"));
+    }
+
+    #[test]
+    fn an_older_ca_is_named_weak() {
+        // A CA as `ca init` made it before: DNS constraints only, no extended key usage.
+        let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let mut b = X509Builder::new().unwrap();
+        b.set_version(2).unwrap();
+        serial(&mut b).unwrap();
+        let name = name_builder("old").unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(&name).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(Asn1Time::days_from_now(0).unwrap().as_ref())
+            .unwrap();
+        b.set_not_after(Asn1Time::days_from_now(5).unwrap().as_ref())
+            .unwrap();
+        b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
+            .unwrap();
+        #[allow(deprecated)]
+        let nc = openssl::x509::X509Extension::new_nid(
+            None,
+            None,
+            Nid::NAME_CONSTRAINTS,
+            "critical,permitted;DNS:microsoft.com",
+        )
+        .unwrap();
+        b.append_extension(nc).unwrap();
+        b.sign(&key, MessageDigest::sha256()).unwrap();
+        let der = b.build().to_der().unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let w = older_ca_weaknesses(&parsed);
+        assert_eq!(w.len(), 2, "{w:?}");
     }
 
     #[test]

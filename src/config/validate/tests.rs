@@ -41,6 +41,21 @@ fn embedded_default_is_valid_and_safe() {
             .deny_destinations
             .contains("20.190.128.1".parse().unwrap())
     );
+    let d = &c.proxy.deny_destinations;
+    for a in [
+        "100.100.100.200",
+        "192.0.0.192",
+        "::127.0.0.1",
+        "::169.254.169.254",
+        "64:ff9b::a9fe:a9fe",
+        "64:ff9b::127.0.0.1",
+        "::ffff:100.100.100.200",
+    ] {
+        assert!(d.denies(a.parse().unwrap()), "{a} is denied");
+    }
+    for a in ["20.190.128.1", "64:ff9b::14be:8001", "2603:1006::1"] {
+        assert!(!d.denies(a.parse().unwrap()), "{a} is not denied");
+    }
     assert!(!c.proxy.allowed_sources.contains("8.8.8.8".parse().unwrap()));
     assert_eq!(c.proxy.hello_timeout, Duration::from_secs(5));
     assert_eq!(c.metrics.watched_destinations.0.len(), 16);
