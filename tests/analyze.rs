@@ -1351,3 +1351,18 @@ fn events_to_a_reader_that_goes_away() {
     assert!(stderr.is_empty(), "{stderr}");
     assert_eq!(made.connections, 2000);
 }
+
+#[test]
+fn a_warning_alert_before_the_server_hello_is_read_past() {
+    // tcpdump of curl --tlsv1.0 through a relay that sends a warning unrecognized_name
+    // alert before the real server's flight (tests/fixtures/pcap/README.md).
+    let path = format!("{FIXTURES}/pcap/warning_alert.pcap");
+    let (ev, _) = events_of(Path::new(&path), &["--all", "--format", "json"]);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    let e = &ev[0];
+    assert_eq!(e["negotiated_version"], "TLS1.0", "{e}");
+    assert_eq!(e["negotiated_cipher"], "0xc014", "{e}");
+    assert_ne!(e["outcome"], "rejected_by_server", "{e}");
+    assert_eq!(e["server_alert"], Value::Null, "{e}");
+    assert_eq!(e["legacy_reasons"][0], "negotiated_tls10", "{e}");
+}

@@ -180,3 +180,114 @@ fn guard_wait(guard: &mut Proc) -> std::process::Output {
         stderr,
     }
 }
+
+/// `run` on `cfg`: its exit code and stderr. It must refuse before binding, so it ends on
+/// its own; a run that is still going after 10 s is killed and reported as started.
+fn run_refuses(cfg: &std::path::Path) -> (Option<i32>, String) {
+    let mut child = Command::new(exe())
+        .args(["run", "--config"])
+        .arg(cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < end {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            return (status.code(), err);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    (None, "still running: run accepted the config".into())
+}
+
+#[test]
+fn check_config_and_run_give_the_same_verdict_on_secrets() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!(
+        "[proxy]\nlisten = \"127.0.0.1:{}\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n[inventory]\npath = \"\"\n",
+        free_port(),
+        free_port()
+    );
+    let short = dir.path().join("short-token");
+    write_secret(&short, "abcde\n");
+    let repetitive = dir.path().join("aaaa-token");
+    write_secret(&repetitive, "aaaaaaaaaaaaaaaaaaaa\n");
+    let readable = dir.path().join("readable-token");
+    std::fs::write(&readable, "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&readable, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let creds_readable = dir.path().join("creds");
+    std::fs::write(&creds_readable, passwd("alice", "pw-for-the-test")).unwrap();
+    std::fs::set_permissions(&creds_readable, std::fs::Permissions::from_mode(0o604)).unwrap();
+    let cases = [
+        (
+            format!("[admin]\ntoken_file = \"{}\"\n", short.display()),
+            "at least 16 characters",
+        ),
+        (
+            format!("[admin]\ntoken_file = \"{}\"\n", repetitive.display()),
+            "distinct characters",
+        ),
+        (
+            format!("[admin]\ntoken_file = \"{}\"\n", readable.display()),
+            "readable by others (mode 0644)",
+        ),
+        (
+            format!(
+                "[auth]\ncredentials_file = \"{}\"\n",
+                dir.path().join("missing").display()
+            ),
+            "auth.credentials_file",
+        ),
+        (
+            format!(
+                "[auth]\ncredentials_file = \"{}\"\n",
+                creds_readable.display()
+            ),
+            "chmod 640",
+        ),
+    ];
+    for (i, (extra, why)) in cases.iter().enumerate() {
+        // `[admin]` may appear twice in text: merge by writing the admin keys into one table.
+        let text = if extra.starts_with("[admin]") {
+            base.replace("[admin]\n", extra)
+        } else {
+            format!("{base}{extra}")
+        };
+        let cfg = dir.path().join(format!("c{i}.toml"));
+        std::fs::write(&cfg, text).unwrap();
+        let (code, out, err) = run(&["check-config", &path_str(&cfg)]);
+        assert_ne!(code, 0, "check-config accepted case {i}: {out}");
+        assert!(err.contains(why), "check-config, case {i}: {err}");
+        let (code, err) = run_refuses(&cfg);
+        assert!(code.is_some_and(|c| c != 0), "run accepted case {i}: {err}");
+        assert!(err.contains(why), "run, case {i}: {err}");
+        // An image build checks keys and values only.
+        let (code, _, err) = run(&["check-config", "--skip-files", &path_str(&cfg)]);
+        assert_eq!(code, 0, "--skip-files, case {i}: {err}");
+    }
+}
+
+#[test]
+fn check_config_redacts_the_parent_proxy_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[upstream]\nproxy = \"http://egress-user:Sup3r-S3cret-pw@127.0.0.1:3129\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(&["check-config", &path_str(&cfg)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("Sup3r-S3cret-pw"), "{out}");
+    assert!(
+        out.contains("proxy = \"http://egress-user:REDACTED@127.0.0.1:3129\""),
+        "{out}"
+    );
+}

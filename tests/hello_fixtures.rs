@@ -799,3 +799,51 @@ fn mutated_fixtures_never_panic_and_answers_are_stable() {
         }
     }
 }
+
+#[test]
+fn tls13_draft_server_hellos() {
+    // Hand-built (fixtures/make_drafts.py): draft 18's own format, which tls-parser does not
+    // read, and draft 23's final format with the draft in supported_versions.
+    let cases: [(&[u8], u16, &[u16]); 2] = [
+        (
+            include_bytes!("fixtures/server_draft_7f12.bin"),
+            0x7f12,
+            &[0x0028],
+        ),
+        (
+            include_bytes!("fixtures/server_draft_7f17.bin"),
+            0x7f17,
+            &[0x002b, 0x0033],
+        ),
+    ];
+    for (bytes, version, extensions) in cases {
+        let s = server_hello(bytes);
+        assert_eq!(s.negotiated_version, version, "{version:#06x}");
+        assert_eq!(version_name(s.negotiated_version), "TLS1.3-draft");
+        assert_eq!(s.cipher_suite, 0x1301);
+        assert_eq!(s.extensions, extensions, "{version:#06x}");
+        assert_eq!(s.hello_len, bytes.len());
+        assert!(!s.hello_retry_request);
+        // A TLS 1.3 draft is not legacy, whatever the hello offered.
+        let v = classify_negotiated(Some(&hello(include_bytes!("fixtures/curl_tls13.bin"))), &s);
+        assert!(!v.legacy, "{version:#06x}: {:?}", v.reasons);
+        for n in 0..bytes.len() {
+            assert_eq!(
+                detect_server_hello(&bytes[..n], MAX_HELLO_BYTES),
+                ServerDetection::NeedMore,
+                "{version:#06x} prefix {n}"
+            );
+        }
+    }
+    // A draft-18 hello that lies about its length is malformed, not a panic.
+    let mut bad = include_bytes!("fixtures/server_draft_7f12.bin").to_vec();
+    bad.truncate(bad.len() - 3);
+    let body_len = bad.len() - 9;
+    bad[6..9].copy_from_slice(&(body_len as u32).to_be_bytes()[1..]);
+    let record_len = (bad.len() - 5) as u16;
+    bad[3..5].copy_from_slice(&record_len.to_be_bytes());
+    assert_eq!(
+        detect_server_hello(&bad, MAX_HELLO_BYTES),
+        ServerDetection::NotTls
+    );
+}

@@ -5,10 +5,8 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use common::*;
 
 fn echo_server() -> u16 {
@@ -27,48 +25,12 @@ fn echo_server() -> u16 {
     port
 }
 
-fn passwd(user: &str, password: &str) -> String {
-    let mut child = Command::new(exe())
-        .args(["passwd", user])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn connect_with(proxy: u16, source: &str, target: &str, auth: Option<(&str, &str)>) -> String {
-    let mut s = connect_from(source, proxy, Duration::from_secs(10));
-    let header = auth
-        .map(|(u, p)| {
-            format!(
-                "Proxy-Authorization: Basic {}\r\n",
-                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
-            )
-        })
-        .unwrap_or_default();
-    write!(
-        s,
-        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{header}\r\n"
-    )
-    .unwrap();
-    read_head(&mut s)
-}
-
 #[test]
 fn proxy_authentication() {
     let echo = echo_server();
     let dir = tempfile::tempdir().unwrap();
     let creds = dir.path().join("credentials");
-    std::fs::write(&creds, passwd("alice", "correct horse")).unwrap();
+    write_secret(&creds, &passwd("alice", "correct horse"));
     let t = Tlspeek::start(
         &format!("allowed_ports = [{echo}]\n"),
         &format!(
@@ -167,7 +129,7 @@ fn admin_request(port: u16, source: &str, request: &str) -> String {
 fn the_admin_plane_is_locked_down() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
-    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
+    write_secret(&token, "0123456789abcdef0123456789abcdef\n");
     let t = Tlspeek::start(
         "allowed_ports = [443]\n",
         &format!(

@@ -260,3 +260,113 @@ fn first_byte_from_the_server_is_not_held_back() {
         "the server's bytes waited for the peek"
     );
 }
+
+/// A relay in front of `upstream` that writes a warning-level `unrecognized_name` alert to
+/// the client just before the server's first bytes (older IIS and Apache do this when the
+/// SNI matches no site, and the handshake goes on). Serves `connections` connections.
+fn warning_alert_relay(upstream: u16, connections: usize) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for _ in 0..connections {
+            let Ok((client, _)) = l.accept() else { return };
+            let server = std::net::TcpStream::connect(("127.0.0.1", upstream)).unwrap();
+            let (mut c_read, mut s_write) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c_read, &mut s_write);
+                let _ = s_write.shutdown(Shutdown::Write);
+            });
+            let (mut s_read, mut c_write) = (server, client);
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                let mut first = true;
+                loop {
+                    let n = match s_read.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if first {
+                        first = false;
+                        if c_write
+                            .write_all(&[0x15, 0x03, 0x01, 0x00, 0x02, 0x01, 0x70])
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    if c_write.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = c_write.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_warning_alert_before_the_server_hello_is_not_a_rejection() {
+    if !require(&["curl", "openssl"]) {
+        return;
+    }
+    let (_server, up) = openssl_server(&[]);
+    let relay = warning_alert_relay(up, 1);
+    let t = Tlspeek::start(&format!("allowed_ports = [{relay}]\n"), "");
+    let (code, err) = curl_via(
+        t.proxy_port,
+        relay,
+        LOGIN,
+        &[
+            "--tlsv1.0",
+            "--tls-max",
+            "1.0",
+            "--ciphers",
+            "DEFAULT:@SECLEVEL=0",
+        ],
+    );
+    assert_eq!(code, "200", "curl through the relay: {err}");
+    let e = event_for(&t, relay);
+    assert_eq!(e["negotiated_version"], "TLS1.0", "{e}");
+    assert_eq!(e["outcome"], "closed", "{e}");
+    assert_eq!(e["server_alert"], Value::Null, "{e}");
+    assert_eq!(e["legacy_reasons"][0], "negotiated_tls10", "{e}");
+    let m = t.metrics();
+    assert_eq!(
+        sample(
+            &m,
+            "tlspeek_handshakes_total",
+            &[("version", "TLS1.0"), ("destination", LOGIN)]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+}
+
+#[test]
+fn tls13_draft_server_hellos_are_named_and_not_legacy() {
+    for (fixture_name, cipher) in [
+        ("server_draft_7f12", "0x1301"),
+        ("server_draft_7f17", "0x1301"),
+    ] {
+        let answer = fixture(fixture_name);
+        let port = scripted_server(answer.clone(), 1024);
+        let t = Tlspeek::start(&format!("allowed_ports = [{port}]\n"), "");
+        let (mut s, status) = connect_tunnel(t.proxy_port, &format!("127.0.0.1:{port}"));
+        assert!(status.contains(" 200 "), "{status}");
+        s.write_all(&fixture("curl_tls13")).unwrap();
+        let mut got = vec![0u8; answer.len()];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(got, answer, "{fixture_name}: bytes changed on the way");
+        s.shutdown(Shutdown::Write).unwrap();
+        let _ = s.read_to_end(&mut Vec::new());
+        let e = event_for(&t, port);
+        assert_eq!(
+            e["negotiated_version"], "TLS1.3-draft",
+            "{fixture_name}: {e}"
+        );
+        assert_eq!(e["negotiated_cipher"], cipher, "{fixture_name}: {e}");
+        assert_eq!(e["legacy"], false, "{fixture_name}: {e}");
+    }
+}

@@ -5,10 +5,12 @@
 
 use tls_parser::TlsCipherSuite;
 
-/// `SSL2.0`, `SSL3.0`, `TLS1.0` … `TLS1.3`; `unknown` for anything else (drafts, DTLS,
-/// GREASE, garbage).
+/// `SSL2.0`, `SSL3.0`, `TLS1.0` … `TLS1.3`; `TLS1.3-draft` for the pre-standard TLS 1.3
+/// drafts (`0x7f00`–`0x7fff`, browsers of 2016–2018; not legacy); `unknown` for anything
+/// else (DTLS, GREASE, garbage).
 pub fn version_name(v: u16) -> &'static str {
     match v {
+        0x7f00..=0x7fff => "TLS1.3-draft",
         0x0002 => "SSL2.0",
         0x0300 => "SSL3.0",
         0x0301 => "TLS1.0",
@@ -119,7 +121,11 @@ mod tests {
             (0x0303, "TLS1.2"),
             (0x0304, "TLS1.3"),
             (0x0200, "unknown"),
-            (0x7f1c, "unknown"),
+            (0x7f00, "TLS1.3-draft"),
+            (0x7f12, "TLS1.3-draft"),
+            (0x7f1c, "TLS1.3-draft"),
+            (0x7fff, "TLS1.3-draft"),
+            (0x7e02, "unknown"),
             (0x0a0a, "unknown"),
             (0xfefd, "unknown"),
         ];

@@ -18,6 +18,11 @@ impl<'a> Reader<'a> {
         self.rest.is_empty()
     }
 
+    /// The bytes not read yet.
+    pub(crate) fn rest(self) -> &'a [u8] {
+        self.rest
+    }
+
     pub(crate) fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         if n > self.rest.len() {
             return None;

@@ -43,6 +43,11 @@ pub(crate) fn parse_server_hello(
     hello_len: usize,
 ) -> Result<ServerHelloSummary, Malformed> {
     let body = message.get(4..).ok_or(Malformed("handshake header"))?;
+    if let Some(&[0x7f, minor]) = body.get(..2) {
+        if minor <= LAST_OLD_FORMAT_DRAFT {
+            return parse_draft_server_hello(message, record_version, hello_len);
+        }
+    }
     let (rest, parsed) =
         parse_tls_message_handshake(message).map_err(|_| Malformed("server hello"))?;
     if !rest.is_empty() {
@@ -75,8 +80,52 @@ pub(crate) fn parse_server_hello(
         hello_len,
     };
     let tail = body.get(fixed_len..).ok_or(Malformed("server hello"))?;
+    read_extensions(tail, &mut s)?;
+    Ok(s)
+}
+
+/// TLS 1.3 drafts up to 21 (`0x7f00`–`0x7f15`) used a ServerHello of their own: version,
+/// random, cipher suite, extensions — no session id, no compression. Drafts 22 and later
+/// use the final format (legacy version `0x0303`, the draft in `supported_versions`).
+const LAST_OLD_FORMAT_DRAFT: u8 = 0x15;
+
+/// Parses a draft-format ServerHello by hand (tls-parser knows only draft 18's).
+fn parse_draft_server_hello(
+    message: &[u8],
+    record_version: u16,
+    hello_len: usize,
+) -> Result<ServerHelloSummary, Malformed> {
+    let mut m = Reader::new(message);
+    let _msg_type = m.u8().ok_or(Malformed("handshake header"))?;
+    let len = m.take(3).ok_or(Malformed("handshake header"))?;
+    let len = u32::from_be_bytes([0, len[0], len[1], len[2]]) as usize;
+    let body = m.take(len).ok_or(Malformed("handshake length"))?;
+    if !m.is_empty() {
+        return Err(Malformed("handshake length"));
+    }
+    let mut r = Reader::new(body);
+    let version = r.u16().ok_or(Malformed("server hello"))?;
+    let random = r.take(32).ok_or(Malformed("server hello"))?;
+    let cipher_suite = r.u16().ok_or(Malformed("server hello"))?;
+    let mut s = ServerHelloSummary {
+        record_version,
+        legacy_version: version,
+        negotiated_version: version,
+        cipher_suite,
+        extensions: Vec::new(),
+        hello_retry_request: random == HRR_RANDOM,
+        hello_len,
+    };
+    read_extensions(r.rest(), &mut s)?;
+    Ok(s)
+}
+
+/// Reads the extension block after a ServerHello's fixed part (absent in SSL 3.0 and some
+/// TLS 1.0 servers): extension types, and the negotiated version from
+/// `supported_versions`.
+fn read_extensions(tail: &[u8], s: &mut ServerHelloSummary) -> Result<(), Malformed> {
     if tail.is_empty() {
-        return Ok(s);
+        return Ok(());
     }
     let mut r = Reader::new(tail);
     let block = r.vec16().ok_or(Malformed("extension block"))?;
@@ -101,7 +150,7 @@ pub(crate) fn parse_server_hello(
             }
         }
     }
-    Ok(s)
+    Ok(())
 }
 
 #[cfg(test)]

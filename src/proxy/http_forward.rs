@@ -208,35 +208,6 @@ async fn forward(ctx: Arc<HttpClient>, req: Request<Incoming>) -> Response<Proxy
         text(status, why)
     };
 
-    // Proxy authentication for every request, not just a connection's first: a later
-    // request without (good) credentials on the same keep-alive connection gets 407 too.
-    if let Some(auth) = shared.auth.load_full() {
-        let given = req
-            .headers()
-            .get(header::PROXY_AUTHORIZATION)
-            .map(HeaderValue::as_bytes);
-        match auth.check(ctx.peer.ip(), given).await.verdict() {
-            Ok(user) => rec.user = user,
-            Err(r) => {
-                shared
-                    .metrics
-                    .auth_failures
-                    .with_label_values(&[r.metric_reason])
-                    .inc();
-                let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN);
-                let mut resp = refuse(rec, status, Outcome::AuthRequired, r.reason.into());
-                if let Some((name, value)) = r.header.split_once(": ") {
-                    if let (Ok(n), Ok(v)) = (
-                        HeaderName::from_bytes(name.as_bytes()),
-                        HeaderValue::from_str(value),
-                    ) {
-                        resp.headers_mut().insert(n, v);
-                    }
-                }
-                return resp;
-            }
-        }
-    }
     // Only absolute-form http:// requests; https goes through CONNECT.
     let uri = req.uri().clone();
     match uri.scheme_str() {
@@ -290,6 +261,36 @@ async fn forward(ctx: Arc<HttpClient>, req: Request<Incoming>) -> Response<Proxy
     };
     rec.target_host = Some(target.host.to_string());
     rec.target_port = Some(port);
+    // Proxy authentication for every request, not just a connection's first: a later
+    // request without (good) credentials on the same keep-alive connection gets 407 too.
+    // (After the URL is read, so that the refusal's event line names its target.)
+    if let Some(auth) = shared.auth.load_full() {
+        let given = req
+            .headers()
+            .get(header::PROXY_AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        match auth.check(ctx.peer.ip(), given).await.verdict() {
+            Ok(user) => rec.user = user,
+            Err(r) => {
+                shared
+                    .metrics
+                    .auth_failures
+                    .with_label_values(&[r.metric_reason])
+                    .inc();
+                let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN);
+                let mut resp = refuse(rec, status, Outcome::AuthRequired, r.reason.into());
+                if let Some((name, value)) = r.header.split_once(": ") {
+                    if let (Ok(n), Ok(v)) = (
+                        HeaderName::from_bytes(name.as_bytes()),
+                        HeaderValue::from_str(value),
+                    ) {
+                        resp.headers_mut().insert(n, v);
+                    }
+                }
+                return resp;
+            }
+        }
+    }
     let cfg = &ctx.cfg;
     if !cfg.proxy.allowed_http_ports.contains(&port) {
         return refuse(

@@ -511,6 +511,56 @@ pub fn status_of(response: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// A credentials line from `tlspeek passwd`.
+pub fn passwd(user: &str, password: &str) -> String {
+    let mut child = Command::new(exe())
+        .args(["passwd", user])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A `Basic` credentials header value.
+pub fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// A CONNECT from `source` with optional Basic credentials; returns the response head.
+pub fn connect_with(proxy: u16, source: &str, target: &str, auth: Option<(&str, &str)>) -> String {
+    let mut s = connect_from(source, proxy, Duration::from_secs(10));
+    let header = auth
+        .map(|(u, p)| format!("Proxy-Authorization: {}\r\n", basic(u, p)))
+        .unwrap_or_default();
+    write!(
+        s,
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{header}\r\n"
+    )
+    .unwrap();
+    read_head(&mut s)
+}
+
+/// Writes a secret file as an operator would (mode 0600): tlspeek refuses secret files
+/// that others can read.
+pub fn write_secret(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
