@@ -1,6 +1,8 @@
 //! The admin listener: `/metrics` (Prometheus text format), `/healthz` (liveness),
 //! `/readyz` (503 once shutdown begins), `/legacy` (JSON) and `/legacy.csv` (the inventory,
-//! with `?since=`, `?destination=`, `?legacy=true|false`, `?limit=`), `POST /-/reload`.
+//! with `?since=`, `?destination=`, `?legacy=true|false`, `?limit=`), `POST /-/reload`,
+//! `/debug/tunnels` (every open tunnel: bytes, idle time, each direction's path and wait,
+//! the buffer and pipe pools).
 //! Every request is checked against `[admin] allowed_sources`; `/legacy*` and reload need
 //! `Authorization: Bearer <token>` when `[admin] token_file` is set; admin connections are
 //! bounded in number and time. A source that neither the admin's nor the proxy's
@@ -192,17 +194,26 @@ async fn route(
     }
     let known = matches!(
         path,
-        "/metrics" | "/healthz" | "/readyz" | "/legacy" | "/legacy.csv" | "/-/reload"
+        "/metrics"
+            | "/healthz"
+            | "/readyz"
+            | "/legacy"
+            | "/legacy.csv"
+            | "/-/reload"
+            | "/debug/tunnels"
     );
     if !known {
         return text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /healthz, /readyz, /legacy, /legacy.csv, POST /-/reload\n",
+            "not found: try /metrics, /healthz, /readyz, /legacy, /legacy.csv, /debug/tunnels, POST /-/reload\n",
         );
     }
-    // The inventory names weak internal hosts, and reload changes the proxy: both need the
-    // bearer token when one is configured.
-    if matches!(path, "/legacy" | "/legacy.csv" | "/-/reload") {
+    // The inventory and the tunnel list name internal hosts, and reload changes the proxy:
+    // they need the bearer token when one is configured.
+    if matches!(
+        path,
+        "/legacy" | "/legacy.csv" | "/-/reload" | "/debug/tunnels"
+    ) {
         if let Some(token) = shared.admin_token.load_full() {
             if !bearer_matches(req, &token) {
                 let mut r = text(StatusCode::UNAUTHORIZED, "a bearer token is required\n");
@@ -237,6 +248,16 @@ async fn route(
         }
         "/readyz" => text(StatusCode::OK, "ready\n"),
         "/legacy" | "/legacy.csv" => legacy(shared, path == "/legacy.csv", req.uri().query()).await,
+        "/debug/tunnels" => {
+            let body = serde_json::to_string(&shared.tunnels.snapshot())
+                .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+            let mut r = text(StatusCode::OK, body);
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
         _ => text(StatusCode::OK, "ok\n"),
     }
 }

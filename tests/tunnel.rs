@@ -343,3 +343,62 @@ fn shutdown_stops_accepting_and_drains_open_tunnels() {
     assert_eq!(ev.len(), 1, "{ev:?}\n{}", t.stderr());
     assert_eq!(ev[0]["bytes_up"], 12);
 }
+
+#[test]
+fn debug_tunnels_shows_each_open_tunnel_and_its_pumps() {
+    let echo = spawn_echo();
+    let t = Tlspeek::start(&format!("allowed_ports = [{echo}]\n"), "");
+    let (mut s, status) = connect_tunnel(t.proxy_port, &format!("127.0.0.1:{echo}"));
+    assert!(status.contains(" 200 "), "{status}");
+    let hello = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/curl_tls12.bin"
+    ))
+    .unwrap();
+    s.write_all(&hello).unwrap();
+    let mut back = vec![0u8; hello.len()];
+    s.read_exact(&mut back).unwrap();
+    let port = s.local_addr().unwrap().port();
+    let find = || -> Option<Value> {
+        let (code, body) = t.admin_get("/debug/tunnels");
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            v["pipes"]["pooled"].is_u64() && v["buffers_pooled"].is_u64(),
+            "{v}"
+        );
+        v["tunnels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["client"] == format!("127.0.0.1:{port}"))
+            .cloned()
+    };
+    let end = Instant::now() + Duration::from_secs(5);
+    let entry = loop {
+        let e = find().expect("the open tunnel is listed");
+        let idle = e["up"]["waiting"] == "readable" && e["down"]["waiting"] == "readable";
+        if idle || Instant::now() > end {
+            break e;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(entry["target"], format!("127.0.0.1:{echo}"), "{entry}");
+    assert_eq!(entry["up"]["bytes"], hello.len(), "{entry}");
+    assert_eq!(entry["down"]["bytes"], hello.len(), "{entry}");
+    assert_eq!(
+        entry["up"]["waiting"], "readable",
+        "an idle tunnel waits to read: {entry}"
+    );
+    assert_eq!(entry["down"]["waiting"], "readable", "{entry}");
+    assert!(
+        ["copy", "splice"].contains(&entry["down"]["path"].as_str().unwrap()),
+        "the ServerHello tap is done: {entry}"
+    );
+    drop(s);
+    let end = Instant::now() + Duration::from_secs(5);
+    while find().is_some() {
+        assert!(Instant::now() < end, "a closed tunnel stays listed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -152,7 +152,7 @@ pub async fn handle(
     let src = source_label(&cfg, peer.ip());
     let mut rec = ConnectionRecord::new(id, mode, peer, src.value.clone());
     rec.note = header_error;
-    let stats = TunnelStats::new();
+    let stats = Arc::new(TunnelStats::new());
     let watch = HandshakeWatch::new();
     let mut outcome = match admission {
         Admission::Refused(refusal) => {
@@ -268,7 +268,7 @@ pub(super) struct Conn<'a> {
     pub(super) client: &'a TcpStream,
     pub(super) peer: SocketAddr,
     pub(super) src: &'a SourceLabel,
-    pub(super) stats: &'a TunnelStats,
+    pub(super) stats: &'a Arc<TunnelStats>,
     pub(super) watch: &'a HandshakeWatch,
     pub(super) mode: Mode,
 }
@@ -383,6 +383,7 @@ impl Conn<'_> {
             return Outcome::ClientReset;
         }
         let _active = ActiveTunnel::open(&self.shared.metrics.active_tunnels);
+        let _listed = self.list(rec.id, &target);
         match self.tunnel(&upstream, &target, head.rest, rec).await {
             TunnelEnd::Done(outcome) => outcome,
             TunnelEnd::Upgrade { held, plan } => self.upgrade(&upstream, held, plan, rec).await,
@@ -470,10 +471,21 @@ impl Conn<'_> {
             }
         };
         let _active = ActiveTunnel::open(&self.shared.metrics.active_tunnels);
+        let _listed = self.list(rec.id, &target);
         match self.tunnel(&upstream, &target, Vec::new(), rec).await {
             TunnelEnd::Done(outcome) => outcome,
             TunnelEnd::Upgrade { held, plan } => self.upgrade(&upstream, held, plan, rec).await,
         }
+    }
+
+    /// Lists the tunnel in `/debug/tunnels` while the returned guard lives.
+    fn list(&self, id: u64, target: &Authority) -> super::registry::Listed<'_> {
+        self.shared.tunnels.list(
+            id,
+            self.peer,
+            format!("{}:{}", target.host, target.port),
+            self.stats,
+        )
     }
 
     /// Proxy authentication, when configured: 407 without (good) credentials, 429 when the

@@ -11,6 +11,7 @@ pub mod listener;
 pub mod parent;
 pub mod peek;
 pub mod proxy_protocol;
+pub mod registry;
 pub mod reload;
 pub mod request;
 pub mod splice;
@@ -61,6 +62,8 @@ pub struct Shared {
     pub source: reload::ConfigSource,
     reload_lock: tokio::sync::Mutex<()>,
     pub limits: Arc<Limits>,
+    /// The open tunnels (`/debug/tunnels`).
+    pub tunnels: registry::Registry,
     next_id: AtomicU64,
     /// Every connection task, so shutdown can wait for them.
     pub tracker: TaskTracker,
@@ -157,6 +160,7 @@ pub async fn run(
             cfg.proxy.max_connections,
             cfg.proxy.max_connections_per_source,
         ),
+        tunnels: Default::default(),
         config: ArcSwap::from_pointee(cfg),
         metrics: metrics.clone(),
         events,

@@ -13,7 +13,7 @@
 use std::io::{self, Read};
 use std::net::Shutdown;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus::IntCounter;
@@ -73,6 +73,10 @@ pub struct TunnelStats {
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
     pub activity: Activity,
+    /// Where each direction's pump is (for `/debug/tunnels`: a stalled transfer shows
+    /// whether it waits to read or to write, and on which path).
+    pub up_state: PumpState,
+    pub down_state: PumpState,
 }
 
 impl TunnelStats {
@@ -81,7 +85,29 @@ impl TunnelStats {
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
             activity: Activity::new(),
+            up_state: PumpState::default(),
+            down_state: PumpState::default(),
         }
+    }
+
+    /// The flow of the direction that reads from `from`, counted in `metric`.
+    pub fn flow<'a>(&'a self, from: Side, metric: &'a IntCounter) -> Flow<'a> {
+        let (count, state) = match from {
+            Side::Client => (&self.bytes_up, &self.up_state),
+            Side::Upstream => (&self.bytes_down, &self.down_state),
+        };
+        Flow {
+            from,
+            count,
+            metric,
+            activity: &self.activity,
+            state,
+        }
+    }
+
+    /// Milliseconds since a byte last moved.
+    pub fn idle_ms(&self) -> u64 {
+        u64::try_from(self.activity.last().elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     pub fn add_up(&self, n: u64) {
@@ -98,6 +124,64 @@ impl TunnelStats {
 
     pub fn down(&self) -> u64 {
         self.bytes_down.load(Ordering::Relaxed)
+    }
+}
+
+/// The path a direction's bytes take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PumpPath {
+    NotStarted = 0,
+    /// Through user space, seen by the tap (the hello peeks).
+    Tapping = 1,
+    /// Through a pooled buffer.
+    Copy = 2,
+    /// Through a pooled pipe (`splice(2)`).
+    Splice = 3,
+    Ended = 4,
+}
+
+/// What a direction's pump is waiting for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PumpWait {
+    Nothing = 0,
+    Readable = 1,
+    Writable = 2,
+}
+
+/// A pump's path and what it waits for, readable from another thread.
+#[derive(Debug, Default)]
+pub struct PumpState {
+    path: AtomicU8,
+    waiting: AtomicU8,
+}
+
+impl PumpState {
+    pub fn set_path(&self, p: PumpPath) {
+        self.path.store(p as u8, Ordering::Relaxed);
+    }
+
+    pub fn set_waiting(&self, w: PumpWait) {
+        self.waiting.store(w as u8, Ordering::Relaxed);
+    }
+
+    pub fn path(&self) -> &'static str {
+        match self.path.load(Ordering::Relaxed) {
+            1 => "tapping",
+            2 => "copy",
+            3 => "splice",
+            4 => "ended",
+            _ => "not_started",
+        }
+    }
+
+    pub fn waiting(&self) -> &'static str {
+        match self.waiting.load(Ordering::Relaxed) {
+            1 => "readable",
+            2 => "writable",
+            _ => "nothing",
+        }
     }
 }
 
@@ -208,12 +292,13 @@ pub async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// What a pump updates as bytes flow.
+/// What a pump updates as bytes flow (made by [`TunnelStats::flow`]).
 pub struct Flow<'a> {
     pub from: Side,
     pub count: &'a AtomicU64,
     pub metric: &'a IntCounter,
     pub activity: &'a Activity,
+    pub state: &'a PumpState,
 }
 
 impl Flow<'_> {
@@ -274,42 +359,59 @@ pub async fn pump<T: Tap + Send + ?Sized>(
     // After zero-copy was refused (no pipe to be had, or not for these sockets): bytes to
     // copy before trying it again.
     let mut copy_first = 0usize;
-    loop {
-        if !tapping && copy_first == 0 && zero_copy::enabled() {
-            match zero_copy::pump(from, to, &flow).await {
-                zero_copy::End::Eof => {
+    let state = flow.state;
+    state.set_path(PumpPath::Tapping);
+    let r = async {
+        loop {
+            if !tapping && copy_first == 0 && zero_copy::enabled() {
+                state.set_path(PumpPath::Splice);
+                match zero_copy::pump(from, to, &flow).await {
+                    zero_copy::End::Eof => {
+                        let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
+                        return Ok(());
+                    }
+                    zero_copy::End::Failed(e) => return Err(e),
+                    zero_copy::End::Unsupported => {
+                        state.set_path(PumpPath::Copy);
+                        copy_first = RETRY_ZERO_COPY_AFTER;
+                    }
+                }
+            }
+            state.set_waiting(PumpWait::Readable);
+            from.readable().await.map_err(fail(reader))?;
+            state.set_waiting(PumpWait::Nothing);
+            let mut buf = PooledBuf::take();
+            let n = match read_drained(from, buf.as_mut()) {
+                Ok(0) => {
+                    // End of stream: pass the half-close on. ENOTCONN means the other side is
+                    // already fully closed, which the other pump reports.
                     let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
                     return Ok(());
                 }
-                zero_copy::End::Failed(e) => return Err(e),
-                zero_copy::End::Unsupported => copy_first = RETRY_ZERO_COPY_AFTER,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(fail(reader)(e)),
+            };
+            let chunk = buf.as_mut().get(..n).unwrap_or_default();
+            if tapping {
+                seen += n;
+                if tap.see(chunk) == Tapped::Done || seen >= TAP_WINDOW {
+                    tapping = false;
+                    state.set_path(PumpPath::Copy);
+                }
+            } else {
+                copy_first = copy_first.saturating_sub(n);
             }
+            state.set_waiting(PumpWait::Writable);
+            write_all(to, chunk).await.map_err(fail(writer))?;
+            state.set_waiting(PumpWait::Nothing);
+            flow.moved(n);
         }
-        from.readable().await.map_err(fail(reader))?;
-        let mut buf = PooledBuf::take();
-        let n = match read_drained(from, buf.as_mut()) {
-            Ok(0) => {
-                // End of stream: pass the half-close on. ENOTCONN means the other side is
-                // already fully closed, which the other pump reports.
-                let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
-                return Ok(());
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(fail(reader)(e)),
-        };
-        let chunk = buf.as_mut().get(..n).unwrap_or_default();
-        if tapping {
-            seen += n;
-            if tap.see(chunk) == Tapped::Done || seen >= TAP_WINDOW {
-                tapping = false;
-            }
-        } else {
-            copy_first = copy_first.saturating_sub(n);
-        }
-        write_all(to, chunk).await.map_err(fail(writer))?;
-        flow.moved(n);
     }
+    .await;
+    state.set_path(PumpPath::Ended);
+    state.set_waiting(PumpWait::Nothing);
+    r
 }
 
 /// Zero-copy for the pass-through phase: `splice(2)` from the source socket into a pipe
@@ -323,7 +425,7 @@ pub async fn pump<T: Tap + Send + ?Sized>(
 /// Off when `TLSPEEK_SPLICE=0` is set in the environment (for comparisons), and on other
 /// systems than Linux.
 pub mod zero_copy {
-    use super::{Flow, PumpError, Side};
+    use super::{Flow, PumpError, PumpWait, Side};
     use tokio::net::TcpStream;
 
     /// How a zero-copy pump stopped.
@@ -335,11 +437,16 @@ pub mod zero_copy {
     }
 
     #[cfg(target_os = "linux")]
-    pub use linux::{enabled, pump};
+    pub use linux::{enabled, pool_stats, pump};
 
     #[cfg(not(target_os = "linux"))]
     pub fn enabled() -> bool {
         false
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn pool_stats() -> super::PipePoolStats {
+        super::PipePoolStats::default()
     }
 
     #[cfg(not(target_os = "linux"))]
@@ -351,12 +458,13 @@ pub mod zero_copy {
     mod linux {
         use std::io;
         use std::os::fd::OwnedFd;
+        use std::sync::atomic::{AtomicUsize, Ordering};
         use std::sync::{Mutex, OnceLock};
 
         use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
         use tokio::io::Interest;
 
-        use super::{End, Flow, PumpError, Side, TcpStream};
+        use super::{End, Flow, PumpError, PumpWait, Side, TcpStream};
 
         /// Bytes one pipe holds (the kernel rounds to pages; the default is 64 KiB).
         const PIPE_SIZE: usize = 256 * 1024;
@@ -364,6 +472,19 @@ pub mod zero_copy {
         const PIPE_POOL_MAX: usize = 64;
 
         static PIPES: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+        /// Pipes taken from the pool (or made) and not yet given back or closed.
+        static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+        /// Pipes closed instead of pooled because an error left bytes in them.
+        static CLOSED_NOT_EMPTY: AtomicUsize = AtomicUsize::new(0);
+
+        /// The pipe pool as `/debug/tunnels` shows it.
+        pub fn pool_stats() -> crate::proxy::splice::PipePoolStats {
+            crate::proxy::splice::PipePoolStats {
+                pooled: PIPES.lock().map_or(0, |v| v.len()),
+                in_flight: IN_FLIGHT.load(Ordering::Relaxed),
+                closed_not_empty: CLOSED_NOT_EMPTY.load(Ordering::Relaxed),
+            }
+        }
 
         pub fn enabled() -> bool {
             static ON: OnceLock<bool> = OnceLock::new();
@@ -374,11 +495,24 @@ pub mod zero_copy {
             read: OwnedFd,
             write: OwnedFd,
             size: usize,
+            /// Set while taken; a taken pipe dropped (not given back) held bytes.
+            taken: bool,
+        }
+
+        impl Drop for Pipe {
+            fn drop(&mut self) {
+                if self.taken {
+                    IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+                    CLOSED_NOT_EMPTY.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
 
         impl Pipe {
             fn take() -> io::Result<Pipe> {
-                if let Some(p) = PIPES.lock().ok().and_then(|mut v| v.pop()) {
+                if let Some(mut p) = PIPES.lock().ok().and_then(|mut v| v.pop()) {
+                    p.taken = true;
+                    IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
                     return Ok(p);
                 }
                 let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
@@ -387,11 +521,19 @@ pub mod zero_copy {
                     .ok()
                     .and_then(|n| usize::try_from(n).ok())
                     .unwrap_or(64 * 1024);
-                Ok(Pipe { read, write, size })
+                IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+                Ok(Pipe {
+                    read,
+                    write,
+                    size,
+                    taken: true,
+                })
             }
 
             /// Back to the pool; only ever called with an empty pipe.
-            fn give_back(self) {
+            fn give_back(mut self) {
+                self.taken = false;
+                IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
                 if let Ok(mut v) = PIPES.lock() {
                     if v.len() < PIPE_POOL_MAX {
                         v.push(self);
@@ -413,9 +555,11 @@ pub mod zero_copy {
             let writer = reader.other();
             let fail = |culprit: Side, error: io::Error| End::Failed(PumpError { culprit, error });
             loop {
+                flow.state.set_waiting(PumpWait::Readable);
                 if let Err(e) = from.readable().await {
                     return fail(reader, e);
                 }
+                flow.state.set_waiting(PumpWait::Nothing);
                 let pipe = match Pipe::take() {
                     Ok(p) => p,
                     // Out of descriptors: this chunk goes through the copy path.
@@ -445,9 +589,11 @@ pub mod zero_copy {
                 };
                 let mut left = n;
                 while left > 0 {
+                    flow.state.set_waiting(PumpWait::Writable);
                     if let Err(e) = to.writable().await {
                         return fail(writer, e);
                     }
+                    flow.state.set_waiting(PumpWait::Nothing);
                     let put = to.try_io(Interest::WRITABLE, || {
                         Ok(splice(&pipe.read, None, to, None, left, FLAGS)?)
                     });
@@ -464,6 +610,22 @@ pub mod zero_copy {
             }
         }
     }
+}
+
+/// The zero-copy pipe pool at one moment.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct PipePoolStats {
+    /// Empty pipes waiting in the pool.
+    pub pooled: usize,
+    /// Pipes holding a chunk between its read and its write.
+    pub in_flight: usize,
+    /// Pipes closed because an error left bytes in them (never pooled).
+    pub closed_not_empty: usize,
+}
+
+/// Copy buffers waiting in the pool.
+pub fn buffers_pooled() -> usize {
+    POOL.lock().map_or(0, |p| p.len())
 }
 
 /// Resolves when no byte has moved for `idle`.
@@ -502,12 +664,7 @@ mod tests {
         let (dst_w, mut dst_r) = pair().await;
         let stats = TunnelStats::new();
         let metric = IntCounter::new("t", "t").unwrap();
-        let flow = Flow {
-            from: Side::Client,
-            count: &stats.bytes_up,
-            metric: &metric,
-            activity: &stats.activity,
-        };
+        let flow = stats.flow(Side::Client, &metric);
         let send = async {
             src_w.write_all(data).await.unwrap();
             src_w.shutdown().await.unwrap();

@@ -13,7 +13,7 @@ use super::authority::{Authority, Host};
 use super::connection::{Conn, lingering_close};
 use super::handshake::HelloContext;
 use super::peek::{FirstFlight, peek_client_hello};
-use super::splice::{self, Flow, PumpError, Side, SpliceEnd};
+use super::splice::{self, PumpError, Side, SpliceEnd};
 use crate::config::{Action, OnHelloTimeout, OnUnsupported};
 use crate::hello::{self, ClientHelloSummary};
 use crate::inventory::Observation;
@@ -79,12 +79,7 @@ impl Conn<'_> {
         let mut down = pin!(splice::pump(
             upstream,
             self.client,
-            Flow {
-                from: Side::Upstream,
-                count: &stats.bytes_down,
-                metric: &m.bytes_down,
-                activity: &stats.activity,
-            },
+            stats.flow(Side::Upstream, &m.bytes_down),
             &mut server_hello_tap,
         ));
         let mut down_done = false;
@@ -152,12 +147,7 @@ impl Conn<'_> {
             };
             return TunnelEnd::Done(self.failed(upstream, e));
         }
-        let up_flow = Flow {
-            from: Side::Client,
-            count: &stats.bytes_up,
-            metric: &m.bytes_up,
-            activity: &stats.activity,
-        };
+        let up_flow = stats.flow(Side::Client, &m.bytes_up);
         up_flow.moved(peeked.held.len());
 
         let mut up_done = peeked.client_eof;

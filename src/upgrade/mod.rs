@@ -293,18 +293,8 @@ where
     let (mut ur, mut uw) = tokio::io::split(upstream);
     let mut sniff = RequestSniff::default();
     let outcome = {
-        let up_flow = Flow {
-            from: Side::Client,
-            count: &stats.bytes_up,
-            metric: &metrics.bytes_up,
-            activity: &stats.activity,
-        };
-        let down_flow = Flow {
-            from: Side::Upstream,
-            count: &stats.bytes_down,
-            metric: &metrics.bytes_down,
-            activity: &stats.activity,
-        };
+        let up_flow = stats.flow(Side::Client, &metrics.bytes_up);
+        let down_flow = stats.flow(Side::Upstream, &metrics.bytes_down);
         let up = copy_plain(&mut cr, &mut uw, up_flow, &mut sniff);
         let mut no_tap = NoTap;
         let down = copy_plain(&mut ur, &mut cw, down_flow, &mut no_tap);
