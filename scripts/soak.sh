@@ -438,11 +438,18 @@ def stall_detector():
                 view = {"error": str(e), "tunnels": []}
             for i, t in stalled:
                 mine = [x for x in view.get("tunnels", []) if x.get("client", "").endswith(":%d" % t["port"])]
+                # The kernel's view of the same sockets: bytes queued but unread (Recv-Q)
+                # while the proxy's pump waits for "readable" would mean lost readiness.
+                target = mine[0]["target"].rsplit(":", 1)[1] if mine else "0"
+                ss = subprocess.run(["ss", "-tnio", "state", "established",
+                                     "( sport = :%d or dport = :%d or dport = :%s )" % (t["port"], t["port"], target)],
+                                    capture_output=True, text=True).stdout
                 report = {"transfer": {k: t[k] for k in ("kind", "port", "bytes", "want")},
                           "stalled_for_s": round(now - t["last"], 1),
                           "proxy_view": mine[0] if mine else "not listed (the proxy has no open tunnel for this client port)",
                           "pipes": view.get("pipes"), "buffers_pooled": view.get("buffers_pooled"),
-                          "open_tunnels": len(view.get("tunnels", []))}
+                          "open_tunnels": len(view.get("tunnels", [])),
+                          "sockets": ss.splitlines()}
                 print("soak: STALL " + json.dumps(report), flush=True)
                 stalls.append(report)
         stop.wait(1)
