@@ -26,7 +26,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::inventory::writer::unix_now;
+use crate::clock::unix_now;
 use crate::inventory::{Filter, Store, parse_since, report};
 use crate::proxy::Shared;
 

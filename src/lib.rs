@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod analyze;
+pub mod clock;
 pub mod config;
 pub mod dns;
 pub mod hello;

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use tlspeek::clock::unix_now;
 use tlspeek::config::{Config, LoadError, Overrides};
 use tlspeek::inventory::report::{self, Format};
-use tlspeek::inventory::writer::unix_now;
 use tlspeek::inventory::{Filter, Store, parse_since};
 use tlspeek::proxy::{self, Control};
 

@@ -12,6 +12,7 @@
 //! `client` / `ext` (ClientHello summary), `server` (ServerHello summary), `names`,
 //! `suites` (cipher strength classes), `fingerprint` (JA3/JA3S/JA4), `verdict`, `grease`.
 
+pub mod alert;
 mod client;
 mod ext;
 mod fingerprint;
@@ -24,6 +25,7 @@ mod sslv2;
 mod suites;
 mod verdict;
 
+pub use alert::{alert_record, block_alert};
 pub use client::{ClientHelloSummary, HelloFormat};
 pub use ext::MAX_SNI_BYTES;
 pub use grease::is_grease;

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use crate::clock::unix_now;
 
 use super::{CallerKey, CallerRow, Observation, Store};
 use crate::config::InventoryConfig;
@@ -33,13 +35,6 @@ pub struct Inventory {
     thread: Mutex<Option<JoinHandle<()>>>,
     metrics: Arc<Metrics>,
     path: PathBuf,
-}
-
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 impl Inventory {

@@ -14,10 +14,10 @@ use super::connection::{Conn, lingering_close};
 use super::handshake::HelloContext;
 use super::peek::{FirstFlight, peek_client_hello};
 use super::splice::{self, PumpError, Side, SpliceEnd};
+use crate::clock::unix_now as unix_secs;
 use crate::config::{Action, OnHelloTimeout, OnUnsupported};
 use crate::hello::{self, ClientHelloSummary};
 use crate::inventory::Observation;
-use crate::inventory::writer::unix_now as unix_secs;
 use crate::names::HostName;
 use crate::policy;
 use crate::telemetry::{ActionTaken, ConnectionRecord, Kind, Outcome, Who, destination_label};
@@ -300,7 +300,7 @@ impl Conn<'_> {
         }
         let act = match decision.action {
             Action::Observe => Act::Pass,
-            Action::Block => Act::Block(policy::alert_record(&h, policy::block_alert(&verdict))),
+            Action::Block => Act::Block(hello::alert_record(&h, hello::block_alert(&verdict))),
             Action::Upgrade => self.upgrade_or_fallback(&h, name.as_ref(), &verdict, rec),
         };
         let (taken, label) = match &act {
@@ -384,9 +384,7 @@ impl Conn<'_> {
         warn!(reason = %why, fallback = ?fallback, "cannot upgrade this client");
         rec.note = Some(format!("cannot upgrade: {why}"));
         match fallback {
-            OnUnsupported::Block => {
-                Act::Block(policy::alert_record(h, policy::block_alert(verdict)))
-            }
+            OnUnsupported::Block => Act::Block(hello::alert_record(h, hello::block_alert(verdict))),
             OnUnsupported::Pass => Act::Pass,
         }
     }

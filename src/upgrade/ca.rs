@@ -349,7 +349,7 @@ impl Ca {
         b.set_subject_name(&subject)?;
         b.set_issuer_name(self.cert.subject_name())?;
         b.set_pubkey(&self.leaf_key)?;
-        let now = crate::inventory::writer::unix_now();
+        let now = crate::clock::unix_now();
         b.set_not_before(Asn1Time::from_unix(now - 86_400)?.as_ref())?;
         b.set_not_after(Asn1Time::days_from_now(LEAF_VALIDITY_DAYS)?.as_ref())?;
         b.append_extension(BasicConstraints::new().build()?)?;

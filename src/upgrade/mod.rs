@@ -21,7 +21,6 @@ use tokio_openssl::SslStream;
 use crate::config::UpgradeConfig;
 use crate::hello::ClientHelloSummary;
 use crate::names::HostName;
-use crate::policy;
 use crate::proxy::splice::{
     self, Flow, NoTap, PooledBuf, PumpError, Side, Tap, Tapped, TunnelStats,
 };
@@ -110,7 +109,7 @@ impl Upgrader {
         let mut report = UpgradeReport::default();
         let refuse = |report: &mut UpgradeReport, why: String, alert: u8| {
             tracing::warn!(name = %name, reason = %why, "upgrade failed; the client gets a TLS alert");
-            let bytes = policy::alert_record(hello, alert);
+            let bytes = crate::hello::alert_record(hello, alert);
             let _ = client.try_write(&bytes);
             report.error = Some(why);
             report.outcome = Some(Outcome::UpgradeFailed);
@@ -121,7 +120,7 @@ impl Upgrader {
             refuse(
                 &mut report,
                 format!("{name} is not a usable server name"),
-                policy::ALERT_HANDSHAKE_FAILURE,
+                crate::hello::alert::ALERT_HANDSHAKE_FAILURE,
             );
             return report;
         };
@@ -141,7 +140,11 @@ impl Upgrader {
                     Ok(_) => "the upstream asks for a client certificate, which cannot be relayed"
                         .to_string(),
                 };
-                refuse(&mut report, why, policy::ALERT_HANDSHAKE_FAILURE);
+                refuse(
+                    &mut report,
+                    why,
+                    crate::hello::alert::ALERT_HANDSHAKE_FAILURE,
+                );
                 return report;
             }
         };
@@ -161,7 +164,7 @@ impl Upgrader {
                 refuse(
                     &mut report,
                     format!("cannot mint a certificate: {e}"),
-                    policy::ALERT_INTERNAL_ERROR,
+                    crate::hello::alert::ALERT_INTERNAL_ERROR,
                 );
                 return report;
             }
@@ -175,7 +178,7 @@ impl Upgrader {
                 refuse(
                     &mut report,
                     format!("OpenSSL: {e}"),
-                    policy::ALERT_INTERNAL_ERROR,
+                    crate::hello::alert::ALERT_INTERNAL_ERROR,
                 );
                 return report;
             }
@@ -186,7 +189,7 @@ impl Upgrader {
                 refuse(
                     &mut report,
                     format!("OpenSSL: {e}"),
-                    policy::ALERT_INTERNAL_ERROR,
+                    crate::hello::alert::ALERT_INTERNAL_ERROR,
                 );
                 return report;
             }
