@@ -4,6 +4,7 @@
 //! ServerHello side. Goal (issue 8): ≤ 2 µs per typical hello for the whole pipeline.
 //!
 //! Run: `cargo bench --bench hello` (add `-- --quick` for a short run).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed assumption is a failed test
 
 use std::hint::black_box;
 

@@ -3,11 +3,8 @@
 //!
 //! The crate is a pure core (`hello`: bytes in, values out) and a thin async shell
 //! around it (`proxy`, `admin`, `telemetry`).
-#![forbid(unsafe_code)]
-#![cfg_attr(
-    not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
-)]
+// Lints: `[lints]` in Cargo.toml (unsafe code forbidden; no unwrap, expect or panic outside
+// tests), for the library and the binary alike.
 
 pub mod admin;
 pub mod analyze;

@@ -2,6 +2,7 @@
 //! spelling, absurd ports, CR/LF injection in the authority, and first flights that lie
 //! about their length. Each test asserts the answer (or the bytes passed through) and the
 //! count in the metrics, and that the proxy goes on serving.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed assumption is a failed test
 
 mod common;
 

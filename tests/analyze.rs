@@ -7,6 +7,7 @@
 //! bounded memory; progress, filters, the inventory file and the report.
 //!
 //! The loopback capture is made once and shared by the tests that read it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed assumption is a failed test
 #[path = "../fuzz/checks.rs"]
 mod checks;
 mod common;

@@ -1,6 +1,7 @@
 //! Capturing every caller: plain-HTTP forwarding, transparent mode in a network namespace
 //! the test creates (nothing is left behind on the host), callers without SNI, parent-proxy
 //! chaining through a real tinyproxy, PROXY protocol v2, and the PAC file.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed assumption is a failed test
 
 mod common;
 

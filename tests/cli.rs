@@ -1,5 +1,6 @@
 //! The command line: `tlspeek` with no arguments, `check-config`, bad configs refused with
 //! the key named, flags overriding the file, `--version`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed assumption is a failed test
 
 mod common;
 

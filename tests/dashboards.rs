@@ -12,6 +12,7 @@
 //!   Prometheus scrapes both every second with the rules loaded, and every dashboard query
 //!   is evaluated through its HTTP API: each parses, returns data, aggregates over the
 //!   instances, and matches the traffic exactly where the query allows.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed assumption is a failed test
 
 mod common;
 

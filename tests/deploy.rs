@@ -2,6 +2,7 @@
 //! PID 1), so they are checked for what can rot: the manifests parse, the configurations
 //! they carry pass `tlspeek check-config`, and ports, paths and signals agree with the
 //! configuration and with each other.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed assumption is a failed test
 
 mod common;
 

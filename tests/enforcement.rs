@@ -3,6 +3,7 @@
 //! verified every time); dry runs count what would happen; rules match by name (case and
 //! trailing dot normalized) and source, with exemptions, expiry, first-match order and the
 //! kill switch; the CA is handled safely.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed assumption is a failed test
 
 mod common;
 

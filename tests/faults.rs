@@ -7,6 +7,7 @@
 //! and a client reset after the peek (`tunnel.rs`); the 502/504 answers and their counts
 //! for a DNS failure, a closed port and a connect timeout (`refusals.rs`, whose event
 //! lines are checked here).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed assumption is a failed test
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! over several records, GREASE, SSLv2, non-TLS, oversized claims, ServerHellos and alerts.
 //! Expected JA3/JA3S strings are Wireshark 4.0's (`tshark -T fields -e tls.handshake.ja3_full`);
 //! JA4 values agree with the spec's worked example and an independent implementation.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed assumption is a failed test
 
 use tlspeek::hello::{
     ClientHelloSummary, Detection, HelloFormat, LegacyReason, MAX_HELLO_BYTES, ServerDetection,

@@ -1,6 +1,7 @@
 //! The legacy-caller inventory: written from real traffic, survives kill -9, served at
 //! /legacy and /legacy.csv with filters, printed by `tlspeek report` (table, CSV, JSON,
 //! merged), and a database that cannot be written does not stop the proxy.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed assumption is a failed test
 
 mod common;
 

@@ -4,6 +4,7 @@
 //! the tunnels start with a real ClientHello, so the peek and the metrics work under load.
 //! Afterwards the proxy's descriptors and `tlspeek_active_tunnels` return to idle, and its
 //! RSS returns to within `RSS_BOUND_KIB` of where it started.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed assumption is a failed test
 
 mod common;
 

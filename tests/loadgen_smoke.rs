@@ -2,6 +2,7 @@
 //! handful of connections through a real tlspeek (and direct), and `benches/compare.sh`
 //! passes `bash -n` and its `--dry-run`/`--help` paths. No timing is asserted here: the
 //! performance goals live in `BENCHMARKS.md`, measured by `benches/compare.sh`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed assumption is a failed test
 
 mod common;
 

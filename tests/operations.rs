@@ -1,5 +1,6 @@
 //! Operating at the egress: proxy authentication, a locked-down admin plane, hot reload that
 //! never drops a tunnel nor accepts a bad file, log rotation, slow clients.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed assumption is a failed test
 
 mod common;
 

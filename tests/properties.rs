@@ -10,6 +10,7 @@
 //!
 //! The fuzz targets check the same invariants (`fuzz/checks.rs`, included here), so a
 //! fuzz finding copied into `tests/fixtures/regressions/<target>/` fails here until fixed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed assumption is a failed test
 
 #[path = "../fuzz/checks.rs"]
 mod checks;

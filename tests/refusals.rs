@@ -1,5 +1,6 @@
 //! Every refusal before the tunnel: its status code, its body naming the reason, and its
 //! count in tlspeek_connections_total{mode,outcome}.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed assumption is a failed test
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The ServerHello peek: what was really negotiated decides the verdict; a server alert is
 //! `rejected_by_server`; a ServerHello in many small writes or an alert is read without
 //! holding a byte back.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed assumption is a failed test
 
 mod common;
 
