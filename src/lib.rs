@@ -14,6 +14,7 @@ pub mod dns;
 pub mod hello;
 pub mod inventory;
 pub mod names;
+pub mod net;
 pub mod policy;
 pub mod proxy;
 pub mod secrets;

@@ -17,11 +17,12 @@ use super::handshake::HandshakeWatch;
 use super::limits::{LimitHit, Permit};
 use super::proxy_protocol;
 use super::request::{self, ESTABLISHED, HeadError, RequestHead};
-use super::splice::{self, TunnelStats};
 use super::transparent;
 use super::tunnel::{TunnelEnd, UpgradePlan};
 use super::{http_forward, parent};
 use crate::config::Config;
+use crate::net::splice::{self, TunnelStats};
+use crate::net::{lingering_close, write_all_within};
 use crate::telemetry::{ConnectionRecord, Mode, Outcome, SourceLabel, source_label};
 
 /// Writing a refusal (or the 200) to a client gets at most this long.
@@ -223,9 +224,7 @@ pub async fn handle(
     shared.events.write(&rec);
 }
 
-/// Answers a refusal, then closes so that the client reads the answer: half-close first and
-/// drain what the client still sends for a moment (closing with unread input would send a
-/// reset that can destroy the answer in flight).
+/// Answers a refusal, then closes so that the client reads the answer (`lingering_close`).
 async fn refuse(client: &TcpStream, r: &Refusal) {
     info!(
         outcome = r.outcome.as_str(),
@@ -234,31 +233,13 @@ async fn refuse(client: &TcpStream, r: &Refusal) {
         "refused"
     );
     let resp = request::refusal_response(r.status, r.phrase, &r.reason, &r.headers);
-    if request::write_all(client, &resp, RESPONSE_WRITE_LIMIT)
+    if write_all_within(client, &resp, RESPONSE_WRITE_LIMIT)
         .await
         .is_err()
     {
         return;
     }
     lingering_close(client).await;
-}
-
-pub(super) async fn lingering_close(client: &TcpStream) {
-    let _ = socket2::SockRef::from(client).shutdown(std::net::Shutdown::Write);
-    let deadline = Instant::now() + Duration::from_secs(1);
-    let mut sink = [0u8; 4096];
-    let mut drained = 0usize;
-    while drained < 64 * 1024 {
-        match tokio::time::timeout_at(deadline, client.readable()).await {
-            Ok(Ok(())) => match client.try_read(&mut sink) {
-                Ok(0) => return,
-                Ok(n) => drained += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
-            },
-            _ => return,
-        }
-    }
 }
 
 /// The connection being served.
@@ -375,7 +356,7 @@ impl Conn<'_> {
                 return r.outcome;
             }
         };
-        if request::write_all(self.client, ESTABLISHED, RESPONSE_WRITE_LIMIT)
+        if write_all_within(self.client, ESTABLISHED, RESPONSE_WRITE_LIMIT)
             .await
             .is_err()
         {

@@ -33,8 +33,8 @@ use super::authority::{Authority, parse_authority};
 use super::connection::connect_refusal;
 use super::parent;
 use crate::config::Config;
+use crate::net::streams::PrefixedStream;
 use crate::telemetry::{ConnectionRecord, Mode, Outcome, SourceLabel, destination_label};
-use crate::upgrade::io::PrefixedStream;
 
 type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 

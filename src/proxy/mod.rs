@@ -14,7 +14,6 @@ pub mod proxy_protocol;
 pub mod registry;
 pub mod reload;
 pub mod request;
-pub mod splice;
 pub mod transparent;
 pub mod tunnel;
 

@@ -92,7 +92,7 @@ pub async fn tunnel(
         .map(|a| format!("Proxy-Authorization: {a}\r\n"))
         .unwrap_or_default();
     let req = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{auth}\r\n");
-    request::write_all(&s, req.as_bytes(), timeout)
+    crate::net::write_all_within(&s, req.as_bytes(), timeout)
         .await
         .map_err(|e| ParentError::Protocol(e.to_string()))?;
     // Read the answer up to its blank line and not a byte further: what follows belongs

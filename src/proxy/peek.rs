@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::splice::{PooledBuf, read_drained};
 use crate::hello::{self, ClientHelloSummary, Detection};
+use crate::net::splice::{PooledBuf, read_drained};
 
 /// What the client's first bytes were.
 #[derive(Debug)]

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::splice::{self, PipePoolStats, TunnelStats};
+use crate::net::splice::{self, PipePoolStats, TunnelStats};
 
 struct Entry {
     client: SocketAddr,

@@ -4,7 +4,6 @@
 //! the start of the tunnel.
 
 use std::io;
-use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -62,7 +61,7 @@ pub async fn read_head(stream: &TcpStream, deadline: Instant) -> Result<RequestH
         let Some(spare) = buf.get_mut(len..) else {
             return Err(HeadError::TooLarge);
         };
-        match super::splice::read_drained(stream, spare) {
+        match crate::net::splice::read_drained(stream, spare) {
             Ok(0) => return Err(HeadError::ClosedEarly { got: len }),
             Ok(n) => len += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -145,23 +144,6 @@ pub fn refusal_response(
 
 pub const ESTABLISHED: &[u8] =
     b"HTTP/1.1 200 Connection established\r\nProxy-Agent: tlspeek\r\n\r\n";
-
-/// Writes all of `bytes` within `limit`.
-pub async fn write_all(stream: &TcpStream, mut bytes: &[u8], limit: Duration) -> io::Result<()> {
-    let deadline = Instant::now() + limit;
-    while !bytes.is_empty() {
-        match tokio::time::timeout_at(deadline, stream.writable()).await {
-            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")),
-            Ok(r) => r?,
-        }
-        match stream.try_write(bytes) {
-            Ok(n) => bytes = bytes.get(n..).unwrap_or_default(),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {

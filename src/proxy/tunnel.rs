@@ -10,15 +10,16 @@ use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use super::authority::{Authority, Host};
-use super::connection::{Conn, lingering_close};
+use super::connection::Conn;
 use super::handshake::HelloContext;
 use super::peek::{FirstFlight, peek_client_hello};
-use super::splice::{self, PumpError, Side, SpliceEnd};
 use crate::clock::unix_now as unix_secs;
 use crate::config::{Action, OnHelloTimeout, OnUnsupported};
 use crate::hello::{self, ClientHelloSummary};
 use crate::inventory::Observation;
 use crate::names::HostName;
+use crate::net::lingering_close;
+use crate::net::splice::{self, PumpError, Side, SpliceEnd};
 use crate::policy;
 use crate::telemetry::{ActionTaken, ConnectionRecord, Kind, Outcome, Who, destination_label};
 use crate::upgrade::Upgrader;
@@ -118,7 +119,7 @@ impl Conn<'_> {
         match act {
             Act::Pass => {}
             Act::Block(alert) => {
-                let _ = super::request::write_all(
+                let _ = crate::net::write_all_within(
                     self.client,
                     &alert,
                     std::time::Duration::from_secs(2),
@@ -193,7 +194,7 @@ impl Conn<'_> {
             Side::Client => upstream,
             Side::Upstream => self.client,
         });
-        e.outcome()
+        Outcome::reset_by(e.culprit)
     }
 
     /// Records what the first flight was, counts hellos, and applies the policy.

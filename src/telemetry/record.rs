@@ -80,6 +80,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// How a tunnel ended when one side's pump failed (a reset or another I/O error).
+    pub fn reset_by(culprit: crate::net::splice::Side) -> Outcome {
+        match culprit {
+            crate::net::splice::Side::Client => Outcome::ClientReset,
+            crate::net::splice::Side::Upstream => Outcome::UpstreamReset,
+        }
+    }
+
     pub const ALL: [Outcome; 17] = [
         Outcome::Closed,
         Outcome::RefusedSource,

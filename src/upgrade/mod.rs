@@ -7,7 +7,6 @@
 
 pub mod ca;
 pub mod client_side;
-pub mod io;
 pub mod upstream;
 
 use std::pin::Pin;
@@ -21,14 +20,12 @@ use tokio_openssl::SslStream;
 use crate::config::UpgradeConfig;
 use crate::hello::ClientHelloSummary;
 use crate::names::HostName;
-use crate::proxy::splice::{
-    self, Flow, NoTap, PooledBuf, PumpError, Side, Tap, Tapped, TunnelStats,
-};
+use crate::net::splice::{self, Flow, NoTap, PooledBuf, PumpError, Side, Tap, Tapped, TunnelStats};
 use crate::telemetry::{Metrics, Outcome};
 
+use crate::net::streams::{PrefixedStream, SharedStream};
 use ca::{Ca, CaError};
 use client_side::Acceptor;
-use io::{PrefixedStream, SharedStream};
 use upstream::{Upstream, UpstreamSetupError};
 
 #[derive(Debug, thiserror::Error)]
@@ -330,7 +327,7 @@ where
 
 fn side_failed(e: PumpError) -> Outcome {
     tracing::debug!(error = %e.error, "upgraded tunnel side failed");
-    e.outcome()
+    Outcome::reset_by(e.culprit)
 }
 
 /// One direction of an upgraded tunnel's plaintext: copies until end of stream, then

@@ -21,8 +21,6 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::telemetry::Outcome;
-
 /// Which end of a tunnel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
@@ -44,16 +42,6 @@ impl Side {
 pub struct PumpError {
     pub culprit: Side,
     pub error: io::Error,
-}
-
-impl PumpError {
-    /// How the connection ended, by the side that failed.
-    pub fn outcome(&self) -> Outcome {
-        match self.culprit {
-            Side::Client => Outcome::ClientReset,
-            Side::Upstream => Outcome::UpstreamReset,
-        }
-    }
 }
 
 /// How a splice ended.
@@ -478,8 +466,8 @@ pub mod zero_copy {
         static CLOSED_NOT_EMPTY: AtomicUsize = AtomicUsize::new(0);
 
         /// The pipe pool as `/debug/tunnels` shows it.
-        pub fn pool_stats() -> crate::proxy::splice::PipePoolStats {
-            crate::proxy::splice::PipePoolStats {
+        pub fn pool_stats() -> crate::net::splice::PipePoolStats {
+            crate::net::splice::PipePoolStats {
                 pooled: PIPES.lock().map_or(0, |v| v.len()),
                 in_flight: IN_FLIGHT.load(Ordering::Relaxed),
                 closed_not_empty: CLOSED_NOT_EMPTY.load(Ordering::Relaxed),

@@ -1,0 +1,42 @@
+//! Socket I/O shared by the proxy, upgrade mode and the admin-free paths: the tunnel pumps
+//! (`splice`: copy and zero-copy, pooled buffers and pipes), stream adapters over shared
+//! sockets (`streams`), and the two small things every connection needs — writing a whole
+//! answer within a time limit, and closing so that the peer reads that answer.
+
+pub mod splice;
+pub mod streams;
+
+use std::io;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Writes all of `bytes` to `stream` within `limit` (`TimedOut` after it).
+pub async fn write_all_within(stream: &TcpStream, bytes: &[u8], limit: Duration) -> io::Result<()> {
+    match tokio::time::timeout(limit, splice::write_all(stream, bytes)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")),
+    }
+}
+
+/// Half-closes `client` and drains what it still sends for a moment, so that the answer
+/// just written is read: closing with unread input would send a reset that can destroy the
+/// answer in flight.
+pub async fn lingering_close(client: &TcpStream) {
+    let _ = socket2::SockRef::from(client).shutdown(std::net::Shutdown::Write);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut sink = [0u8; 4096];
+    let mut drained = 0usize;
+    while drained < 64 * 1024 {
+        match tokio::time::timeout_at(deadline, client.readable()).await {
+            Ok(Ok(())) => match client.try_read(&mut sink) {
+                Ok(0) => return,
+                Ok(n) => drained += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            },
+            _ => return,
+        }
+    }
+}
