@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod analyze;
 pub mod clock;
+pub mod commands;
 pub mod config;
 pub mod dns;
 pub mod hello;

@@ -1,15 +1,14 @@
-//! The `tlspeek` command line: parse arguments, load the configuration, start logging,
-//! and hand over to the library.
+//! The `tlspeek` command line: parse arguments, call the library (`tlspeek::commands` for
+//! the one-shot commands, `tlspeek::analyze`, `tlspeek::proxy::run`), print, exit.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use tlspeek::clock::unix_now;
+use tlspeek::commands;
 use tlspeek::config::{Config, LoadError, Overrides};
 use tlspeek::inventory::report::{self, Format};
-use tlspeek::inventory::{Filter, Store, parse_since};
 use tlspeek::proxy::{self, Control};
 
 #[derive(Parser)]
@@ -170,71 +169,61 @@ struct RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
-        Command::CheckConfig { file, skip_files } => check_config(&file, skip_files),
+        Command::CheckConfig { file, skip_files } => {
+            match commands::check_config(&file, skip_files) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
         Command::Ca(CaCommand::Init {
             out,
             permit,
             unconstrained,
             days,
-        }) => {
-            let permit: Vec<String> = if unconstrained {
-                Vec::new()
-            } else if permit.is_empty() {
-                tlspeek::upgrade::ca::DEFAULT_PERMITTED
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect()
-            } else {
-                permit
-            };
-            match tlspeek::upgrade::ca::init(&out, &permit, days) {
-                Ok((crt, key)) => {
-                    println!("wrote {} and {} (0600)", crt.display(), key.display());
-                    if permit.is_empty() {
-                        println!("the CA has no name constraints: it can sign for any name");
-                    } else {
-                        println!("the CA may sign only for: {}", permit.join(", "));
-                    }
-                    println!(
-                        "install {} as a trusted root on the legacy callers (see README, \"Upgrade mode\")",
-                        crt.display()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("tlspeek: {e}");
-                    ExitCode::FAILURE
-                }
+        }) => match commands::ca_init(&out, permit, unconstrained, days) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => fail(&e),
+        },
         Command::Passwd { user } => {
-            let mut password = String::new();
-            if std::io::stdin().read_line(&mut password).is_err()
-                || password.trim_end_matches(['\r', '\n']).is_empty()
-            {
-                eprintln!(
-                    "tlspeek: give the password on stdin, e.g. read -rs PW; printf '%s\\n' \"$PW\" | tlspeek passwd {user}"
-                );
-                return ExitCode::FAILURE;
-            }
-            match tlspeek::proxy::auth::hash_line(&user, password.trim_end_matches(['\r', '\n'])) {
+            let mut line = String::new();
+            let read = std::io::stdin()
+                .read_line(&mut line)
+                .ok()
+                .map(|_| line.as_str());
+            match commands::passwd(&user, read) {
                 Ok(line) => {
                     println!("{line}");
                     ExitCode::SUCCESS
                 }
+                Err(e) => fail(&e),
+            }
+        }
+        Command::Report(args) => {
+            let format = args.format;
+            let req = commands::ReportRequest {
+                config: args.config,
+                db: args.db,
+                all: args.all,
+                since: args.since,
+                destination: args.destination,
+            };
+            match commands::report(req) {
+                Ok((rows, empty_line)) => {
+                    report::print(&rows, format, empty_line.as_deref());
+                    ExitCode::SUCCESS
+                }
                 Err(e) => {
-                    eprintln!("tlspeek: {e}");
+                    eprintln!("tlspeek: {:#}", anyhow::Error::from(e));
                     ExitCode::FAILURE
                 }
             }
         }
-        Command::Report(args) => match report(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("tlspeek: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
         Command::Analyze(args) => match analyze(args) {
             Ok(code) => code,
             Err(e)
@@ -258,111 +247,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn check_config(file: &std::path::Path, skip_files: bool) -> ExitCode {
-    let cfg = match Config::load(file) {
-        Ok(cfg) => cfg,
-        Err(e @ LoadError::Read { .. }) => {
-            eprintln!("tlspeek: {e}");
-            return ExitCode::FAILURE;
-        }
-        Err(LoadError::Invalid { path, errors }) => {
-            eprintln!("tlspeek: {}: {errors}", path.display());
-            return ExitCode::FAILURE;
-        }
-    };
-    if !skip_files {
-        // What `run` builds before it binds anything (CA, credentials, admin token), built
-        // the same way, so the two cannot disagree.
-        let metrics = match tlspeek::telemetry::Metrics::new(
-            cfg.metrics.max_series_per_metric,
-            cfg.metrics.series_idle_expiry,
-        ) {
-            Ok(m) => m,
-            Err(e) => {
-                eprintln!("tlspeek: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        if let Err(e) = tlspeek::proxy::reload::build(cfg.clone(), None, &metrics) {
-            eprintln!("tlspeek: {}: {e}", file.display());
-            return ExitCode::FAILURE;
-        }
-    }
-    println!("# {}: valid. Effective configuration:", file.display());
-    print!("{}", cfg.to_toml());
-    ExitCode::SUCCESS
-}
-
-fn report(args: ReportArgs) -> anyhow::Result<()> {
-    let dbs: Vec<PathBuf> = if !args.db.is_empty() {
-        args.db
-    } else {
-        let cfg = load_config(args.config.as_deref())?;
-        let path = cfg
-            .inventory
-            .path
-            .context("the inventory is off in this config ([inventory] path = \"\")")?;
-        vec![path]
-    };
-    for db in &dbs {
-        if !db.exists() {
-            anyhow::bail!("no inventory at {}", db.display());
-        }
-    }
-    let since = parse_when("--since", &args.since)?;
-    let filter = Filter {
-        since,
-        destination: args.destination.map(|d| d.to_ascii_lowercase()),
-        legacy: (!args.all).then_some(true),
-        limit: None,
-    };
-    let paths: Vec<&std::path::Path> = dbs.iter().map(PathBuf::as_path).collect();
-    let rows = Store::merged(&paths, &filter)?;
-    let mut empty_line = None;
-    if rows.is_empty() {
-        let mut began = None;
-        for p in &paths {
-            if let Some(t) = Store::open_read_only(p)?.earliest()? {
-                began = Some(began.map_or(t, |b: i64| b.min(t)));
-            }
-        }
-        let from = match since.or(began) {
-            Some(t) => report::rfc3339(t),
-            None => "the inventory began (it is empty)".to_string(),
-        };
-        let what = if args.all {
-            "callers"
-        } else {
-            "legacy callers"
-        };
-        empty_line = Some(format!("no {what} seen since {from}"));
-    }
-    report::print(&rows, args.format, empty_line.as_deref());
-    Ok(())
-}
-
-/// `--config FILE`, else the embedded default.
-fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
-    match path {
-        Some(path) => Config::load(path).map_err(|e| anyhow::anyhow!("{e}")),
-        None => Config::embedded_default().map_err(|e| anyhow::anyhow!("{e}")),
-    }
-}
-
-/// A `--since`/`--until` value: RFC 3339, a date, Unix seconds, or a duration meaning "ago".
-fn parse_when(flag: &str, v: &Option<String>) -> anyhow::Result<Option<i64>> {
-    v.as_deref()
-        .map(|s| {
-            parse_since(s, unix_now()).with_context(|| {
-                format!("{flag} {s:?}: use RFC 3339, a date, Unix seconds or a duration like 7d")
-            })
-        })
-        .transpose()
+/// A one-shot command's error, as `tlspeek: <message>` on stderr.
+fn fail(e: &commands::CommandError) -> ExitCode {
+    eprintln!("tlspeek: {e}");
+    ExitCode::FAILURE
 }
 
 fn analyze(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
     use tlspeek::analyze::{Destination, EventsTo, Filter, Options, flows::Limits};
-    let config = load_config(args.config.as_deref())?;
+    let config = commands::load_config(args.config.as_deref())?;
     let duration = |flag: &str, v: &str| {
         humantime::parse_duration(v).with_context(|| format!("{flag} {v:?}: use e.g. 30s, 5m"))
     };
@@ -382,8 +275,8 @@ fn analyze(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
         filter: Filter {
             destination: args.destination.as_deref().map(Destination::parse),
             legacy_only: args.legacy_only,
-            since: parse_when("--since", &args.since)?,
-            until: parse_when("--until", &args.until)?,
+            since: commands::parse_when("--since", args.since.as_deref())?,
+            until: commands::parse_when("--until", args.until.as_deref())?,
         },
         limits: Limits {
             max_flows: args.max_flows,
