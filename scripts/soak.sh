@@ -236,9 +236,10 @@ def connect(target, timeout=10):
         head += b
     return s, head.split(b"\r\n")[0].decode(errors="replace")
 
-def metrics():
+def admin_get(path):
+    """The body of GET path on the admin listener."""
     s = socket.create_connection(("127.0.0.1", admin), timeout=10)
-    s.sendall(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+    s.sendall(b"GET %s HTTP/1.0\r\nHost: x\r\n\r\n" % path.encode())
     out = b""
     while True:
         b = s.recv(65536)
@@ -246,7 +247,10 @@ def metrics():
             break
         out += b
     s.close()
-    return out.decode(errors="replace")
+    return out.split(b"\r\n\r\n", 1)[-1].decode(errors="replace")
+
+def metrics():
+    return admin_get("/metrics")
 
 def metric(text, name):
     total = 0.0
@@ -411,16 +415,7 @@ def raw_worker(seed, up):
                 transfer_end(i)
 
 def debug_tunnels():
-    s = socket.create_connection(("127.0.0.1", admin), timeout=10)
-    s.sendall(b"GET /debug/tunnels HTTP/1.0\r\nHost: x\r\n\r\n")
-    out = b""
-    while True:
-        b = s.recv(65536)
-        if not b:
-            break
-        out += b
-    s.close()
-    return json.loads(out.split(b"\r\n\r\n", 1)[1])
+    return json.loads(admin_get("/debug/tunnels"))
 
 stalls = []
 def stall_detector():

@@ -355,13 +355,7 @@ fn a_flood_of_watched_names_cannot_hide_a_new_legacy_caller() {
     let (code, err) = Command::new("curl")
         .args(["-sk", "-m", "10", "--interface", "127.0.0.77", "-x"])
         .arg(format!("http://127.0.0.1:{}", t.proxy_port))
-        .args([
-            "--tlsv1.0",
-            "--tls-max",
-            "1.0",
-            "--ciphers",
-            "DEFAULT:@SECLEVEL=0",
-        ])
+        .args(TLS10_ONLY)
         .arg("--connect-to")
         .arg(format!("{LOGIN}:443:127.0.0.1:{up}"))
         .arg(format!("https://{LOGIN}/"))

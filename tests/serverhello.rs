@@ -315,18 +315,7 @@ fn a_warning_alert_before_the_server_hello_is_not_a_rejection() {
     let (_server, up) = openssl_server(&[]);
     let relay = warning_alert_relay(up, 1);
     let t = Tlspeek::start(&format!("allowed_ports = [{relay}]\n"), "");
-    let (code, err) = curl_via(
-        t.proxy_port,
-        relay,
-        LOGIN,
-        &[
-            "--tlsv1.0",
-            "--tls-max",
-            "1.0",
-            "--ciphers",
-            "DEFAULT:@SECLEVEL=0",
-        ],
-    );
+    let (code, err) = curl_via(t.proxy_port, relay, LOGIN, TLS10_ONLY);
     assert_eq!(code, "200", "curl through the relay: {err}");
     let e = event_for(&t, relay);
     assert_eq!(e["negotiated_version"], "TLS1.0", "{e}");

@@ -452,6 +452,14 @@ pub fn curl_via(
 
 pub const LOGIN: &str = "login.microsoftonline.com";
 pub const OLD: &[&str] = &["--ciphers", "DEFAULT:@SECLEVEL=0"];
+/// curl flags for a TLS 1.0-only client (OpenSSL 3 needs security level 0 for it).
+pub const TLS10_ONLY: &[&str] = &[
+    "--tlsv1.0",
+    "--tls-max",
+    "1.0",
+    "--ciphers",
+    "DEFAULT:@SECLEVEL=0",
+];
 
 /// Opens a raw CONNECT tunnel; returns the stream and the status line.
 pub fn connect_tunnel(proxy_port: u16, target: &str) -> (TcpStream, String) {
