@@ -125,7 +125,7 @@ pub fn connection(flow: &Flow, cfg: &Config) -> Option<Connection> {
 /// How the connection ended, in the proxy's terms.
 fn outcome(flow: &Flow) -> Outcome {
     let c = flow.client.unwrap_or(0);
-    let mut outcome = match (flow.rst, flow.end) {
+    let outcome = match (flow.rst, flow.end) {
         (Some(side), _) if side != c && flow.syn && !flow.syn_ack && flow.bytes[1 - c] == 0 => {
             Outcome::ConnectFailed
         }
@@ -137,15 +137,7 @@ fn outcome(flow: &Flow) -> Outcome {
         (None, End::Idle | End::Evicted) => Outcome::IdleTimeout,
         (None, End::Closed | End::Reused | End::CaptureEnd) => Outcome::Closed,
     };
-    if matches!(flow.server_state, ServerState::Alert { .. })
-        && matches!(
-            outcome,
-            Outcome::Closed | Outcome::UpstreamReset | Outcome::ClientReset
-        )
-    {
-        outcome = Outcome::RejectedByServer;
-    }
-    outcome
+    outcome.after_server_alert(matches!(flow.server_state, ServerState::Alert { .. }))
 }
 
 fn note(flow: &Flow) -> Option<String> {

@@ -195,14 +195,7 @@ pub async fn handle(
         }
     };
     watch.finish(&mut rec);
-    if rec.server_alert.is_some()
-        && matches!(
-            outcome,
-            Outcome::Closed | Outcome::UpstreamReset | Outcome::ClientReset
-        )
-    {
-        outcome = Outcome::RejectedByServer;
-    }
+    outcome = outcome.after_server_alert(rec.server_alert.is_some());
     if let Some(dns) = &shared.dns {
         rec.source_name = dns.cached(peer.ip());
     }

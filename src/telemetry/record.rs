@@ -80,6 +80,19 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The outcome of a connection whose server answered the ClientHello with an alert (a
+    /// fatal one, or a warning that ends the handshake): a close or a reset after it means
+    /// the server refused the handshake. Other outcomes (idle, blocked, …) stand. The proxy
+    /// and `analyze` both judge by this.
+    pub fn after_server_alert(self, alert_seen: bool) -> Outcome {
+        match self {
+            Outcome::Closed | Outcome::UpstreamReset | Outcome::ClientReset if alert_seen => {
+                Outcome::RejectedByServer
+            }
+            other => other,
+        }
+    }
+
     /// How a tunnel ended when one side's pump failed (a reset or another I/O error).
     pub fn reset_by(culprit: crate::net::splice::Side) -> Outcome {
         match culprit {
@@ -301,5 +314,27 @@ impl ConnectionRecord {
                 e.to_string()
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_close_or_reset_after_a_server_alert_is_a_rejection() {
+        for o in [
+            Outcome::Closed,
+            Outcome::UpstreamReset,
+            Outcome::ClientReset,
+        ] {
+            assert_eq!(o.after_server_alert(true), Outcome::RejectedByServer);
+            assert_eq!(o.after_server_alert(false), o);
+        }
+        assert_eq!(
+            Outcome::IdleTimeout.after_server_alert(true),
+            Outcome::IdleTimeout
+        );
+        assert_eq!(Outcome::Blocked.after_server_alert(true), Outcome::Blocked);
     }
 }
