@@ -513,9 +513,11 @@ rss_early = max(s[1] for s in early); rss_late = max(s[1] for s in late)
 fds_early = max(s[2] for s in early); fds_late = max(s[2] for s in late)
 print("soak: %d samples over %ds" % (n, secs))
 print("soak: traffic %s" % ", ".join("%s=%d" % kv for kv in sorted(counts.items())))
-print("soak: connections by outcome: " + ", ".join(
-    "%s=%d" % (l.split('outcome="')[1].split('"')[0], float(l.rsplit(" ", 1)[1]))
-    for l in m.splitlines() if l.startswith("tlspeek_connections_total{")))
+print("soak: connections by mode/outcome (nonzero): " + ", ".join(
+    "%s/%s=%d" % (l.split('mode="')[1].split('"')[0], l.split('outcome="')[1].split('"')[0],
+                  float(l.rsplit(" ", 1)[1]))
+    for l in m.splitlines()
+    if l.startswith("tlspeek_connections_total{") and float(l.rsplit(" ", 1)[1]) > 0))
 print("soak: RSS KiB   first fifth max %d, last fifth max %d, after %d" % (rss_early, rss_late, end_rss))
 print("soak: fds       idle %d, first fifth max %d, last fifth max %d, after %d (+%d pooled pipes)"
       % (idle_fds, fds_early, fds_late, end_fds, pool["pooled"]))
