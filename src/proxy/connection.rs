@@ -376,17 +376,17 @@ impl Conn<'_> {
         let p = &self.cfg.proxy;
         let r = plan
             .upgrader
-            .run(
-                self.client,
+            .run(crate::upgrade::UpgradeJob {
+                client: self.client,
                 upstream,
                 held,
-                &plan.hello,
-                &plan.name,
-                p.connect_timeout,
-                p.idle_timeout,
-                self.stats,
-                &self.shared.metrics,
-            )
+                hello: &plan.hello,
+                name: &plan.name,
+                handshake_timeout: p.connect_timeout,
+                idle: p.idle_timeout,
+                stats: self.stats,
+                metrics: &self.shared.metrics,
+            })
             .await;
         rec.upstream_version = r.upstream_version;
         rec.upstream_cipher = r.upstream_cipher.clone();

@@ -88,47 +88,87 @@ impl Upgrader {
         self.acceptor.unsupported(hello)
     }
 
-    /// Runs the upgrade on an open tunnel whose client has sent `held` (its ClientHello,
-    /// not yet forwarded).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn run(
-        &self,
-        client: &TcpStream,
-        upstream: &TcpStream,
-        held: Vec<u8>,
-        hello: &ClientHelloSummary,
-        name: &HostName,
-        handshake_timeout: Duration,
-        idle: Duration,
-        stats: &TunnelStats,
-        metrics: &Metrics,
-    ) -> UpgradeReport {
+    /// Runs the upgrade described by `job` on an open tunnel whose client has sent
+    /// `job.held` (its ClientHello, not yet forwarded): verified TLS 1.2+ upstream first,
+    /// then the client's TLS terminated with a minted leaf, then plaintext both ways.
+    pub async fn run(&self, mut job: UpgradeJob<'_>) -> UpgradeReport {
+        let held = std::mem::take(&mut job.held);
+        let job = job;
         let mut report = UpgradeReport::default();
-        let refuse = |report: &mut UpgradeReport, why: String, alert: u8| {
-            tracing::warn!(name = %name, reason = %why, "upgrade failed; the client gets a TLS alert");
-            let bytes = crate::hello::alert_record(hello, alert);
-            let _ = client.try_write(&bytes);
+        let refuse = |report: &mut UpgradeReport, (why, alert): (String, u8)| {
+            tracing::warn!(name = %job.name, reason = %why, "upgrade failed; the client gets a TLS alert");
+            let bytes = crate::hello::alert_record(job.hello, alert);
+            let _ = job.client.try_write(&bytes);
             report.error = Some(why);
             report.outcome = Some(Outcome::UpgradeFailed);
         };
-
-        // 1. Upstream first: verified TLS 1.2+ for the name, the client's ALPN offered.
-        let Some(server_name) = Upstream::server_name(name.as_str()) else {
-            refuse(
-                &mut report,
-                format!("{name} is not a usable server name"),
-                crate::hello::alert::ALERT_HANDSHAKE_FAILURE,
-            );
-            return report;
+        let mut up_tls = match self.upstream_tls(&job, &mut report).await {
+            Ok(t) => t,
+            Err(why) => {
+                refuse(&mut report, why);
+                return report;
+            }
         };
-        let (config, probe) = self.upstream.config(&hello.alpn);
+        let mut client_tls = match self.client_tls(&job, held, alpn_of(&up_tls)).await {
+            Ok(ClientSide::Ready(t)) => t,
+            Ok(ClientSide::Failed(why)) => {
+                // OpenSSL has already sent its own alert (or the client went quiet).
+                report.error = Some(why);
+                report.outcome = Some(Outcome::UpgradeFailed);
+                return report;
+            }
+            Err(why) => {
+                refuse(&mut report, why);
+                return report;
+            }
+        };
+        report.client_version = client_tls.ssl().version2().map(ssl_version_code);
+        report.client_cipher = client_tls
+            .ssl()
+            .current_cipher()
+            .map(|c| u16::from_be_bytes(c.protocol_id()));
+        tracing::info!(
+            name = %job.name,
+            client_version = ?report.client_version.map(crate::hello::version_name),
+            upstream_version = ?report.upstream_version,
+            "upgraded"
+        );
+        report.outcome = Some(
+            splice_plaintext(
+                &mut client_tls,
+                &mut up_tls,
+                job.idle,
+                job.stats,
+                job.metrics,
+                &mut report,
+            )
+            .await,
+        );
+        report
+    }
+
+    /// Step 1: verified TLS 1.2+ to the upstream for the name, the client's ALPN offered.
+    /// Records what was negotiated; an error carries its reason and the alert to send.
+    async fn upstream_tls<'a>(
+        &self,
+        job: &UpgradeJob<'a>,
+        report: &mut UpgradeReport,
+    ) -> Result<tokio_rustls::client::TlsStream<SharedStream<'a>>, (String, u8)> {
+        use crate::hello::alert::ALERT_HANDSHAKE_FAILURE;
+        let Some(server_name) = Upstream::server_name(job.name.as_str()) else {
+            return Err((
+                format!("{} is not a usable server name", job.name),
+                ALERT_HANDSHAKE_FAILURE,
+            ));
+        };
+        let (config, probe) = self.upstream.config(&job.hello.alpn);
         let connector = tokio_rustls::TlsConnector::from(config);
         let tls = tokio::time::timeout(
-            handshake_timeout,
-            connector.connect(server_name, SharedStream(upstream)),
+            job.handshake_timeout,
+            connector.connect(server_name, SharedStream(job.upstream)),
         )
         .await;
-        let mut up_tls = match tls {
+        let up_tls = match tls {
             Ok(Ok(t)) if !probe.asked() => t,
             failed => {
                 let why = match failed {
@@ -137,12 +177,7 @@ impl Upgrader {
                     Ok(_) => "the upstream asks for a client certificate, which cannot be relayed"
                         .to_string(),
                 };
-                refuse(
-                    &mut report,
-                    why,
-                    crate::hello::alert::ALERT_HANDSHAKE_FAILURE,
-                );
-                return report;
+                return Err((why, ALERT_HANDSHAKE_FAILURE));
             }
         };
         let (_, conn) = up_tls.get_ref();
@@ -152,86 +187,72 @@ impl Upgrader {
         report.upstream_cipher = conn
             .negotiated_cipher_suite()
             .map(|s| format!("0x{:04x}", u16::from(s.suite())));
-        let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+        Ok(up_tls)
+    }
 
-        // 2. Then the client: a leaf for the name, OpenSSL with the upstream's ALPN choice.
-        let leaf = match self.ca.leaf(name.as_str()).await {
-            Ok(l) => l,
-            Err(e) => {
-                refuse(
-                    &mut report,
-                    format!("cannot mint a certificate: {e}"),
-                    crate::hello::alert::ALERT_INTERNAL_ERROR,
-                );
-                return report;
-            }
-        };
-        let ssl = match self
+    /// Step 2: the client's side — a leaf for the name, OpenSSL with the upstream's ALPN
+    /// choice, the handshake over the held hello and then the socket.
+    async fn client_tls<'a>(
+        &self,
+        job: &UpgradeJob<'a>,
+        held: Vec<u8>,
+        alpn: Option<Vec<u8>>,
+    ) -> Result<ClientSide<'a>, (String, u8)> {
+        use crate::hello::alert::ALERT_INTERNAL_ERROR;
+        let leaf = self.ca.leaf(job.name.as_str()).await.map_err(|e| {
+            (
+                format!("cannot mint a certificate: {e}"),
+                ALERT_INTERNAL_ERROR,
+            )
+        })?;
+        let ssl = self
             .acceptor
             .ssl(&leaf.cert, self.ca.leaf_key(), self.ca.cert(), alpn)
+            .map_err(|e| (format!("OpenSSL: {e}"), ALERT_INTERNAL_ERROR))?;
+        let held = PrefixedStream::new(held, job.client);
+        let mut client_tls = SslStream::new(ssl, held)
+            .map_err(|e| (format!("OpenSSL: {e}"), ALERT_INTERNAL_ERROR))?;
+        match tokio::time::timeout(job.handshake_timeout, Pin::new(&mut client_tls).accept()).await
         {
-            Ok(s) => s,
-            Err(e) => {
-                refuse(
-                    &mut report,
-                    format!("OpenSSL: {e}"),
-                    crate::hello::alert::ALERT_INTERNAL_ERROR,
-                );
-                return report;
-            }
-        };
-        let mut client_tls = match SslStream::new(ssl, PrefixedStream::new(held, client)) {
-            Ok(s) => s,
-            Err(e) => {
-                refuse(
-                    &mut report,
-                    format!("OpenSSL: {e}"),
-                    crate::hello::alert::ALERT_INTERNAL_ERROR,
-                );
-                return report;
-            }
-        };
-        match tokio::time::timeout(handshake_timeout, Pin::new(&mut client_tls).accept()).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => Ok(ClientSide::Ready(client_tls)),
             Ok(Err(e)) => {
-                // OpenSSL has already sent its own alert.
-                tracing::warn!(name = %name, error = %e, "upgrade failed: the client's TLS handshake with tlspeek failed");
-                report.error = Some(format!("client TLS handshake failed: {e}"));
-                report.outcome = Some(Outcome::UpgradeFailed);
-                return report;
+                tracing::warn!(name = %job.name, error = %e, "upgrade failed: the client's TLS handshake with tlspeek failed");
+                Ok(ClientSide::Failed(format!(
+                    "client TLS handshake failed: {e}"
+                )))
             }
-            Err(_) => {
-                report.error = Some("client TLS handshake timed out".into());
-                report.outcome = Some(Outcome::UpgradeFailed);
-                return report;
-            }
+            Err(_) => Ok(ClientSide::Failed("client TLS handshake timed out".into())),
         }
-        report.client_version = client_tls.ssl().version2().map(ssl_version_code);
-        report.client_cipher = client_tls
-            .ssl()
-            .current_cipher()
-            .map(|c| u16::from_be_bytes(c.protocol_id()));
-        tracing::info!(
-            name = %name,
-            client_version = ?report.client_version.map(crate::hello::version_name),
-            upstream_version = ?report.upstream_version,
-            "upgraded"
-        );
-
-        // 3. Plaintext both ways.
-        report.outcome = Some(
-            splice_plaintext(
-                &mut client_tls,
-                &mut up_tls,
-                idle,
-                stats,
-                metrics,
-                &mut report,
-            )
-            .await,
-        );
-        report
     }
+}
+
+/// What an upgrade works on: the tunnel's two sockets, the client's held hello, the name,
+/// the limits, and where bytes are counted.
+pub struct UpgradeJob<'a> {
+    pub client: &'a TcpStream,
+    pub upstream: &'a TcpStream,
+    /// The client's ClientHello, read but not forwarded.
+    pub held: Vec<u8>,
+    pub hello: &'a ClientHelloSummary,
+    pub name: &'a HostName,
+    /// Each TLS handshake gets at most this long.
+    pub handshake_timeout: Duration,
+    /// `idle_timeout` of the plaintext splice.
+    pub idle: Duration,
+    pub stats: &'a TunnelStats,
+    pub metrics: &'a Metrics,
+}
+
+/// The client side after its handshake: ready, or failed after OpenSSL answered the client
+/// itself (no alert of ours to send).
+enum ClientSide<'a> {
+    Ready(SslStream<PrefixedStream<'a>>),
+    Failed(String),
+}
+
+/// The ALPN protocol the upstream chose.
+fn alpn_of(t: &tokio_rustls::client::TlsStream<SharedStream<'_>>) -> Option<Vec<u8>> {
+    t.get_ref().1.alpn_protocol().map(<[u8]>::to_vec)
 }
 
 fn ssl_version_code(v: openssl::ssl::SslVersion) -> u16 {
