@@ -176,19 +176,50 @@ fn finish_request(
     shared.events.write(&rec);
 }
 
-/// One request: admission, upstream connect, forward, stream the answer back.
+/// Why a request is answered by tlspeek itself instead of being forwarded.
+struct Refused {
+    status: StatusCode,
+    outcome: Outcome,
+    why: String,
+    /// An extra response header line (`Name: value`), e.g. the 407's challenge.
+    header: Option<&'static str>,
+}
+
+impl Refused {
+    fn new(status: StatusCode, outcome: Outcome, why: impl Into<String>) -> Refused {
+        Refused {
+            status,
+            outcome,
+            why: why.into(),
+            header: None,
+        }
+    }
+
+    fn bad_request(why: impl Into<String>) -> Refused {
+        Refused::new(StatusCode::BAD_REQUEST, Outcome::BadRequest, why)
+    }
+}
+
+/// One request: admission (URL, Host, credentials, port), then the relay to the upstream.
 async fn forward(ctx: Arc<HttpClient>, req: Request<Incoming>) -> Response<ProxyBody> {
     let started = Instant::now();
-    let shared = &ctx.shared;
+    let mut rec = request_record(&ctx, &req);
+    match admit(&ctx, &req, &mut rec).await {
+        Ok((target, host)) => relay(&ctx, req, rec, &target, host, started).await,
+        Err(r) => refuse(&ctx.shared, rec, r, started),
+    }
+}
+
+/// The request's record: who, and "METHOD /path" and User-Agent (capped, no query).
+fn request_record(ctx: &HttpClient, req: &Request<Incoming>) -> ConnectionRecord {
     let mut rec = ConnectionRecord::new(
-        shared.next_id(),
+        ctx.shared.next_id(),
         Mode::Http,
         ctx.peer,
         ctx.src.value.clone(),
     );
-    let path = req.uri().path().to_string();
     rec.request = Some(
-        format!("{} {}", req.method(), path)
+        format!("{} {}", req.method(), req.uri().path())
             .chars()
             .take(256)
             .collect(),
@@ -199,109 +230,84 @@ async fn forward(ctx: Arc<HttpClient>, req: Request<Incoming>) -> Response<Proxy
             .take(256)
             .collect()
     });
-    let finish = |rec: ConnectionRecord, outcome: Outcome, up: u64, down: u64| {
-        finish_request(shared, rec, outcome, (up, down), started);
-    };
-    let refuse = |rec: ConnectionRecord, status: StatusCode, outcome: Outcome, why: String| {
-        info!(outcome = outcome.as_str(), status = status.as_u16(), reason = %why, "http request refused");
-        finish(rec, outcome, 0, 0);
-        text(status, why)
-    };
+    rec
+}
 
-    // Only absolute-form http:// requests; https goes through CONNECT.
-    let uri = req.uri().clone();
+/// A refusal: logged, counted, its event line written, and the answer.
+fn refuse(
+    shared: &Shared,
+    rec: ConnectionRecord,
+    r: Refused,
+    started: Instant,
+) -> Response<ProxyBody> {
+    info!(outcome = r.outcome.as_str(), status = r.status.as_u16(), reason = %r.why, "http request refused");
+    finish_request(shared, rec, r.outcome, (0, 0), started);
+    let mut resp = text(r.status, r.why);
+    if let Some((name, value)) = r.header.and_then(|h| h.split_once(": ")) {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            resp.headers_mut().insert(n, v);
+        }
+    }
+    resp
+}
+
+/// Only absolute-form `http://` URLs with a host; https goes through CONNECT.
+fn url_authority(uri: &Uri) -> Result<&hyper::http::uri::Authority, Refused> {
     match uri.scheme_str() {
         Some(s) if s.eq_ignore_ascii_case("http") => {}
         Some(_) => {
-            return refuse(
-                rec,
-                StatusCode::BAD_REQUEST,
-                Outcome::BadRequest,
-                "only http:// URLs are forwarded; use CONNECT for https".into(),
-            );
+            return Err(Refused::bad_request(
+                "only http:// URLs are forwarded; use CONNECT for https",
+            ));
         }
         None => {
-            return refuse(
-                rec,
-                StatusCode::BAD_REQUEST,
-                Outcome::BadRequest,
-                "this is a proxy: send absolute-form requests (GET http://host/path) or CONNECT"
-                    .into(),
-            );
+            return Err(Refused::bad_request(
+                "this is a proxy: send absolute-form requests (GET http://host/path) or CONNECT",
+            ));
         }
     }
-    let Some(authority) = uri.authority() else {
-        return refuse(
-            rec,
-            StatusCode::BAD_REQUEST,
-            Outcome::BadRequest,
-            "the URL has no host".into(),
-        );
-    };
+    uri.authority()
+        .ok_or_else(|| Refused::bad_request("the URL has no host"))
+}
+
+/// The checks before any upstream is touched: the URL, one Host header, the credentials,
+/// the port. Returns the target and the Host header the upstream will get.
+async fn admit(
+    ctx: &HttpClient,
+    req: &Request<Incoming>,
+    rec: &mut ConnectionRecord,
+) -> Result<(Authority, HeaderValue), Refused> {
+    let authority = url_authority(req.uri())?;
     // Two Host headers make the request ambiguous (RFC 9112 §3.2): refused, not guessed.
     if req.headers().get_all(header::HOST).iter().count() > 1 {
-        return refuse(
-            rec,
-            StatusCode::BAD_REQUEST,
-            Outcome::BadRequest,
-            "more than one Host header".into(),
-        );
+        return Err(Refused::bad_request("more than one Host header"));
     }
     let port = authority.port_u16().unwrap_or(80);
-    let target = match parse_authority(&format!("{}:{port}", authority.host())) {
-        Ok(t) => t,
-        Err(why) => {
-            return refuse(
-                rec,
-                StatusCode::BAD_REQUEST,
-                Outcome::BadRequest,
-                format!("bad URL host: {why}"),
-            );
-        }
-    };
+    let target = parse_authority(&format!("{}:{port}", authority.host()))
+        .map_err(|why| Refused::bad_request(format!("bad URL host: {why}")))?;
     rec.target_host = Some(target.host.to_string());
     rec.target_port = Some(port);
     // Proxy authentication for every request, not just a connection's first: a later
     // request without (good) credentials on the same keep-alive connection gets 407 too.
     // (After the URL is read, so that the refusal's event line names its target.)
-    if let Some(auth) = shared.auth.load_full() {
-        let given = req
-            .headers()
-            .get(header::PROXY_AUTHORIZATION)
-            .map(HeaderValue::as_bytes);
-        match auth.check(ctx.peer.ip(), given).await.verdict() {
-            Ok(user) => rec.user = user,
-            Err(r) => {
-                shared
-                    .metrics
-                    .auth_failures
-                    .with_label_values(&[r.metric_reason])
-                    .inc();
-                let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN);
-                let mut resp = refuse(rec, status, Outcome::AuthRequired, r.reason.into());
-                if let Some((name, value)) = r.header.split_once(": ") {
-                    if let (Ok(n), Ok(v)) = (
-                        HeaderName::from_bytes(name.as_bytes()),
-                        HeaderValue::from_str(value),
-                    ) {
-                        resp.headers_mut().insert(n, v);
-                    }
-                }
-                return resp;
-            }
-        }
-    }
+    rec.user = authorize(ctx, req).await?;
     let cfg = &ctx.cfg;
     if !cfg.proxy.allowed_http_ports.contains(&port) {
-        return refuse(
-            rec,
+        return Err(Refused::new(
             StatusCode::FORBIDDEN,
             Outcome::RefusedPort,
             format!("port {port} is not allowed for http://"),
-        );
+        ));
     }
+    // Host is the URL's authority (RFC 9112 §3.2.2), whatever the client's Host said: the
+    // upstream must serve the name the event line and the rules judged.
+    let host = HeaderValue::from_str(&host_header(authority))
+        .map_err(|_| Refused::bad_request("the URL's host cannot be a Host header"))?;
     let destination = destination_label(cfg, target.name());
-    shared
+    ctx.shared
         .metrics
         .http_requests
         .with_label_values(&[&destination])
@@ -309,49 +315,49 @@ async fn forward(ctx: Arc<HttpClient>, req: Request<Incoming>) -> Response<Proxy
     if destination != crate::telemetry::guard::OTHER {
         info!(destination = %destination, source = %ctx.src.value, "cleartext HTTP to a watched destination");
     }
+    Ok((target, host))
+}
 
-    let upstream = match connect_upstream(&ctx, &target, &mut rec).await {
-        Ok(u) => u,
-        Err((status, outcome, why)) => return refuse(rec, status, outcome, why),
+/// The request's user when proxy authentication allows it (None without `[auth]` or for
+/// an exempt source), else the 407/429 refusal.
+async fn authorize(ctx: &HttpClient, req: &Request<Incoming>) -> Result<Option<String>, Refused> {
+    let Some(auth) = ctx.shared.auth.load_full() else {
+        return Ok(None);
     };
-    let (mut sender, conn) =
-        match hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await {
-            Ok(x) => x,
-            Err(e) => {
-                return refuse(
-                    rec,
-                    StatusCode::BAD_GATEWAY,
-                    Outcome::ConnectFailed,
-                    format!("upstream: {e}"),
-                );
+    let given = req
+        .headers()
+        .get(header::PROXY_AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    auth.check(ctx.peer.ip(), given)
+        .await
+        .verdict()
+        .map_err(|r| {
+            ctx.shared
+                .metrics
+                .auth_failures
+                .with_label_values(&[r.metric_reason])
+                .inc();
+            Refused {
+                status: StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN),
+                outcome: Outcome::AuthRequired,
+                why: r.reason.into(),
+                header: Some(r.header),
             }
-        };
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            debug!(error = %e, "upstream http connection ended with an error");
-        }
-    });
+        })
+}
 
-    // The request as the upstream sees it: origin-form (absolute-form to a parent proxy),
-    // no hop-by-hop headers, our Via.
+/// The request as the upstream sees it: origin-form (absolute-form to a parent proxy), no
+/// hop-by-hop headers, our Via, `host` as Host; its body counted into `up_count`.
+fn upstream_request(
+    cfg: &Config,
+    req: Request<Incoming>,
+    host: HeaderValue,
+    up_count: &Arc<AtomicU64>,
+) -> Request<Counted<Incoming>> {
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     add_via(&mut parts.headers);
-    // Host is the URL's authority (RFC 9112 §3.2.2), whatever the client's Host said: the
-    // upstream must serve the name the event line and the rules judged.
-    match HeaderValue::from_str(&host_header(authority)) {
-        Ok(v) => {
-            parts.headers.insert(header::HOST, v);
-        }
-        Err(_) => {
-            return refuse(
-                rec,
-                StatusCode::BAD_REQUEST,
-                Outcome::BadRequest,
-                "the URL's host cannot be a Host header".into(),
-            );
-        }
-    }
+    parts.headers.insert(header::HOST, host);
     match &cfg.upstream_proxy {
         Some(p) => {
             if let Some(auth) = p
@@ -363,42 +369,83 @@ async fn forward(ctx: Arc<HttpClient>, req: Request<Incoming>) -> Response<Proxy
             }
         }
         None => {
-            let origin = uri.path_and_query().map_or("/", |pq| pq.as_str());
+            let origin = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
             parts.uri = origin.parse::<Uri>().unwrap_or_default();
         }
     }
     parts.version = hyper::Version::HTTP_11;
-    let up_count = Arc::new(AtomicU64::new(0));
     let body = Counted {
         inner: body,
         counter: up_count.clone(),
         done: None,
     };
-    let wait = cfg.proxy.idle_timeout.min(Duration::from_secs(300));
-    let response =
-        match tokio::time::timeout(wait, sender.send_request(Request::from_parts(parts, body)))
-            .await
-        {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                let up = up_count.load(Ordering::Relaxed);
-                info!(error = %e, "upstream http request failed");
-                finish(rec, Outcome::UpstreamReset, up, 0);
-                return text(StatusCode::BAD_GATEWAY, format!("upstream: {e}"));
-            }
-            Err(_) => {
-                let up = up_count.load(Ordering::Relaxed);
-                finish(rec, Outcome::ConnectTimeout, up, 0);
-                return text(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream did not answer in time".into(),
+    Request::from_parts(parts, body)
+}
+
+/// Connects upstream, sends the request, and streams the answer back; the event line is
+/// written when the answer's body ends.
+async fn relay(
+    ctx: &HttpClient,
+    req: Request<Incoming>,
+    mut rec: ConnectionRecord,
+    target: &Authority,
+    host: HeaderValue,
+    started: Instant,
+) -> Response<ProxyBody> {
+    let shared = &ctx.shared;
+    let upstream = match connect_upstream(ctx, target, &mut rec).await {
+        Ok(u) => u,
+        Err((status, outcome, why)) => {
+            return refuse(shared, rec, Refused::new(status, outcome, why), started);
+        }
+    };
+    let (mut sender, conn) =
+        match hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await {
+            Ok(x) => x,
+            Err(e) => {
+                let r = Refused::new(
+                    StatusCode::BAD_GATEWAY,
+                    Outcome::ConnectFailed,
+                    format!("upstream: {e}"),
                 );
+                return refuse(shared, rec, r, started);
             }
         };
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(error = %e, "upstream http connection ended with an error");
+        }
+    });
+    let up_count = Arc::new(AtomicU64::new(0));
+    let request = upstream_request(&ctx.cfg, req, host, &up_count);
+    let wait = ctx.cfg.proxy.idle_timeout.min(Duration::from_secs(300));
+    let response = match tokio::time::timeout(wait, sender.send_request(request)).await {
+        Ok(Ok(r)) => r,
+        failed => {
+            let up = up_count.load(Ordering::Relaxed);
+            let (outcome, status, why) = match failed {
+                Ok(Err(e)) => {
+                    info!(error = %e, "upstream http request failed");
+                    (
+                        Outcome::UpstreamReset,
+                        StatusCode::BAD_GATEWAY,
+                        format!("upstream: {e}"),
+                    )
+                }
+                _ => (
+                    Outcome::ConnectTimeout,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream did not answer in time".to_string(),
+                ),
+            };
+            finish_request(shared, rec, outcome, (up, 0), started);
+            return text(status, why);
+        }
+    };
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     add_via(&mut parts.headers);
-    let shared2 = ctx.shared.clone();
+    let shared2 = shared.clone();
     let body = Counted {
         inner: body,
         counter: Arc::new(AtomicU64::new(0)),
