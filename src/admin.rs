@@ -28,7 +28,7 @@ use tracing::{debug, warn};
 
 use crate::clock::unix_now;
 use crate::inventory::{Filter, Store, parse_since, report};
-use crate::proxy::Shared;
+use crate::shared::Shared;
 
 /// Admin connections served at once.
 const MAX_ADMIN_CONNECTIONS: usize = 64;
@@ -356,7 +356,13 @@ async fn reload(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Full<
     if req.headers().contains_key(header::ORIGIN) {
         return forbidden("cross-origin reload refused\n");
     }
-    match crate::proxy::reload::reload(shared).await {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let asked = shared.reload_requests.send(reply).await;
+    let result = match (asked, answer.await) {
+        (Ok(()), Ok(r)) => r,
+        _ => Err("the proxy is shutting down".to_string()),
+    };
+    match result {
         Ok(restart) if restart.is_empty() => text(StatusCode::OK, "reloaded\n"),
         Ok(restart) => text(
             StatusCode::OK,

@@ -68,7 +68,7 @@ pub fn check_config(file: &Path, skip_files: bool) -> Result<String, CommandErro
             cfg.metrics.max_series_per_metric,
             cfg.metrics.series_idle_expiry,
         )?;
-        crate::proxy::reload::build(cfg.clone(), None, &metrics).map_err(|reason| {
+        crate::app::reload::build(cfg.clone(), None, &metrics).map_err(|reason| {
             CommandError::Build {
                 path: file.display().to_string(),
                 reason,
@@ -121,7 +121,7 @@ pub fn passwd(user: &str, line: Option<&str>) -> Result<String, CommandError> {
         .ok_or_else(|| CommandError::NoPassword {
             user: user.to_string(),
         })?;
-    crate::proxy::auth::hash_line(user, password).map_err(CommandError::BadUser)
+    crate::access::auth::hash_line(user, password).map_err(CommandError::BadUser)
 }
 
 /// A `--since`/`--until` value: RFC 3339, a date, Unix seconds, or a duration meaning "ago".

@@ -6,8 +6,10 @@
 // Lints: `[lints]` in Cargo.toml (unsafe code forbidden; no unwrap, expect or panic outside
 // tests), for the library and the binary alike.
 
+pub mod access;
 pub mod admin;
 pub mod analyze;
+pub mod app;
 pub mod clock;
 pub mod commands;
 pub mod config;
@@ -19,6 +21,7 @@ pub mod net;
 pub mod policy;
 pub mod proxy;
 pub mod secrets;
+pub mod shared;
 pub mod telemetry;
 pub mod upgrade;
 pub mod writer_thread;

@@ -1,15 +1,15 @@
 //! The `tlspeek` command line: parse arguments, call the library (`tlspeek::commands` for
-//! the one-shot commands, `tlspeek::analyze`, `tlspeek::proxy::run`), print, exit.
+//! the one-shot commands, `tlspeek::analyze`, `tlspeek::app::run`), print, exit.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use tlspeek::app::{self, Control};
 use tlspeek::commands;
 use tlspeek::config::{Config, LoadError, Overrides};
 use tlspeek::inventory::report::{self, Format};
-use tlspeek::proxy::{self, Control};
 
 #[derive(Parser)]
 #[command(
@@ -318,7 +318,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         admin_listen: args.admin_listen,
         event_log: args.event_log,
     };
-    let source = tlspeek::proxy::reload::ConfigSource {
+    let source = tlspeek::shared::ConfigSource {
         path: args.config.clone(),
         overrides: overrides.clone(),
     };
@@ -336,9 +336,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         spawn_signal_handlers(tx)?;
-        proxy::run(cfg, source, rx)
-            .await
-            .map_err(anyhow::Error::from)
+        app::run(cfg, source, rx).await.map_err(anyhow::Error::from)
     })
 }
 

@@ -42,6 +42,36 @@ pub enum SecretError {
     },
 }
 
+/// A private key file that others could read, or that cannot be read at all.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is readable by group or others (mode {mode:04o}); run chmod 600 on it", path.display())]
+    Readable { path: PathBuf, mode: u32 },
+}
+
+/// A private key file (the upgrade CA's) must exist and be readable by its owner only: a
+/// key that others can read lets them impersonate every name the CA may sign. Stricter
+/// than other secrets: not even the group may read it.
+pub fn check_private_key_file(key_path: &Path) -> Result<(), KeyFileError> {
+    let meta = std::fs::metadata(key_path).map_err(|source| KeyFileError::Io {
+        path: key_path.to_path_buf(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(KeyFileError::Readable {
+            path: key_path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
 /// Reads a secret file after checking its mode. `what` names it in errors (the config key).
 pub fn read_secret_file(what: &'static str, path: &Path) -> Result<String, SecretError> {
     let io = |source| SecretError::Io {

@@ -397,7 +397,7 @@ pub(super) fn validate(raw: RawConfig, earlier: Vec<ConfigError>) -> Result<Conf
         );
     }
     if let Some(key) = &upgrade.ca_key {
-        if let Err(e) = crate::upgrade::ca::check_key_file(key) {
+        if let Err(e) = crate::secrets::check_private_key_file(key) {
             c.err("upgrade.ca_key", e.to_string());
         }
     }

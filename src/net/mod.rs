@@ -1,8 +1,10 @@
-//! Socket I/O shared by the proxy, upgrade mode and the admin-free paths: the tunnel pumps
-//! (`splice`: copy and zero-copy, pooled buffers and pipes), stream adapters over shared
-//! sockets (`streams`), and the two small things every connection needs — writing a whole
+//! Socket I/O shared by the proxy and upgrade mode: the tunnel pumps (`splice`: copy and
+//! zero-copy, pooled buffers and pipes), the open tunnels' registry (`registry`, for
+//! `/debug/tunnels`), stream adapters over shared sockets (`streams`), and the two small
+//! things every connection needs — writing a whole
 //! answer within a time limit, and closing so that the peer reads that answer.
 
+pub mod registry;
 pub mod splice;
 pub mod streams;
 

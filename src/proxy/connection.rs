@@ -10,19 +10,19 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use super::Shared;
 use super::admission::{self, ConnectError};
 use super::authority::{Authority, Host, parse_authority};
 use super::handshake::HandshakeWatch;
-use super::limits::{LimitHit, Permit};
 use super::proxy_protocol;
 use super::request::{self, ESTABLISHED, HeadError, RequestHead};
 use super::transparent;
 use super::tunnel::{TunnelEnd, UpgradePlan};
 use super::{http_forward, parent};
+use crate::access::limits::{LimitHit, Permit};
 use crate::config::Config;
 use crate::net::splice::{self, TunnelStats};
 use crate::net::{lingering_close, write_all_within};
+use crate::shared::Shared;
 use crate::telemetry::{ConnectionRecord, Mode, Outcome, SourceLabel, source_label};
 
 /// Writing a refusal (or the 200) to a client gets at most this long.
@@ -453,7 +453,7 @@ impl Conn<'_> {
     }
 
     /// Lists the tunnel in `/debug/tunnels` while the returned guard lives.
-    fn list(&self, id: u64, target: &Authority) -> super::registry::Listed<'_> {
+    fn list(&self, id: u64, target: &Authority) -> crate::net::registry::Listed<'_> {
         self.shared.tunnels.list(
             id,
             self.peer,

@@ -19,7 +19,7 @@ use crate::hello::{
 use crate::inventory::Observation;
 use crate::telemetry::{ConnectionRecord, Who};
 
-use super::Shared;
+use crate::shared::Shared;
 
 /// What the server answered first.
 #[derive(Debug)]

@@ -27,13 +27,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tracing::{debug, info};
 
-use super::Shared;
 use super::admission::{self, ConnectError};
 use super::authority::{Authority, parse_authority};
 use super::connection::connect_refusal;
 use super::parent;
 use crate::config::Config;
 use crate::net::streams::PrefixedStream;
+use crate::shared::Shared;
 use crate::telemetry::{ConnectionRecord, Mode, Outcome, SourceLabel, destination_label};
 
 type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;

@@ -11,8 +11,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info_span, warn};
 
-use super::Shared;
 use super::connection::{self, Admission, admit};
+use crate::shared::Shared;
 use crate::telemetry::Mode;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(10);

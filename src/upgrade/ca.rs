@@ -61,8 +61,8 @@ pub enum CaError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} is readable by group or others (mode {mode:04o}); run chmod 600 on it")]
-    KeyReadable { path: PathBuf, mode: u32 },
+    #[error(transparent)]
+    KeyFile(#[from] crate::secrets::KeyFileError),
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
     #[error("{0:?} is not a host name a CA can be limited to")]
@@ -194,23 +194,6 @@ fn within(name: &str, base: &str) -> bool {
     name == base || name.strip_suffix(base).is_some_and(|p| p.ends_with('.'))
 }
 
-/// A CA key file must exist and be readable by its owner only: a key that others can read
-/// lets them impersonate every name the CA may sign.
-pub fn check_key_file(key_path: &Path) -> Result<(), CaError> {
-    let meta = std::fs::metadata(key_path).map_err(|source| CaError::Io {
-        path: key_path.to_path_buf(),
-        source,
-    })?;
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(CaError::KeyReadable {
-            path: key_path.to_path_buf(),
-            mode,
-        });
-    }
-    Ok(())
-}
-
 /// What a CA made by an older `ca init` (or by hand) lacks of today's limits.
 fn older_ca_weaknesses(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<&'static str> {
     use x509_parser::extensions::GeneralName;
@@ -252,7 +235,7 @@ impl Ca {
     /// Loads the CA certificate and key; the key must be readable by its owner only, and
     /// the certificate must be a CA whose key matches.
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Ca, CaError> {
-        check_key_file(key_path)?;
+        crate::secrets::check_private_key_file(key_path)?;
         let invalid = |path: &Path, reason: String| CaError::Invalid {
             path: path.to_path_buf(),
             reason,

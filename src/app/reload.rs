@@ -7,22 +7,14 @@
 //! (listen addresses, event and inventory files, metric limits) are reported as needing a
 //! restart.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::{Config, Overrides};
+use crate::config::Config;
 use crate::telemetry::Metrics;
 use crate::upgrade::Upgrader;
 
-use super::Shared;
-use super::auth::{Auth, FailureLog};
-
-/// Where the configuration comes from, so it can be read again.
-#[derive(Clone, Debug, Default)]
-pub struct ConfigSource {
-    pub path: Option<PathBuf>,
-    pub overrides: Overrides,
-}
+use crate::access::auth::{Auth, FailureLog};
+use crate::shared::Shared;
 
 /// What one configuration builds, swapped as a whole.
 pub struct Built {
