@@ -148,36 +148,15 @@ def count(k, n=1):
     with lock:
         counts[k] = counts.get(k, 0) + n
 
-# Echo upstream.
-def echo_server():
-    l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    l.bind(("127.0.0.1", echo_port)); l.listen(1024)
-    while True:
-        c, _ = l.accept()
-        def serve(c):
-            try:
-                c.settimeout(60)
-                while True:
-                    b = c.recv(65536)
-                    if not b:
-                        break
-                    c.sendall(b)
-                c.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-            finally:
-                c.close()
-        threading.Thread(target=serve, args=(c,), daemon=True).start()
-threading.Thread(target=echo_server, daemon=True).start()
-
 def raw_payload(seed):
     return random.Random(seed).randbytes(RAW_SIZE)
 
-# Source: sends RAW_SIZE bytes chosen by the 8-byte seed the client sends first.
-# Sink: reads until EOF, answers with the SHA-256 of what it got.
+# The plain upstreams, one thread per connection: echo (sends back what it got), source
+# (sends RAW_SIZE bytes chosen by the 8-byte seed the client sends first), sink (reads until
+# EOF, answers with the SHA-256 of what it got).
 def side_server(port, serve):
     l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    l.bind(("127.0.0.1", port)); l.listen(256)
+    l.bind(("127.0.0.1", port)); l.listen(1024)
     while True:
         c, _ = l.accept()
         def run(c):
@@ -188,6 +167,13 @@ def side_server(port, serve):
             finally:
                 c.close()
         threading.Thread(target=run, args=(c,), daemon=True).start()
+def echo(c):
+    while True:
+        b = c.recv(65536)
+        if not b:
+            break
+        c.sendall(b)
+    c.shutdown(socket.SHUT_WR)
 def source(c):
     seed = b""
     while len(seed) < 8:
@@ -204,6 +190,7 @@ def sink(c):
             break
         h.update(b)
     c.sendall(h.hexdigest().encode()); c.shutdown(socket.SHUT_WR)
+threading.Thread(target=side_server, args=(echo_port, echo), daemon=True).start()
 threading.Thread(target=side_server, args=(source_port, source), daemon=True).start()
 threading.Thread(target=side_server, args=(sink_port, sink), daemon=True).start()
 time.sleep(0.3)
