@@ -56,7 +56,7 @@ pub enum Control {
 pub async fn run(
     cfg: Config,
     source: crate::shared::ConfigSource,
-    mut control: tokio::sync::mpsc::Receiver<Control>,
+    control: tokio::sync::mpsc::Receiver<Control>,
 ) -> Result<(), RunError> {
     // Refuse to start on what cannot be used (the upgrade CA, credentials, the admin
     // token) before binding anything.
@@ -65,37 +65,69 @@ pub async fn run(
         cfg.metrics.series_idle_expiry,
     )?);
     let built = reload::build(cfg, None, &metrics).map_err(RunError::Setup)?;
+    let listeners = Listeners::bind(&built.cfg).await?;
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+    let shared = build_shared(built, metrics, source, reload_tx)?;
+    // Names for callers without SNI are known before the first connection is accepted.
+    let watched = shared.config.load().metrics.watched_destinations.clone();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(3),
+        shared.watched_addresses.refresh(&watched),
+    )
+    .await;
+    let tasks = Tasks::start(&shared, listeners);
+    serve_control(&shared, control, reload_rx).await;
+    tasks.shut_down(&shared).await;
+    Ok(())
+}
+
+/// The listeners, bound before anything else starts.
+struct Listeners {
+    proxy: TcpListener,
+    transparent: Option<TcpListener>,
+    admin: TcpListener,
+}
+
+impl Listeners {
+    async fn bind(cfg: &Config) -> Result<Listeners, RunError> {
+        let bind = |what: &'static str, addr: SocketAddr| {
+            move |source| RunError::Bind { what, addr, source }
+        };
+        let proxy = TcpListener::bind(cfg.proxy.listen)
+            .await
+            .map_err(bind("proxy.listen", cfg.proxy.listen))?;
+        let transparent = match cfg.transparent_listen {
+            Some(addr) => Some(bind_transparent(addr, cfg.transparent_tproxy)?),
+            None => None,
+        };
+        let admin = TcpListener::bind(cfg.admin.listen)
+            .await
+            .map_err(bind("admin.listen", cfg.admin.listen))?;
+        Ok(Listeners {
+            proxy,
+            transparent,
+            admin,
+        })
+    }
+}
+
+/// `Shared` from what `reload::build` made: the event log and inventory writers started,
+/// reverse DNS when asked for.
+fn build_shared(
+    built: reload::Built,
+    metrics: Arc<Metrics>,
+    source: crate::shared::ConfigSource,
+    reload_requests: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<ReloadResult>>,
+) -> Result<Arc<Shared>, RunError> {
     let cfg = built.cfg;
-    let proxy_addr = cfg.proxy.listen;
-    let admin_addr = cfg.admin.listen;
-    let proxy_listener = TcpListener::bind(proxy_addr)
-        .await
-        .map_err(|source| RunError::Bind {
-            what: "proxy.listen",
-            addr: proxy_addr,
-            source,
-        })?;
-    let transparent_listener = match cfg.transparent_listen {
-        Some(addr) => Some(bind_transparent(addr, cfg.transparent_tproxy)?),
-        None => None,
-    };
-    let admin_listener = TcpListener::bind(admin_addr)
-        .await
-        .map_err(|source| RunError::Bind {
-            what: "admin.listen",
-            addr: admin_addr,
-            source,
-        })?;
     let events = EventLog::start(&cfg.events, metrics.clone()).map_err(RunError::Events)?;
     let inventory = Inventory::start(&cfg.inventory, metrics.clone()).map_err(RunError::Events)?;
     let dns = cfg
         .dns
         .reverse_lookup
         .then(|| ReverseDns::new(cfg.dns.cache_ttl, metrics.clone()));
-    let (reload_tx, mut reload_rx) =
-        tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<ReloadResult>>(4);
-    let shared = Arc::new(Shared {
-        reload_requests: reload_tx,
+    Ok(Arc::new(Shared {
+        reload_requests,
         inventory,
         dns,
         watched_addresses: Default::default(),
@@ -111,92 +143,109 @@ pub async fn run(
         ),
         tunnels: Default::default(),
         config: ArcSwap::from_pointee(cfg),
-        metrics: metrics.clone(),
+        metrics,
         events,
         next_id: AtomicU64::new(1),
         tracker: TaskTracker::new(),
         hard_stop: CancellationToken::new(),
         draining: CancellationToken::new(),
-    });
+    }))
+}
 
-    // Names for callers without SNI are known before the first connection is accepted.
-    let watched = shared.config.load().metrics.watched_destinations.clone();
-    let _ = tokio::time::timeout(
-        Duration::from_secs(3),
-        shared.watched_addresses.refresh(&watched),
-    )
-    .await;
-    let stop_accepting = CancellationToken::new();
-    // The admin listener stays up while draining (readiness says 503, metrics still scrape).
-    let stop_admin = CancellationToken::new();
-    let admin_task = tokio::spawn(admin::serve(
-        admin_listener,
-        shared.clone(),
-        stop_admin.clone(),
-    ));
-    let expiry_task = tokio::spawn(expire_series(shared.clone(), stop_admin.clone()));
-    let watched_task = tokio::spawn(refresh_watched(shared.clone(), stop_admin.clone()));
-    let accept_task = tokio::spawn(listener::accept_loop(
-        proxy_listener,
-        shared.clone(),
-        stop_accepting.clone(),
-        Mode::Connect,
-    ));
-    let transparent_task = transparent_listener.map(|l| {
-        tokio::spawn(listener::accept_loop(
-            l,
-            shared.clone(),
-            stop_accepting.clone(),
-            Mode::Transparent,
-        ))
-    });
-    info!(proxy = %proxy_addr, admin = %admin_addr, transparent = ?shared.config.load().transparent_listen, version = env!("CARGO_PKG_VERSION"), "tlspeek listening");
-
+/// Signals (reopen, reload, shutdown) and the admin's reload requests, until shutdown.
+async fn serve_control(
+    shared: &Arc<Shared>,
+    mut control: tokio::sync::mpsc::Receiver<Control>,
+    mut reload_requests: tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<ReloadResult>>,
+) {
     loop {
         tokio::select! {
             msg = control.recv() => match msg {
                 Some(Control::ReopenEvents) => shared.events.reopen(),
                 Some(Control::Reload) => {
-                    let _ = reload::reload(&shared).await;
+                    let _ = reload::reload(shared).await;
                 }
-                Some(Control::Shutdown) | None => break,
+                Some(Control::Shutdown) | None => return,
             },
-            Some(reply) = reload_rx.recv() => {
-                let _ = reply.send(reload::reload(&shared).await);
+            Some(reply) = reload_requests.recv() => {
+                let _ = reply.send(reload::reload(shared).await);
             }
         }
     }
+}
 
-    let grace = shared.config.load().proxy.shutdown_grace;
-    let open = shared.tracker.len();
-    info!(open_connections = open, grace = ?grace, "shutting down: no new connections, draining");
-    shared.draining.cancel();
-    stop_accepting.cancel();
-    let _ = accept_task.await;
-    if let Some(t) = transparent_task {
-        let _ = t.await;
+/// The running tasks and what stops them.
+struct Tasks {
+    stop_accepting: CancellationToken,
+    /// The admin listener stays up while draining (readiness says 503, metrics scrape).
+    stop_admin: CancellationToken,
+    accept: tokio::task::JoinHandle<()>,
+    transparent: Option<tokio::task::JoinHandle<()>>,
+    admin: tokio::task::JoinHandle<()>,
+    expiry: tokio::task::JoinHandle<()>,
+    watched: tokio::task::JoinHandle<()>,
+}
+
+impl Tasks {
+    fn start(shared: &Arc<Shared>, l: Listeners) -> Tasks {
+        let stop_accepting = CancellationToken::new();
+        let stop_admin = CancellationToken::new();
+        let accept_on = |listener: TcpListener, mode: Mode| {
+            tokio::spawn(listener::accept_loop(
+                listener,
+                shared.clone(),
+                stop_accepting.clone(),
+                mode,
+            ))
+        };
+        let tasks = Tasks {
+            accept: accept_on(l.proxy, Mode::Connect),
+            transparent: l.transparent.map(|t| accept_on(t, Mode::Transparent)),
+            admin: tokio::spawn(admin::serve(l.admin, shared.clone(), stop_admin.clone())),
+            expiry: tokio::spawn(expire_series(shared.clone(), stop_admin.clone())),
+            watched: tokio::spawn(refresh_watched(shared.clone(), stop_admin.clone())),
+            stop_accepting,
+            stop_admin,
+        };
+        let cfg = shared.config.load();
+        info!(proxy = %cfg.proxy.listen, admin = %cfg.admin.listen, transparent = ?cfg.transparent_listen, version = env!("CARGO_PKG_VERSION"), "tlspeek listening");
+        tasks
     }
-    shared.tracker.close();
-    if tokio::time::timeout(grace, shared.tracker.wait())
-        .await
-        .is_err()
-    {
-        warn!(
-            open_connections = shared.tracker.len(),
-            "shutdown grace over: closing open tunnels"
-        );
-        shared.hard_stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), shared.tracker.wait()).await;
+
+    /// Stops accepting, drains open connections for `shutdown_grace` (then closes them),
+    /// stops the admin listener and the background tasks, and flushes the event log.
+    async fn shut_down(self, shared: &Arc<Shared>) {
+        let grace = shared.config.load().proxy.shutdown_grace;
+        let open = shared.tracker.len();
+        info!(open_connections = open, grace = ?grace, "shutting down: no new connections, draining");
+        shared.draining.cancel();
+        self.stop_accepting.cancel();
+        let _ = self.accept.await;
+        if let Some(t) = self.transparent {
+            let _ = t.await;
+        }
+        shared.tracker.close();
+        if tokio::time::timeout(grace, shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                open_connections = shared.tracker.len(),
+                "shutdown grace over: closing open tunnels"
+            );
+            shared.hard_stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), shared.tracker.wait()).await;
+        }
+        self.stop_admin.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.admin).await;
+        let _ = self.expiry.await;
+        self.watched.abort();
+        let events_shared = shared.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || events_shared.events.close(Duration::from_secs(5)))
+                .await;
+        info!("tlspeek stopped");
     }
-    stop_admin.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(1), admin_task).await;
-    let _ = expiry_task.await;
-    watched_task.abort();
-    let events_shared = shared.clone();
-    let _ = tokio::task::spawn_blocking(move || events_shared.events.close(Duration::from_secs(5)))
-        .await;
-    info!("tlspeek stopped");
-    Ok(())
 }
 
 /// The transparent listener; with TPROXY it needs IP_TRANSPARENT (CAP_NET_ADMIN).
