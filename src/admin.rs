@@ -188,42 +188,8 @@ async fn route(
     {
         return pac(&cfg, req);
     }
-    if !cfg.admin.allowed_sources.contains(peer.ip()) {
-        debug!(%peer, "admin request from a source that is not allowed");
-        return forbidden("forbidden\n");
-    }
-    let known = matches!(
-        path,
-        "/metrics"
-            | "/healthz"
-            | "/readyz"
-            | "/legacy"
-            | "/legacy.csv"
-            | "/-/reload"
-            | "/debug/tunnels"
-    );
-    if !known {
-        return text(
-            StatusCode::NOT_FOUND,
-            "not found: try /metrics, /healthz, /readyz, /legacy, /legacy.csv, /debug/tunnels, POST /-/reload\n",
-        );
-    }
-    // The inventory and the tunnel list name internal hosts, and reload changes the proxy:
-    // they need the bearer token when one is configured.
-    if matches!(
-        path,
-        "/legacy" | "/legacy.csv" | "/-/reload" | "/debug/tunnels"
-    ) {
-        if let Some(token) = shared.admin_token.load_full() {
-            if !bearer_matches(req, &token) {
-                let mut r = text(StatusCode::UNAUTHORIZED, "a bearer token is required\n");
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    header::HeaderValue::from_static("Bearer realm=\"tlspeek\""),
-                );
-                return r;
-            }
-        }
+    if let Some(refused) = refusal(shared, &cfg, peer, req) {
+        return refused;
     }
     if path == "/-/reload" {
         return reload(shared, req).await;
@@ -235,14 +201,10 @@ async fn route(
         return r;
     }
     match path {
-        "/metrics" => {
-            let mut r = text(StatusCode::OK, shared.metrics.render());
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            r
-        }
+        "/metrics" => with_type(
+            text(StatusCode::OK, shared.metrics.render()),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
         "/readyz" if shared.draining.is_cancelled() => {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
         }
@@ -251,15 +213,68 @@ async fn route(
         "/debug/tunnels" => {
             let body = serde_json::to_string(&shared.tunnels.snapshot())
                 .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
-            let mut r = text(StatusCode::OK, body);
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("application/json"),
-            );
-            r
+            with_type(text(StatusCode::OK, body), "application/json")
         }
         _ => text(StatusCode::OK, "ok\n"),
     }
+}
+
+/// The paths the admin listener answers (besides `/proxy.pac`).
+const ADMIN_PATHS: &[&str] = &[
+    "/metrics",
+    "/healthz",
+    "/readyz",
+    "/legacy",
+    "/legacy.csv",
+    "/-/reload",
+    "/debug/tunnels",
+];
+
+/// The inventory and the tunnel list name internal hosts, and reload changes the proxy:
+/// they need the bearer token when one is configured.
+const TOKEN_PATHS: &[&str] = &["/legacy", "/legacy.csv", "/-/reload", "/debug/tunnels"];
+
+/// The answer to a request the admin's source allow-list, its paths or its bearer token
+/// refuse; None when it may be served.
+fn refusal(
+    shared: &Shared,
+    cfg: &crate::config::Config,
+    peer: SocketAddr,
+    req: &Request<Incoming>,
+) -> Option<Response<Full<Bytes>>> {
+    let path = req.uri().path();
+    if !cfg.admin.allowed_sources.contains(peer.ip()) {
+        debug!(%peer, "admin request from a source that is not allowed");
+        return Some(forbidden("forbidden\n"));
+    }
+    if !ADMIN_PATHS.contains(&path) {
+        return Some(text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /healthz, /readyz, /legacy, /legacy.csv, /debug/tunnels, POST /-/reload\n",
+        ));
+    }
+    if TOKEN_PATHS.contains(&path) {
+        if let Some(token) = shared.admin_token.load_full() {
+            if !bearer_matches(req, &token) {
+                let mut r = text(StatusCode::UNAUTHORIZED, "a bearer token is required\n");
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer realm=\"tlspeek\""),
+                );
+                return Some(r);
+            }
+        }
+    }
+    None
+}
+
+/// `r` with its Content-Type set.
+fn with_type(mut r: Response<Full<Bytes>>, content_type: &'static str) -> Response<Full<Bytes>> {
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    r
 }
 
 /// `/proxy.pac`: a PAC file that sends only the watched destinations through tlspeek and
