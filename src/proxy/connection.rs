@@ -124,38 +124,22 @@ pub async fn handle(
     shared: Arc<Shared>,
     cfg: Arc<Config>,
     client: TcpStream,
-    mut peer: SocketAddr,
+    peer: SocketAddr,
     id: u64,
-    mut admission: Admission,
+    admission: Admission,
     mode: Mode,
 ) {
     let started = Instant::now();
-    let mut header_error = None;
-    if let Admission::AfterProxyHeader = admission {
-        match proxy_protocol::read(&client, started + cfg.proxy.header_timeout).await {
-            Ok(proxy_protocol::Parsed::Proxied(real)) => {
-                debug!(balancer = %peer, client = %real, "PROXY header");
-                peer = real;
-                admission = admit(&shared, &cfg, peer);
-            }
-            Ok(proxy_protocol::Parsed::Local) => admission = admit(&shared, &cfg, peer),
-            Err(e) => {
-                header_error = Some(e.to_string());
-                admission = Admission::Refused(Refusal::new(
-                    400,
-                    "Bad Request",
-                    Outcome::BadRequest,
-                    e.to_string(),
-                ));
-            }
-        }
-    }
+    let (peer, admission, header_error) = match admission {
+        Admission::AfterProxyHeader => behind_balancer(&shared, &cfg, &client, peer, started).await,
+        other => (peer, other, None),
+    };
     let src = source_label(&cfg, peer.ip());
     let mut rec = ConnectionRecord::new(id, mode, peer, src.value.clone());
     rec.note = header_error;
     let stats = Arc::new(TunnelStats::new());
     let watch = HandshakeWatch::new();
-    let mut outcome = match admission {
+    let outcome = match admission {
         Admission::Refused(refusal) => {
             match mode {
                 Mode::Connect => refuse(&client, &refusal).await,
@@ -166,9 +150,6 @@ pub async fn handle(
         }
         Admission::AfterProxyHeader => Outcome::InternalError,
         Admission::Admitted(_permit) => {
-            if let Some(dns) = &shared.dns {
-                dns.lookup_later(peer.ip());
-            }
             let conn = Conn {
                 shared: &shared,
                 cfg: &cfg,
@@ -179,25 +160,52 @@ pub async fn handle(
                 watch: &watch,
                 mode,
             };
-            let serving = async {
-                match mode {
-                    Mode::Transparent => conn.serve_transparent(&mut rec).await,
-                    _ => conn.serve(&mut rec, started).await,
-                }
-            };
-            tokio::select! {
-                outcome = serving => outcome,
-                _ = shared.hard_stop.cancelled() => {
-                    debug!("shutdown grace over: closing the tunnel");
-                    Outcome::Closed
-                }
-            }
+            conn.serve_until_stopped(&mut rec, started).await
         }
     };
+    finish(&shared, rec, &stats, &watch, outcome, started, peer.ip());
+}
+
+/// A trusted load balancer's connection: its PROXY header names the real client, who is
+/// then admitted. Returns the client's address, the admission, and the header's error (a
+/// 400) if it had one.
+async fn behind_balancer(
+    shared: &Shared,
+    cfg: &Config,
+    client: &TcpStream,
+    balancer: SocketAddr,
+    started: Instant,
+) -> (SocketAddr, Admission, Option<String>) {
+    match proxy_protocol::read(client, started + cfg.proxy.header_timeout).await {
+        Ok(proxy_protocol::Parsed::Proxied(real)) => {
+            debug!(balancer = %balancer, client = %real, "PROXY header");
+            (real, admit(shared, cfg, real), None)
+        }
+        Ok(proxy_protocol::Parsed::Local) => (balancer, admit(shared, cfg, balancer), None),
+        Err(e) => {
+            let refusal = Refusal::new(400, "Bad Request", Outcome::BadRequest, e.to_string());
+            (balancer, Admission::Refused(refusal), Some(e.to_string()))
+        }
+    }
+}
+
+/// The connection's end: its final verdict and outcome, bytes and duration into the record,
+/// `tlspeek_connections_total`, and its event line (unless the plain-HTTP forwarder wrote
+/// one per request; the record's mode is then `http`, and only then differs from the
+/// listener's).
+fn finish(
+    shared: &Shared,
+    mut rec: ConnectionRecord,
+    stats: &TunnelStats,
+    watch: &HandshakeWatch,
+    outcome: Outcome,
+    started: Instant,
+    peer_ip: IpAddr,
+) {
     watch.finish(&mut rec);
-    outcome = outcome.after_server_alert(rec.server_alert.is_some());
+    let outcome = outcome.after_server_alert(rec.server_alert.is_some());
     if let Some(dns) = &shared.dns {
-        rec.source_name = dns.cached(peer.ip());
+        rec.source_name = dns.cached(peer_ip);
     }
     rec.outcome = outcome;
     rec.bytes_up = stats.up();
@@ -206,7 +214,7 @@ pub async fn handle(
     if rec.written_elsewhere {
         return;
     }
-    shared.metrics.connection_ended(mode, outcome);
+    shared.metrics.connection_ended(rec.mode, outcome);
     debug!(
         outcome = outcome.as_str(),
         bytes_up = rec.bytes_up,
@@ -287,6 +295,26 @@ pub(super) fn connect_refusal(e: &ConnectError) -> Refusal {
 }
 
 impl Conn<'_> {
+    /// Serves the admitted connection until it ends, or until the shutdown grace is over.
+    async fn serve_until_stopped(&self, rec: &mut ConnectionRecord, started: Instant) -> Outcome {
+        if let Some(dns) = &self.shared.dns {
+            dns.lookup_later(self.peer.ip());
+        }
+        let serving = async {
+            match self.mode {
+                Mode::Transparent => self.serve_transparent(rec).await,
+                _ => self.serve(rec, started).await,
+            }
+        };
+        tokio::select! {
+            outcome = serving => outcome,
+            _ = self.shared.hard_stop.cancelled() => {
+                debug!("shutdown grace over: closing the tunnel");
+                Outcome::Closed
+            }
+        }
+    }
+
     async fn serve(&self, rec: &mut ConnectionRecord, started: Instant) -> Outcome {
         let head =
             match request::read_head(self.client, started + self.cfg.proxy.header_timeout).await {
