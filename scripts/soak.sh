@@ -223,16 +223,19 @@ def connect(target, timeout=10):
         head += b
     return s, head.split(b"\r\n")[0].decode(errors="replace")
 
-def admin_get(path):
-    """The body of GET path on the admin listener."""
-    s = socket.create_connection(("127.0.0.1", admin), timeout=10)
-    s.sendall(b"GET %s HTTP/1.0\r\nHost: x\r\n\r\n" % path.encode())
+def read_to_end(s):
     out = b""
     while True:
         b = s.recv(65536)
         if not b:
-            break
+            return out
         out += b
+
+def admin_get(path):
+    """The body of GET path on the admin listener."""
+    s = socket.create_connection(("127.0.0.1", admin), timeout=10)
+    s.sendall(b"GET %s HTTP/1.0\r\nHost: x\r\n\r\n" % path.encode())
+    out = read_to_end(s)
     s.close()
     return out.split(b"\r\n\r\n", 1)[-1].decode(errors="replace")
 
@@ -377,12 +380,7 @@ def raw_worker(seed, up):
                     piece = view[off:off + 262144]
                     s.sendall(piece); transfer_progress(i, len(piece))
                 s.shutdown(socket.SHUT_WR)
-                got = b""
-                while True:
-                    b = s.recv(128)
-                    if not b:
-                        break
-                    got += b
+                got = read_to_end(s)
                 ok = got.decode(errors="replace") == hashlib.sha256(data).hexdigest()
             else:
                 s.sendall(key.to_bytes(8, "big"))

@@ -18,6 +18,7 @@ use super::request::{self, ESTABLISHED, HeadError, RequestHead};
 use super::transparent;
 use super::tunnel::{TunnelEnd, UpgradePlan};
 use super::{http_forward, parent};
+use crate::access::auth::AuthRefusal;
 use crate::access::limits::{LimitHit, Permit};
 use crate::config::Config;
 use crate::net::splice::{self, TunnelStats};
@@ -40,7 +41,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(
+    pub(super) fn new(
         status: u16,
         phrase: &'static str,
         outcome: Outcome,
@@ -58,6 +59,17 @@ impl Refusal {
     fn with_header(mut self, line: &'static str) -> Refusal {
         self.headers.push(line);
         self
+    }
+
+    pub(super) fn bad_request(reason: impl Into<String>) -> Refusal {
+        Refusal::new(400, "Bad Request", Outcome::BadRequest, reason)
+    }
+
+    /// Proxy authentication's 407/429, counted in `tlspeek_auth_failures_total{reason}`:
+    /// the one mapping for CONNECT and every plain-HTTP request.
+    pub(super) fn auth(r: AuthRefusal, failures: &prometheus::IntCounterVec) -> Refusal {
+        failures.with_label_values(&[r.metric_reason]).inc();
+        Refusal::new(r.status, r.phrase, Outcome::AuthRequired, r.reason).with_header(r.header)
     }
 
     /// The answer to a source outside `allowed_sources`.
@@ -183,7 +195,7 @@ async fn behind_balancer(
         }
         Ok(proxy_protocol::Parsed::Local) => (balancer, admit(shared, cfg, balancer), None),
         Err(e) => {
-            let refusal = Refusal::new(400, "Bad Request", Outcome::BadRequest, e.to_string());
+            let refusal = Refusal::bad_request(e.to_string());
             (balancer, Admission::Refused(refusal), Some(e.to_string()))
         }
     }
@@ -504,23 +516,8 @@ impl Conn<'_> {
             .check(self.peer.ip(), head.header("proxy-authorization"))
             .await
             .verdict();
-        match verdict {
-            Ok(user) => {
-                rec.user = user;
-                Ok(())
-            }
-            Err(r) => {
-                self.shared
-                    .metrics
-                    .auth_failures
-                    .with_label_values(&[r.metric_reason])
-                    .inc();
-                Err(
-                    Refusal::new(r.status, r.phrase, Outcome::AuthRequired, r.reason)
-                        .with_header(r.header),
-                )
-            }
-        }
+        rec.user = verdict.map_err(|r| Refusal::auth(r, &self.shared.metrics.auth_failures))?;
+        Ok(())
     }
 
     /// Method, target and port checks.

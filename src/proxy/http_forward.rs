@@ -29,7 +29,7 @@ use tracing::{debug, info};
 
 use super::admission::{self, ConnectError};
 use super::authority::{Authority, parse_authority};
-use super::connection::connect_refusal;
+use super::connection::{Refusal, connect_refusal};
 use super::parent;
 use crate::config::Config;
 use crate::net::streams::PrefixedStream;
@@ -176,30 +176,6 @@ fn finish_request(
     shared.events.write(&rec);
 }
 
-/// Why a request is answered by tlspeek itself instead of being forwarded.
-struct Refused {
-    status: StatusCode,
-    outcome: Outcome,
-    why: String,
-    /// An extra response header line (`Name: value`), e.g. the 407's challenge.
-    header: Option<&'static str>,
-}
-
-impl Refused {
-    fn new(status: StatusCode, outcome: Outcome, why: impl Into<String>) -> Refused {
-        Refused {
-            status,
-            outcome,
-            why: why.into(),
-            header: None,
-        }
-    }
-
-    fn bad_request(why: impl Into<String>) -> Refused {
-        Refused::new(StatusCode::BAD_REQUEST, Outcome::BadRequest, why)
-    }
-}
-
 /// One request: admission (URL, Host, credentials, port), then the relay to the upstream.
 async fn forward(ctx: Arc<HttpClient>, req: Request<Incoming>) -> Response<ProxyBody> {
     let started = Instant::now();
@@ -237,13 +213,14 @@ fn request_record(ctx: &HttpClient, req: &Request<Incoming>) -> ConnectionRecord
 fn refuse(
     shared: &Shared,
     rec: ConnectionRecord,
-    r: Refused,
+    r: Refusal,
     started: Instant,
 ) -> Response<ProxyBody> {
-    info!(outcome = r.outcome.as_str(), status = r.status.as_u16(), reason = %r.why, "http request refused");
+    info!(outcome = r.outcome.as_str(), status = r.status, reason = %r.reason, "http request refused");
     finish_request(shared, rec, r.outcome, (0, 0), started);
-    let mut resp = text(r.status, r.why);
-    if let Some((name, value)) = r.header.and_then(|h| h.split_once(": ")) {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut resp = text(status, r.reason);
+    for (name, value) in r.headers.iter().filter_map(|h| h.split_once(": ")) {
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(value),
@@ -255,22 +232,22 @@ fn refuse(
 }
 
 /// Only absolute-form `http://` URLs with a host; https goes through CONNECT.
-fn url_authority(uri: &Uri) -> Result<&hyper::http::uri::Authority, Refused> {
+fn url_authority(uri: &Uri) -> Result<&hyper::http::uri::Authority, Refusal> {
     match uri.scheme_str() {
         Some(s) if s.eq_ignore_ascii_case("http") => {}
         Some(_) => {
-            return Err(Refused::bad_request(
+            return Err(Refusal::bad_request(
                 "only http:// URLs are forwarded; use CONNECT for https",
             ));
         }
         None => {
-            return Err(Refused::bad_request(
+            return Err(Refusal::bad_request(
                 "this is a proxy: send absolute-form requests (GET http://host/path) or CONNECT",
             ));
         }
     }
     uri.authority()
-        .ok_or_else(|| Refused::bad_request("the URL has no host"))
+        .ok_or_else(|| Refusal::bad_request("the URL has no host"))
 }
 
 /// The checks before any upstream is touched: the URL, one Host header, the credentials,
@@ -279,15 +256,15 @@ async fn admit(
     ctx: &HttpClient,
     req: &Request<Incoming>,
     rec: &mut ConnectionRecord,
-) -> Result<(Authority, HeaderValue), Refused> {
+) -> Result<(Authority, HeaderValue), Refusal> {
     let authority = url_authority(req.uri())?;
     // Two Host headers make the request ambiguous (RFC 9112 §3.2): refused, not guessed.
     if req.headers().get_all(header::HOST).iter().count() > 1 {
-        return Err(Refused::bad_request("more than one Host header"));
+        return Err(Refusal::bad_request("more than one Host header"));
     }
     let port = authority.port_u16().unwrap_or(80);
     let target = parse_authority(&format!("{}:{port}", authority.host()))
-        .map_err(|why| Refused::bad_request(format!("bad URL host: {why}")))?;
+        .map_err(|why| Refusal::bad_request(format!("bad URL host: {why}")))?;
     rec.target_host = Some(target.host.to_string());
     rec.target_port = Some(port);
     // Proxy authentication for every request, not just a connection's first: a later
@@ -296,8 +273,9 @@ async fn admit(
     rec.user = authorize(ctx, req).await?;
     let cfg = &ctx.cfg;
     if !cfg.proxy.allowed_http_ports.contains(&port) {
-        return Err(Refused::new(
-            StatusCode::FORBIDDEN,
+        return Err(Refusal::new(
+            403,
+            "Forbidden",
             Outcome::RefusedPort,
             format!("port {port} is not allowed for http://"),
         ));
@@ -305,7 +283,7 @@ async fn admit(
     // Host is the URL's authority (RFC 9112 §3.2.2), whatever the client's Host said: the
     // upstream must serve the name the event line and the rules judged.
     let host = HeaderValue::from_str(&host_header(authority))
-        .map_err(|_| Refused::bad_request("the URL's host cannot be a Host header"))?;
+        .map_err(|_| Refusal::bad_request("the URL's host cannot be a Host header"))?;
     let destination = destination_label(cfg, target.name());
     ctx.shared
         .metrics
@@ -320,7 +298,7 @@ async fn admit(
 
 /// The request's user when proxy authentication allows it (None without `[auth]` or for
 /// an exempt source), else the 407/429 refusal.
-async fn authorize(ctx: &HttpClient, req: &Request<Incoming>) -> Result<Option<String>, Refused> {
+async fn authorize(ctx: &HttpClient, req: &Request<Incoming>) -> Result<Option<String>, Refusal> {
     let Some(auth) = ctx.shared.auth.load_full() else {
         return Ok(None);
     };
@@ -331,19 +309,7 @@ async fn authorize(ctx: &HttpClient, req: &Request<Incoming>) -> Result<Option<S
     auth.check(ctx.peer.ip(), given)
         .await
         .verdict()
-        .map_err(|r| {
-            ctx.shared
-                .metrics
-                .auth_failures
-                .with_label_values(&[r.metric_reason])
-                .inc();
-            Refused {
-                status: StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN),
-                outcome: Outcome::AuthRequired,
-                why: r.reason.into(),
-                header: Some(r.header),
-            }
-        })
+        .map_err(|r| Refusal::auth(r, &ctx.shared.metrics.auth_failures))
 }
 
 /// The request as the upstream sees it: origin-form (absolute-form to a parent proxy), no
@@ -395,16 +361,15 @@ async fn relay(
     let shared = &ctx.shared;
     let upstream = match connect_upstream(ctx, target, &mut rec).await {
         Ok(u) => u,
-        Err((status, outcome, why)) => {
-            return refuse(shared, rec, Refused::new(status, outcome, why), started);
-        }
+        Err(r) => return refuse(shared, rec, r, started),
     };
     let (mut sender, conn) =
         match hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await {
             Ok(x) => x,
             Err(e) => {
-                let r = Refused::new(
-                    StatusCode::BAD_GATEWAY,
+                let r = Refusal::new(
+                    502,
+                    "Bad Gateway",
                     Outcome::ConnectFailed,
                     format!("upstream: {e}"),
                 );
@@ -471,13 +436,9 @@ async fn connect_upstream(
     ctx: &HttpClient,
     target: &Authority,
     rec: &mut ConnectionRecord,
-) -> Result<TcpStream, (StatusCode, Outcome, String)> {
+) -> Result<TcpStream, Refusal> {
     let p = &ctx.cfg.proxy;
-    let refused = |e: ConnectError| {
-        let r = connect_refusal(&e);
-        let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
-        (status, r.outcome, r.reason)
-    };
+    let refused = |e: ConnectError| connect_refusal(&e);
     if let Some(parent) = &ctx.cfg.upstream_proxy {
         parent::check_target(target, &p.deny_destinations, p.connect_timeout)
             .await
