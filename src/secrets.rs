@@ -42,6 +42,11 @@ pub enum SecretError {
     },
 }
 
+/// The permission bits of a file (following links, as opening it would).
+fn file_mode(path: &Path) -> std::io::Result<u32> {
+    Ok(std::fs::metadata(path)?.permissions().mode() & 0o7777)
+}
+
 /// A private key file that others could read, or that cannot be read at all.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
@@ -58,11 +63,10 @@ pub enum KeyFileError {
 /// key that others can read lets them impersonate every name the CA may sign. Stricter
 /// than other secrets: not even the group may read it.
 pub fn check_private_key_file(key_path: &Path) -> Result<(), KeyFileError> {
-    let meta = std::fs::metadata(key_path).map_err(|source| KeyFileError::Io {
+    let mode = file_mode(key_path).map_err(|source| KeyFileError::Io {
         path: key_path.to_path_buf(),
         source,
     })?;
-    let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
         return Err(KeyFileError::Readable {
             path: key_path.to_path_buf(),
@@ -79,8 +83,7 @@ pub fn read_secret_file(what: &'static str, path: &Path) -> Result<String, Secre
         path: path.to_path_buf(),
         source,
     };
-    let meta = std::fs::metadata(path).map_err(io)?;
-    let mode = meta.permissions().mode() & 0o7777;
+    let mode = file_mode(path).map_err(io)?;
     if mode & FORBIDDEN_BITS != 0 {
         let who = if mode & 0o004 != 0 {
             "readable by others"
