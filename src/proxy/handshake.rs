@@ -1,25 +1,27 @@
-//! The ServerHello peek and the connection's final verdict.
+//! The server's answer to the ClientHello, and the connection's final verdict.
 //!
-//! [`HandshakeWatch::observe`] is the tap of the upstream→client pump: it sees each chunk
-//! before it is written, copies the first bytes until one whole ServerHello (or an alert,
-//! or something else) is recognised, and never holds the stream back. It is bounded
-//! (64 KiB) and timed (`hello_timeout` after the ClientHello went upstream). Once both the
-//! ClientHello context and the server's answer are known, the negotiated metrics move and
-//! the connection's inventory observation is written — at once, not when a long tunnel
-//! closes.
+//! [`ServerHelloTap`] is the tap of the upstream→client pump: it sees each chunk before it
+//! is written, copies the first bytes until one whole ServerHello (or an alert, or
+//! something else) is recognised, and sends what it found on a oneshot channel. It never
+//! holds the stream back, is bounded (64 KiB), takes no lock and has no other effect.
+//!
+//! [`Handshake`] belongs to the connection task: the ClientHello side (set at the hello),
+//! the server's answer (from the tap, or from the upgrade), and the report made once both
+//! are known — the negotiated metrics and the inventory observation, at once, not when a
+//! long tunnel closes. The answer counts as unknown `hello_timeout` after the hello.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::hello::{
     self, ClientHelloSummary, ServerDetection, ServerHelloSummary, Verdict, classify_negotiated,
 };
 use crate::inventory::Observation;
-use crate::telemetry::{ConnectionRecord, Who};
-
+use crate::net::splice::{Tap, Tapped};
 use crate::shared::Shared;
+use crate::telemetry::{ConnectionRecord, Who};
 
 /// What the server answered first.
 #[derive(Debug)]
@@ -33,9 +35,64 @@ pub enum ServerOutcome {
     Unknown,
 }
 
-/// What the ClientHello side knows, handed over once the hello is parsed.
+/// The upstream→client tap: the ServerHello peek, until it has what it needs; after that
+/// the pump may use zero-copy.
+pub struct ServerHelloTap {
+    buf: Vec<u8>,
+    found: Option<oneshot::Sender<ServerOutcome>>,
+}
+
+impl ServerHelloTap {
+    /// The tap, and where its finding arrives.
+    pub fn new() -> (ServerHelloTap, oneshot::Receiver<ServerOutcome>) {
+        let (tx, rx) = oneshot::channel();
+        let tap = ServerHelloTap {
+            buf: Vec::new(),
+            found: Some(tx),
+        };
+        (tap, rx)
+    }
+
+    fn found(&mut self, outcome: ServerOutcome) -> Tapped {
+        self.buf = Vec::new();
+        if let Some(tx) = self.found.take() {
+            let _ = tx.send(outcome);
+        }
+        Tapped::Done
+    }
+}
+
+impl Tap for ServerHelloTap {
+    fn see(&mut self, chunk: &[u8]) -> Tapped {
+        // Nobody waits for the answer any more (not a hello, or too late): stop copying.
+        if self.found.as_ref().is_none_or(|tx| tx.is_closed()) {
+            self.found = None;
+            self.buf = Vec::new();
+            return Tapped::Done;
+        }
+        // Anything but a handshake or alert record cannot start a TLS server's answer: stop
+        // at once instead of buffering a server-speaks-first protocol.
+        if self.buf.is_empty() && !matches!(chunk.first(), Some(0x16) | Some(0x15)) {
+            return self.found(ServerOutcome::Unknown);
+        }
+        let room = hello::MAX_HELLO_BYTES.saturating_sub(self.buf.len());
+        self.buf
+            .extend_from_slice(chunk.get(..chunk.len().min(room)).unwrap_or_default());
+        match hello::detect_server_hello(&self.buf, hello::MAX_HELLO_BYTES) {
+            ServerDetection::NeedMore if room > chunk.len() => Tapped::More,
+            ServerDetection::NeedMore | ServerDetection::NotTls | ServerDetection::TooLarge => {
+                self.found(ServerOutcome::Unknown)
+            }
+            ServerDetection::Hello(h) => self.found(ServerOutcome::Hello(h)),
+            ServerDetection::Alert { level, description } => {
+                self.found(ServerOutcome::Alert { level, description })
+            }
+        }
+    }
+}
+
+/// What the ClientHello side knows, handed over once the hello is judged.
 pub struct HelloContext {
-    pub shared: Arc<Shared>,
     pub source: String,
     pub source_is_ip: bool,
     pub destination: String,
@@ -47,103 +104,78 @@ pub struct HelloContext {
     /// its callers even when they are not legacy.
     pub watched: bool,
     pub source_ip: std::net::IpAddr,
-    pub timeout: Duration,
 }
 
+/// The connection task's view of the handshake.
 #[derive(Default)]
-struct State {
-    buf: Vec<u8>,
-    done: bool,
-    server: Option<ServerOutcome>,
+pub struct Handshake {
+    answer: Option<oneshot::Receiver<ServerOutcome>>,
     deadline: Option<Instant>,
     ctx: Option<HelloContext>,
+    server: Option<ServerOutcome>,
     reported: bool,
     final_verdict: Option<Verdict>,
 }
 
-#[derive(Default)]
-pub struct HandshakeWatch {
-    state: Mutex<State>,
-}
-
-impl HandshakeWatch {
-    pub fn new() -> HandshakeWatch {
-        HandshakeWatch::default()
+impl Handshake {
+    /// Waits for `answer` (the tap's finding).
+    pub fn watch(&mut self, answer: oneshot::Receiver<ServerOutcome>) {
+        self.answer = Some(answer);
     }
 
-    /// The tap: returns false once it needs no more bytes.
-    pub fn observe(&self, chunk: &[u8]) -> bool {
-        let Ok(mut s) = self.state.lock() else {
-            return false;
+    /// The first flight was not a hello: the server's answer is not needed (the tap stops).
+    pub fn stop(&mut self) {
+        self.answer = None;
+    }
+
+    /// Is the answer still awaited?
+    pub fn waiting(&self) -> bool {
+        self.answer.is_some()
+    }
+
+    /// The server's answer; `Unknown` once `hello_timeout` after the hello has passed.
+    /// Pending for ever when nothing is awaited.
+    pub async fn next_answer(&mut self) -> ServerOutcome {
+        let Some(rx) = self.answer.as_mut() else {
+            return std::future::pending().await;
         };
-        if s.done {
-            return false;
+        let answer = match self.deadline {
+            Some(d) => tokio::time::timeout_at(d, rx).await.ok(),
+            None => Some(rx.await),
+        };
+        self.answer = None;
+        match answer {
+            Some(Ok(outcome)) => outcome,
+            _ => ServerOutcome::Unknown,
         }
-        if s.deadline.is_some_and(|d| Instant::now() > d) {
-            s.finish_with(ServerOutcome::Unknown);
-            return false;
-        }
-        // Anything but a handshake or alert record cannot start a TLS server's answer: stop
-        // at once instead of buffering a server-speaks-first protocol.
-        if s.buf.is_empty() && !matches!(chunk.first(), Some(0x16) | Some(0x15)) {
-            s.finish_with(ServerOutcome::Unknown);
-            return false;
-        }
-        let room = hello::MAX_HELLO_BYTES.saturating_sub(s.buf.len());
-        s.buf
-            .extend_from_slice(chunk.get(..chunk.len().min(room)).unwrap_or_default());
-        match hello::detect_server_hello(&s.buf, hello::MAX_HELLO_BYTES) {
-            ServerDetection::NeedMore if room > chunk.len() => return true,
-            ServerDetection::NeedMore | ServerDetection::NotTls | ServerDetection::TooLarge => {
-                s.finish_with(ServerOutcome::Unknown)
-            }
-            ServerDetection::Hello(h) => s.finish_with(ServerOutcome::Hello(h)),
-            ServerDetection::Alert { level, description } => {
-                s.finish_with(ServerOutcome::Alert { level, description })
-            }
-        }
-        false
     }
 
-    /// Stops watching (the client's first flight was not a hello).
-    pub fn stop(&self) {
-        if let Ok(mut s) = self.state.lock() {
-            s.done = true;
-            s.buf = Vec::new();
-        }
+    /// The server answered: report at once if the hello side is known.
+    pub fn answered(&mut self, shared: &Shared, outcome: ServerOutcome) {
+        self.server = Some(outcome);
+        self.report(shared);
     }
 
     /// Hands over the ClientHello side; reports at once if the server already answered.
-    pub fn set_context(&self, ctx: HelloContext) {
-        let Ok(mut s) = self.state.lock() else { return };
-        s.deadline = Some(Instant::now() + ctx.timeout);
-        s.ctx = Some(ctx);
-        if s.server.is_some() {
-            s.report();
+    pub fn set_context(&mut self, shared: &Shared, ctx: HelloContext, timeout: Duration) {
+        self.deadline = Some(Instant::now() + timeout);
+        self.ctx = Some(ctx);
+        if self.server.is_some() {
+            self.report(shared);
         }
     }
 
     /// Upgrade mode: what the client negotiated with tlspeek stands for the ServerHello, and
     /// its first HTTP request may name its software better than its hello.
     pub fn upgraded(
-        &self,
-        version: u16,
-        cipher: u16,
+        &mut self,
+        shared: &Shared,
+        (version, cipher): (u16, u16),
         user_agent: Option<&str>,
         request: Option<&str>,
     ) {
-        let Ok(mut s) = self.state.lock() else { return };
-        s.done = true;
-        s.server = Some(ServerOutcome::Hello(Box::new(ServerHelloSummary {
-            record_version: version.min(0x0303),
-            legacy_version: version.min(0x0303),
-            negotiated_version: version,
-            cipher_suite: cipher,
-            extensions: Vec::new(),
-            hello_retry_request: false,
-            hello_len: 0,
-        })));
-        if let Some(ctx) = s.ctx.as_mut() {
+        self.answer = None;
+        if let Some(ctx) = self.ctx.as_mut() {
             if let Some(o) = ctx.observation.as_mut() {
                 o.user_agent = user_agent.map(str::to_string);
                 if user_agent.is_some() || request.is_some() {
@@ -151,74 +183,48 @@ impl HandshakeWatch {
                 }
             }
         }
-        s.report();
+        self.answered(
+            shared,
+            ServerOutcome::Hello(Box::new(ServerHelloSummary {
+                record_version: version.min(0x0303),
+                legacy_version: version.min(0x0303),
+                negotiated_version: version,
+                cipher_suite: cipher,
+                extensions: Vec::new(),
+                hello_retry_request: false,
+                hello_len: 0,
+            })),
+        );
     }
 
-    /// Copies what the server said into the record (at close), and writes the inventory
-    /// observation if it has not been written yet.
-    pub fn finish(&self, rec: &mut ConnectionRecord) {
-        let Ok(mut s) = self.state.lock() else { return };
-        s.report();
-        match &s.server {
+    /// At the connection's end: takes an answer the tap sent but nobody read yet, reports
+    /// if that has not happened, and copies what the server said and the final verdict
+    /// into the record.
+    pub fn finish(&mut self, shared: &Shared, rec: &mut ConnectionRecord) {
+        if let Some(Ok(outcome)) = self.answer.take().map(|mut rx| rx.try_recv()) {
+            self.server = Some(outcome);
+        }
+        self.report(shared);
+        match &self.server {
             Some(ServerOutcome::Hello(h)) => rec.set_server_hello(h),
             Some(ServerOutcome::Alert { description, .. }) => rec.set_server_alert(*description),
             _ => {}
         }
-        if let Some(v) = &s.final_verdict {
+        if let Some(v) = &self.final_verdict {
             rec.set_verdict(v);
         }
     }
-}
 
-impl State {
-    fn finish_with(&mut self, outcome: ServerOutcome) {
-        self.done = true;
-        self.buf = Vec::new();
-        self.server = Some(outcome);
-        if self.ctx.is_some() {
-            self.report();
-        }
-    }
-
-    /// Moves the negotiated metrics and writes the inventory observation, once.
-    fn report(&mut self) {
+    /// Moves the negotiated metrics and writes the inventory observation, once, when the
+    /// hello side is known.
+    fn report(&mut self, shared: &Shared) {
         if self.reported {
             return;
         }
         let Some(ctx) = self.ctx.as_mut() else { return };
         self.reported = true;
-        let m = &ctx.shared.metrics;
-        let who = Who {
-            source: &ctx.source,
-            source_is_ip: ctx.source_is_ip,
-            destination: &ctx.destination,
-        };
         let verdict = match &self.server {
-            Some(ServerOutcome::Hello(sh)) => {
-                let v = classify_negotiated(Some(&ctx.hello), sh);
-                let version = hello::version_name(sh.negotiated_version);
-                let cipher = hello::cipher_label(sh.cipher_suite);
-                m.handshake(&who, version, &cipher, v.legacy);
-                if let Some(first) = v.first_reason() {
-                    if !ctx.hello_verdict.legacy {
-                        // First known legacy now: count it once, and tell the operator.
-                        m.legacy_connection_now(&who, first.as_str());
-                        tracing::info!(
-                            source = %ctx.source,
-                            destination = %ctx.destination,
-                            negotiated_version = version,
-                            negotiated_cipher = %cipher,
-                            reason = first.as_str(),
-                            "legacy TLS negotiated"
-                        );
-                    }
-                }
-                if let Some(o) = ctx.observation.as_mut() {
-                    o.negotiated_version = Some(version.to_string());
-                    o.negotiated_cipher = Some(cipher);
-                }
-                v
-            }
+            Some(ServerOutcome::Hello(sh)) => negotiated(shared, ctx, sh),
             Some(ServerOutcome::Alert { description, .. }) => {
                 tracing::info!(
                     alert = hello::alert_name(*description),
@@ -236,13 +242,98 @@ impl State {
                 o.identify(&ctx.hello, None, None);
             }
             o.set_verdict(&verdict);
-            if let Some(dns) = &ctx.shared.dns {
+            if let Some(dns) = &shared.dns {
                 o.source_name = dns.cached(ctx.source_ip);
             }
-            if let Some(inv) = &ctx.shared.inventory {
+            if let Some(inv) = &shared.inventory {
                 inv.record(o);
             }
         }
         self.final_verdict = Some(verdict);
+    }
+}
+
+/// The negotiated verdict of a ServerHello: its metrics, and the first legacy sign that
+/// only the server's choice revealed.
+fn negotiated(shared: &Shared, ctx: &mut HelloContext, sh: &ServerHelloSummary) -> Verdict {
+    let m = &shared.metrics;
+    let who = Who {
+        source: &ctx.source,
+        source_is_ip: ctx.source_is_ip,
+        destination: &ctx.destination,
+    };
+    let v = classify_negotiated(Some(&ctx.hello), sh);
+    let version = hello::version_name(sh.negotiated_version);
+    let cipher = hello::cipher_label(sh.cipher_suite);
+    m.handshake(&who, version, &cipher, v.legacy);
+    if let Some(first) = v.first_reason() {
+        if !ctx.hello_verdict.legacy {
+            // First known legacy now: count it once, and tell the operator.
+            m.legacy_connection_now(&who, first.as_str());
+            tracing::info!(
+                source = %ctx.source,
+                destination = %ctx.destination,
+                negotiated_version = version,
+                negotiated_cipher = %cipher,
+                reason = first.as_str(),
+                "legacy TLS negotiated"
+            );
+        }
+    }
+    if let Some(o) = ctx.observation.as_mut() {
+        o.negotiated_version = Some(version.to_string());
+        o.negotiated_cipher = Some(cipher);
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TLS10: &[u8] = include_bytes!("../../tests/fixtures/server_openssl_tls10.bin");
+    const ALERT: &[u8] = include_bytes!("../../tests/fixtures/server_openssl_alert.bin");
+
+    #[test]
+    fn the_tap_reports_a_split_server_hello_once_and_then_steps_aside() {
+        let (mut tap, mut rx) = ServerHelloTap::new();
+        let (a, b) = TLS10.split_at(7);
+        assert!(matches!(tap.see(a), Tapped::More));
+        assert!(rx.try_recv().is_err(), "nothing before the hello is whole");
+        assert!(matches!(tap.see(b), Tapped::Done));
+        match rx.try_recv() {
+            Ok(ServerOutcome::Hello(h)) => assert_eq!(h.negotiated_version, 0x0301),
+            other => panic!("expected a hello, got {other:?}"),
+        }
+        assert!(matches!(tap.see(TLS10), Tapped::Done));
+    }
+
+    #[test]
+    fn the_tap_reports_an_alert_or_a_stranger() {
+        let (mut tap, mut rx) = ServerHelloTap::new();
+        assert!(matches!(tap.see(ALERT), Tapped::Done));
+        assert!(matches!(rx.try_recv(), Ok(ServerOutcome::Alert { .. })));
+        let (mut tap, mut rx) = ServerHelloTap::new();
+        assert!(matches!(tap.see(b"SSH-2.0-OpenSSH\r\n"), Tapped::Done));
+        assert!(matches!(rx.try_recv(), Ok(ServerOutcome::Unknown)));
+    }
+
+    #[test]
+    fn nobody_waiting_stops_the_tap_without_copying() {
+        let (mut tap, rx) = ServerHelloTap::new();
+        drop(rx);
+        assert!(matches!(tap.see(&TLS10[..7]), Tapped::Done));
+        assert!(tap.buf.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_does_not_come_is_unknown_after_the_deadline() {
+        let (_tap, rx) = ServerHelloTap::new();
+        let mut hs = Handshake::default();
+        hs.watch(rx);
+        hs.deadline = Some(Instant::now() + Duration::from_millis(20));
+        assert!(hs.waiting());
+        assert!(matches!(hs.next_answer().await, ServerOutcome::Unknown));
+        assert!(!hs.waiting());
     }
 }

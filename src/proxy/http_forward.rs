@@ -4,10 +4,10 @@
 //! `Proxy-Authorization` removed. Windows fetches CRLs and OCSP through the same WinHTTP
 //! proxy, and cleartext to an identity host is worth an event of its own.
 //!
-//! The upstream address goes through the same resolve-once-and-check path as CONNECT
-//! (`admission::resolve`, then `admission::connect` to a checked address): a stock
-//! connector that resolved again would bypass the deny-list. One event line per request
-//! (`mode = "http"`), written when its response has been sent.
+//! The upstream goes through the same parent-or-direct path as CONNECT (`upstream::open`:
+//! resolved once, checked, connected to a checked address): a stock connector that
+//! resolved again would bypass the deny-list. The task owns one record per request
+//! (`mode = "http"`), and writes its event line when its response has been sent.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -27,10 +27,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tracing::{debug, info};
 
-use super::admission::{self, ConnectError};
 use super::authority::{Authority, parse_authority};
-use super::connection::{Refusal, connect_refusal};
-use super::parent;
+use super::error::ConnError;
+use super::refusal::Refusal;
+use super::session::Session;
+use super::upstream::{self, Purpose};
 use crate::config::Config;
 use crate::net::streams::PrefixedStream;
 use crate::shared::Shared;
@@ -47,9 +48,15 @@ pub struct HttpClient {
 }
 
 /// Serves the client connection (its first head already read) as an HTTP/1.1 proxy.
-pub async fn serve(client: &TcpStream, head_and_rest: Vec<u8>, ctx: Arc<HttpClient>) -> Outcome {
+pub async fn serve(s: &Session<'_>, head_and_rest: Vec<u8>) -> Result<Outcome, ConnError> {
+    let ctx = Arc::new(HttpClient {
+        shared: s.shared.clone(),
+        cfg: s.cfg.clone(),
+        peer: s.peer,
+        src: s.src.clone(),
+    });
     let timeout = ctx.cfg.proxy.header_timeout;
-    let io = TokioIo::new(PrefixedStream::new(head_and_rest, client));
+    let io = TokioIo::new(PrefixedStream::new(head_and_rest, s.client));
     let svc = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(forward(ctx, req).await) }
@@ -59,17 +66,9 @@ pub async fn serve(client: &TcpStream, head_and_rest: Vec<u8>, ctx: Arc<HttpClie
         .header_read_timeout(timeout)
         .keep_alive(true)
         .serve_connection(io, svc);
-    match conn.await {
-        Ok(()) => Outcome::Closed,
-        Err(e) => {
-            debug!(error = %e, "http client connection ended with an error");
-            if e.is_timeout() {
-                Outcome::IdleTimeout
-            } else {
-                Outcome::ClientReset
-            }
-        }
-    }
+    conn.await
+        .map(|()| Outcome::Closed)
+        .map_err(ConnError::HttpClient)
 }
 
 fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
@@ -437,28 +436,15 @@ async fn connect_upstream(
     target: &Authority,
     rec: &mut ConnectionRecord,
 ) -> Result<TcpStream, Refusal> {
-    let p = &ctx.cfg.proxy;
-    let refused = |e: ConnectError| connect_refusal(&e);
-    if let Some(parent) = &ctx.cfg.upstream_proxy {
-        parent::check_target(target, &p.deny_destinations, p.connect_timeout)
-            .await
-            .map_err(refused)?;
-        let (s, addr) = parent::connect(parent, p.connect_timeout)
-            .await
-            .map_err(refused)?;
-        rec.upstream_ip = Some(addr.ip().to_string());
-        return Ok(s);
-    }
-    let (s, addr) = admission::connect_checked(
-        target,
-        &p.deny_destinations,
-        p.connect_timeout,
-        &ctx.shared.metrics.upstream_connect_seconds,
-    )
-    .await
-    .map_err(refused)?;
-    rec.upstream_ip = Some(addr.ip().to_string());
-    Ok(s)
+    let metric = &ctx.shared.metrics.upstream_connect_seconds;
+    let up = upstream::open(&ctx.cfg, target, Purpose::Forward, metric)
+        .await
+        .map_err(|e| {
+            e.answer()
+                .unwrap_or_else(|| Refusal::bad_request(e.to_string()))
+        })?;
+    rec.upstream_ip = Some(up.addr.ip().to_string());
+    Ok(up.stream)
 }
 
 #[cfg(test)]

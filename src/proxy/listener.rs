@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info_span, warn};
 
-use super::connection::{self, Admission, admit};
+use super::connection::{self, AtAccept, admit};
 use crate::shared::Shared;
 use crate::telemetry::Mode;
 
@@ -75,15 +75,15 @@ pub async fn accept_loop(
         let cfg = shared.config.load_full();
         // A trusted load balancer's connection is admitted after its PROXY header names
         // the real client.
-        let admission =
+        let at_accept =
             if mode == Mode::Connect && cfg.proxy.proxy_protocol_from.contains(peer.ip()) {
-                Admission::AfterProxyHeader
+                AtAccept::AfterProxyHeader
             } else {
-                admit(&shared, &cfg, peer)
+                AtAccept::Decided(admit(&shared, &cfg, peer))
             };
         let span = info_span!("conn", id, mode = mode.as_str(), src = %peer, target = tracing::field::Empty);
         shared.tracker.spawn(
-            connection::handle(shared.clone(), cfg, stream, peer, id, admission, mode)
+            connection::handle(shared.clone(), cfg, stream, peer, id, at_accept, mode)
                 .instrument(span),
         );
     }

@@ -13,8 +13,8 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::admission::{self, ConnectError};
 use super::authority::{Authority, Host};
+use super::dial::{self, ConnectError};
 use super::request;
 use crate::config::{NetList, ParentProxy};
 
@@ -40,7 +40,7 @@ pub async fn connect(
             });
         }
     };
-    let (s, addr, _) = admission::connect(&addrs, timeout).await?;
+    let (s, addr, _) = dial::connect(&addrs, timeout).await?;
     let _ = s.set_nodelay(true);
     Ok((s, addr))
 }
@@ -52,9 +52,9 @@ pub async fn check_target(
     timeout: Duration,
 ) -> Result<(), ConnectError> {
     match &target.host {
-        Host::Ip(_) => admission::resolve(target, deny, timeout).await.map(|_| ()),
+        Host::Ip(_) => dial::resolve(target, deny, timeout).await.map(|_| ()),
         Host::Name(_) => {
-            match admission::resolve(target, deny, timeout.min(Duration::from_secs(2))).await {
+            match dial::resolve(target, deny, timeout.min(Duration::from_secs(2))).await {
                 Err(e @ ConnectError::Denied { .. }) => Err(e),
                 // Unknown here is fine: the parent's DNS decides.
                 _ => Ok(()),

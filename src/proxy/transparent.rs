@@ -1,137 +1,80 @@
-//! Transparent capture: connections redirected to tlspeek by iptables/nftables (`REDIRECT`:
-//! the original destination comes from `SO_ORIGINAL_DST`, or `IP6T_SO_ORIGINAL_DST` for
-//! IPv6) or delivered by `TPROXY` (the original destination is the accepted socket's own
-//! address). The callers this product hunts often ignore proxy settings (services running as
-//! SYSTEM, appliances): this is how they are seen anyway.
+//! The transparent task: one redirected connection, from its admission to its event line.
+//! Its original destination is the target; admission as for CONNECT (port allow-list,
+//! deny-list, connect timeout); no HTTP is spoken, so a refusal is a close.
 
-use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use tracing::info;
 
-use tokio::net::TcpStream;
+use super::authority::{Authority, Host};
+use super::error::ConnError;
+use super::handshake::Handshake;
+use super::original_dst;
+use super::refusal::Refusal;
+use super::session::Session;
+use super::tunnel;
+use super::upstream::{self, Purpose};
+use crate::access::limits::Permit;
+use crate::telemetry::{ConnectionRecord, Outcome};
 
-/// Where a transparently captured connection was going, and where it arrived (both with
-/// IPv4-mapped addresses unmapped).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Original {
-    /// The destination the client meant.
-    pub destination: SocketAddr,
-    /// The accepted socket's own address.
-    pub local: SocketAddr,
-}
-
-/// The destination the client meant: with `TPROXY` the accepted socket's own address, with
-/// `REDIRECT` the conntrack entry's original destination.
-pub fn original_destination(stream: &TcpStream, tproxy: bool) -> io::Result<Original> {
-    let local = stream.local_addr()?;
-    let destination = if tproxy {
-        local
-    } else {
-        original_dst(stream, local)?
+/// Serves one redirected connection and writes its event line.
+pub async fn serve(
+    s: &Session<'_>,
+    id: u64,
+    admission: Result<Permit, Refusal>,
+    note: Option<String>,
+) {
+    let mut rec = s.record(id);
+    rec.note = note;
+    let mut handshake = Handshake::default();
+    let result = match admission {
+        Err(r) => Err(ConnError::Refused(r)),
+        Ok(_permit) => s.until_stopped(run(s, &mut rec, &mut handshake)).await,
     };
-    Ok(Original {
-        destination: canonical(destination),
-        local: canonical(local),
-    })
-}
-
-fn canonical(a: SocketAddr) -> SocketAddr {
-    SocketAddr::new(a.ip().to_canonical(), a.port())
-}
-
-#[cfg(target_os = "linux")]
-fn original_dst(stream: &TcpStream, local: SocketAddr) -> io::Result<SocketAddr> {
-    use nix::sys::socket::{getsockopt, sockopt};
-    let unmapped_v4 = matches!(local.ip(), IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
-    if local.is_ipv4() || unmapped_v4 {
-        let sa = getsockopt(stream, sockopt::OriginalDst).map_err(io::Error::from)?;
-        let ip = Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr));
-        Ok(SocketAddr::new(IpAddr::V4(ip), u16::from_be(sa.sin_port)))
-    } else {
-        let sa = getsockopt(stream, sockopt::Ip6tOriginalDst).map_err(io::Error::from)?;
-        let ip = Ipv6Addr::from(sa.sin6_addr.s6_addr);
-        Ok(SocketAddr::new(IpAddr::V6(ip), u16::from_be(sa.sin6_port)))
+    // A transparent client speaks TLS, not HTTP: it gets a close.
+    if let Some(r) = result.as_ref().err().and_then(ConnError::answer) {
+        info!(outcome = r.outcome.as_str(), reason = %r.reason, "refused");
     }
+    s.finish(rec, handshake, result);
 }
 
-#[cfg(not(target_os = "linux"))]
-fn original_dst(_stream: &TcpStream, _local: SocketAddr) -> io::Result<SocketAddr> {
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "SO_ORIGINAL_DST needs Linux",
-    ))
-}
-
-/// Loop protection: a connection whose original destination is one of tlspeek's own
-/// listeners (`own_listeners`), or with `REDIRECT` one that was not redirected at all (its
-/// original destination is where it arrived), must not be connected back to tlspeek. With
-/// `TPROXY` the original destination *is* where it arrived: that is how TPROXY delivers.
-pub fn is_loop(original: &Original, tproxy: bool, own_listeners: &[Option<SocketAddr>]) -> bool {
+async fn run(
+    s: &Session<'_>,
+    rec: &mut ConnectionRecord,
+    handshake: &mut Handshake,
+) -> Result<Outcome, ConnError> {
+    let cfg = s.cfg;
+    let tproxy = cfg.transparent_tproxy;
+    let original = original_dst::original_destination(s.client, tproxy).map_err(|e| {
+        info!(error = %e, "no original destination (was the connection redirected?); closing");
+        rec.note = Some(format!("no original destination: {e}"));
+        ConnError::OriginalDestination(e)
+    })?;
     let dest = original.destination;
-    if !tproxy && dest == original.local {
-        return true;
+    let target = Authority {
+        host: Host::Ip(dest.ip()),
+        port: dest.port(),
+    };
+    rec.target_host = Some(target.host.to_string());
+    rec.target_port = Some(target.port);
+    tracing::Span::current().record("target", tracing::field::display(dest));
+    let own = [
+        Some(cfg.proxy.listen),
+        Some(cfg.admin.listen),
+        cfg.transparent_listen,
+    ];
+    if original_dst::is_loop(&original, tproxy, &own) {
+        info!(original = %dest, "refused: the original destination is tlspeek itself (a redirect loop, or not redirected)");
+        rec.note = Some("redirect loop: the original destination is tlspeek itself".into());
+        return Err(ConnError::RedirectLoop);
     }
-    own_listeners.iter().flatten().any(|l| {
-        l.port() == dest.port()
-            && (l.ip().is_unspecified()
-                || l.ip().to_canonical() == dest.ip()
-                || dest.ip().is_loopback())
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn loops_are_recognised() {
-        let own = [
-            Some("0.0.0.0:3129".parse().unwrap()),
-            Some("127.0.0.1:3128".parse().unwrap()),
-            None,
-        ];
-        let local: SocketAddr = "10.0.0.5:3129".parse().unwrap();
-        let to = |d: &str| Original {
-            destination: d.parse().unwrap(),
-            local,
-        };
-        assert!(is_loop(&to("10.0.0.5:3129"), false, &own), "not redirected");
-        assert!(
-            is_loop(&to("10.0.0.9:3129"), false, &own),
-            "to our own transparent port"
-        );
-        assert!(
-            is_loop(&to("127.0.0.1:3128"), false, &own),
-            "to our proxy port"
-        );
-        assert!(!is_loop(&to("20.190.128.1:443"), false, &own));
-        assert!(
-            !is_loop(&to("10.0.0.9:3128"), false, &own),
-            "another host's 3128"
-        );
-        // TPROXY: the socket's own address is the destination.
-        let tproxied = Original {
-            destination: "20.190.128.1:443".parse().unwrap(),
-            local: "20.190.128.1:443".parse().unwrap(),
-        };
-        assert!(!is_loop(&tproxied, true, &own), "a TPROXY connection");
-        assert!(
-            is_loop(&to("10.0.0.9:3129"), true, &own),
-            "TPROXY to our own port"
-        );
+    if !cfg.proxy.allowed_ports.contains(&target.port) {
+        return Err(ConnError::Refused(Refusal::port(target.port)));
     }
-
-    #[tokio::test]
-    async fn tproxy_uses_the_local_address_and_redirect_needs_conntrack() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let c = tokio::spawn(async move { TcpStream::connect(addr).await.unwrap() });
-        let (s, _) = l.accept().await.unwrap();
-        let tproxied = original_destination(&s, true).unwrap();
-        assert_eq!((tproxied.destination, tproxied.local), (addr, addr));
-        // Not redirected: either no conntrack entry (an error) or the address itself.
-        if let Ok(orig) = original_destination(&s, false) {
-            assert_eq!(orig.destination, addr);
-        }
-        drop(c);
+    let metric = &s.shared.metrics.upstream_connect_seconds;
+    let up = upstream::open(cfg, &target, Purpose::Tunnel, metric).await?;
+    rec.upstream_ip = Some(up.addr.ip().to_string());
+    if let Some(parent) = up.parent {
+        rec.note = Some(format!("via parent proxy {parent}"));
     }
+    let _ = s.client.set_nodelay(true);
+    tunnel::serve(s, &up.stream, &target, Vec::new(), rec, handshake).await
 }

@@ -357,12 +357,9 @@ impl Ca {
     }
 
     /// The cached leaf for `name`, minted (once, off the async threads) when missing or old.
-    pub async fn leaf(self: &Arc<Self>, name: &str) -> Result<Leaf, String> {
+    pub async fn leaf(self: &Arc<Self>, name: &str) -> Result<Leaf, MintError> {
         let cell = {
-            let mut cache = self
-                .leaves
-                .lock()
-                .map_err(|_| "leaf cache poisoned".to_string())?;
+            let mut cache = self.leaves.lock().map_err(|_| MintError::Poisoned)?;
             let fresh = cache
                 .get(name)
                 .filter(|c| c.get().is_none_or(|l| l.minted.elapsed() < LEAF_REFRESH))
@@ -383,17 +380,28 @@ impl Ca {
             async move {
                 tokio::task::spawn_blocking(move || this.mint(&owned))
                     .await
-                    .map_err(|e| e.to_string())?
+                    .map_err(MintError::Task)?
                     .map(|cert| Leaf {
                         cert,
                         minted: Instant::now(),
                     })
-                    .map_err(|e| e.to_string())
+                    .map_err(MintError::Mint)
             }
         })
         .await
         .cloned()
     }
+}
+
+/// Why a leaf could not be minted.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    #[error("leaf cache poisoned")]
+    Poisoned,
+    #[error("{0}")]
+    Task(tokio::task::JoinError),
+    #[error("{0}")]
+    Mint(CaError),
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use crate::net::splice::{self, Flow, NoTap, PooledBuf, PumpError, Side, Tap, Tap
 use crate::telemetry::{Metrics, Outcome};
 
 use crate::net::streams::{PrefixedStream, SharedStream};
-use ca::{Ca, CaError};
+use ca::{Ca, CaError, MintError};
 use client_side::Acceptor;
 use upstream::{Upstream, UpstreamSetupError};
 
@@ -44,10 +44,10 @@ pub struct Upgrader {
     upstream: Upstream,
 }
 
-/// What happened, for the event line and the inventory.
+/// What was negotiated and seen, for the event line and the inventory (filled in as far
+/// as the upgrade got).
 #[derive(Debug, Default)]
 pub struct UpgradeReport {
-    pub outcome: Option<Outcome>,
     /// What the client negotiated with tlspeek (version, suite).
     pub client_version: Option<u16>,
     pub client_cipher: Option<u16>,
@@ -56,8 +56,44 @@ pub struct UpgradeReport {
     /// First HTTP/1.x request of the client: User-Agent and "METHOD /path" (no query).
     pub user_agent: Option<String>,
     pub request: Option<String>,
-    /// Why the upgrade failed, if it did.
-    pub error: Option<String>,
+}
+
+/// Why an upgrade failed. The text goes into the event line's `note`
+/// (`upgrade failed: …`).
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    #[error("{0} is not a usable server name")]
+    ServerName(HostName),
+    #[error("upstream TLS handshake timed out")]
+    UpstreamTimeout,
+    #[error("upstream TLS failed: {0}")]
+    UpstreamTls(std::io::Error),
+    #[error("the upstream asks for a client certificate, which cannot be relayed")]
+    ClientCertificateAsked,
+    #[error("cannot mint a certificate: {0}")]
+    Mint(#[from] MintError),
+    #[error("OpenSSL: {0}")]
+    OpenSsl(#[from] openssl::error::ErrorStack),
+    #[error("client TLS handshake failed: {0}")]
+    ClientTls(openssl::ssl::Error),
+    #[error("client TLS handshake timed out")]
+    ClientTimeout,
+}
+
+impl UpgradeError {
+    /// The alert tlspeek sends the client, when it has to (after the client's handshake
+    /// started, OpenSSL has answered, or the client went quiet).
+    fn alert(&self) -> Option<u8> {
+        use crate::hello::alert::{ALERT_HANDSHAKE_FAILURE, ALERT_INTERNAL_ERROR};
+        match self {
+            UpgradeError::ServerName(_)
+            | UpgradeError::UpstreamTimeout
+            | UpgradeError::UpstreamTls(_)
+            | UpgradeError::ClientCertificateAsked => Some(ALERT_HANDSHAKE_FAILURE),
+            UpgradeError::Mint(_) | UpgradeError::OpenSsl(_) => Some(ALERT_INTERNAL_ERROR),
+            UpgradeError::ClientTls(_) | UpgradeError::ClientTimeout => None,
+        }
+    }
 }
 
 /// The longest User-Agent / request line kept.
@@ -90,38 +126,29 @@ impl Upgrader {
 
     /// Runs the upgrade described by `job` on an open tunnel whose client has sent
     /// `job.held` (its ClientHello, not yet forwarded): verified TLS 1.2+ upstream first,
-    /// then the client's TLS terminated with a minted leaf, then plaintext both ways.
-    pub async fn run(&self, mut job: UpgradeJob<'_>) -> UpgradeReport {
+    /// then the client's TLS terminated with a minted leaf, then plaintext both ways. What
+    /// was negotiated goes into `report`; the result is how the plaintext tunnel ended.
+    pub async fn run(
+        &self,
+        mut job: UpgradeJob<'_>,
+        report: &mut UpgradeReport,
+    ) -> Result<Outcome, UpgradeError> {
         let held = std::mem::take(&mut job.held);
         let job = job;
-        let mut report = UpgradeReport::default();
-        let refuse = |report: &mut UpgradeReport, (why, alert): (String, u8)| {
-            tracing::warn!(name = %job.name, reason = %why, "upgrade failed; the client gets a TLS alert");
-            let bytes = crate::hello::alert_record(job.hello, alert);
-            let _ = job.client.try_write(&bytes);
-            report.error = Some(why);
-            report.outcome = Some(Outcome::UpgradeFailed);
-        };
-        let mut up_tls = match self.upstream_tls(&job, &mut report).await {
-            Ok(t) => t,
-            Err(why) => {
-                refuse(&mut report, why);
-                return report;
+        let refuse = |e: UpgradeError| {
+            if let Some(alert) = e.alert() {
+                tracing::warn!(name = %job.name, reason = %e, "upgrade failed; the client gets a TLS alert");
+                let _ = job
+                    .client
+                    .try_write(&crate::hello::alert_record(job.hello, alert));
             }
+            e
         };
-        let mut client_tls = match self.client_tls(&job, held, alpn_of(&up_tls)).await {
-            Ok(ClientSide::Ready(t)) => t,
-            Ok(ClientSide::Failed(why)) => {
-                // OpenSSL has already sent its own alert (or the client went quiet).
-                report.error = Some(why);
-                report.outcome = Some(Outcome::UpgradeFailed);
-                return report;
-            }
-            Err(why) => {
-                refuse(&mut report, why);
-                return report;
-            }
-        };
+        let mut up_tls = self.upstream_tls(&job, report).await.map_err(refuse)?;
+        let mut client_tls = self
+            .client_tls(&job, held, alpn_of(&up_tls))
+            .await
+            .map_err(refuse)?;
         report.client_version = client_tls.ssl().version2().map(ssl_version_code);
         report.client_cipher = client_tls
             .ssl()
@@ -133,33 +160,26 @@ impl Upgrader {
             upstream_version = ?report.upstream_version,
             "upgraded"
         );
-        report.outcome = Some(
-            splice_plaintext(
-                &mut client_tls,
-                &mut up_tls,
-                job.idle,
-                job.stats,
-                job.metrics,
-                &mut report,
-            )
-            .await,
-        );
-        report
+        Ok(splice_plaintext(
+            &mut client_tls,
+            &mut up_tls,
+            job.idle,
+            job.stats,
+            job.metrics,
+            report,
+        )
+        .await)
     }
 
     /// Step 1: verified TLS 1.2+ to the upstream for the name, the client's ALPN offered.
-    /// Records what was negotiated; an error carries its reason and the alert to send.
+    /// Records what was negotiated.
     async fn upstream_tls<'a>(
         &self,
         job: &UpgradeJob<'a>,
         report: &mut UpgradeReport,
-    ) -> Result<tokio_rustls::client::TlsStream<SharedStream<'a>>, (String, u8)> {
-        use crate::hello::alert::ALERT_HANDSHAKE_FAILURE;
+    ) -> Result<tokio_rustls::client::TlsStream<SharedStream<'a>>, UpgradeError> {
         let Some(server_name) = Upstream::server_name(job.name.as_str()) else {
-            return Err((
-                format!("{} is not a usable server name", job.name),
-                ALERT_HANDSHAKE_FAILURE,
-            ));
+            return Err(UpgradeError::ServerName(job.name.clone()));
         };
         let (config, probe) = self.upstream.config(&job.hello.alpn);
         let connector = tokio_rustls::TlsConnector::from(config);
@@ -170,15 +190,9 @@ impl Upgrader {
         .await;
         let up_tls = match tls {
             Ok(Ok(t)) if !probe.asked() => t,
-            failed => {
-                let why = match failed {
-                    Err(_) => "upstream TLS handshake timed out".to_string(),
-                    Ok(Err(e)) if !probe.asked() => format!("upstream TLS failed: {e}"),
-                    Ok(_) => "the upstream asks for a client certificate, which cannot be relayed"
-                        .to_string(),
-                };
-                return Err((why, ALERT_HANDSHAKE_FAILURE));
-            }
+            Err(_) => return Err(UpgradeError::UpstreamTimeout),
+            Ok(Err(e)) if !probe.asked() => return Err(UpgradeError::UpstreamTls(e)),
+            Ok(_) => return Err(UpgradeError::ClientCertificateAsked),
         };
         let (_, conn) = up_tls.get_ref();
         report.upstream_version = conn
@@ -197,31 +211,21 @@ impl Upgrader {
         job: &UpgradeJob<'a>,
         held: Vec<u8>,
         alpn: Option<Vec<u8>>,
-    ) -> Result<ClientSide<'a>, (String, u8)> {
-        use crate::hello::alert::ALERT_INTERNAL_ERROR;
-        let leaf = self.ca.leaf(job.name.as_str()).await.map_err(|e| {
-            (
-                format!("cannot mint a certificate: {e}"),
-                ALERT_INTERNAL_ERROR,
-            )
-        })?;
+    ) -> Result<SslStream<PrefixedStream<'a>>, UpgradeError> {
+        let leaf = self.ca.leaf(job.name.as_str()).await?;
         let ssl = self
             .acceptor
-            .ssl(&leaf.cert, self.ca.leaf_key(), self.ca.cert(), alpn)
-            .map_err(|e| (format!("OpenSSL: {e}"), ALERT_INTERNAL_ERROR))?;
+            .ssl(&leaf.cert, self.ca.leaf_key(), self.ca.cert(), alpn)?;
         let held = PrefixedStream::new(held, job.client);
-        let mut client_tls = SslStream::new(ssl, held)
-            .map_err(|e| (format!("OpenSSL: {e}"), ALERT_INTERNAL_ERROR))?;
+        let mut client_tls = SslStream::new(ssl, held)?;
         match tokio::time::timeout(job.handshake_timeout, Pin::new(&mut client_tls).accept()).await
         {
-            Ok(Ok(())) => Ok(ClientSide::Ready(client_tls)),
+            Ok(Ok(())) => Ok(client_tls),
             Ok(Err(e)) => {
                 tracing::warn!(name = %job.name, error = %e, "upgrade failed: the client's TLS handshake with tlspeek failed");
-                Ok(ClientSide::Failed(format!(
-                    "client TLS handshake failed: {e}"
-                )))
+                Err(UpgradeError::ClientTls(e))
             }
-            Err(_) => Ok(ClientSide::Failed("client TLS handshake timed out".into())),
+            Err(_) => Err(UpgradeError::ClientTimeout),
         }
     }
 }
@@ -241,13 +245,6 @@ pub struct UpgradeJob<'a> {
     pub idle: Duration,
     pub stats: &'a TunnelStats,
     pub metrics: &'a Metrics,
-}
-
-/// The client side after its handshake: ready, or failed after OpenSSL answered the client
-/// itself (no alert of ours to send).
-enum ClientSide<'a> {
-    Ready(SslStream<PrefixedStream<'a>>),
-    Failed(String),
 }
 
 /// The ALPN protocol the upstream chose.

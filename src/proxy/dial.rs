@@ -1,4 +1,4 @@
-//! Admission of the upstream connection: resolve the name once, check every resolved address against the deny-list (after
+//! Dialing the upstream: resolve the name once, check every resolved address against the deny-list (after
 //! unmapping IPv4-mapped IPv6), and connect only to an address that was checked, trying
 //! each in turn with its own timeout. Nothing resolves the name a second time, so DNS
 //! rebinding between check and connect is impossible.

@@ -1,0 +1,267 @@
+//! What the client's first flight is, and what to do with it: the ClientHello verdict, the
+//! name the connection is for (SNI, else the CONNECT host, else a watched address), the
+//! hello-time metrics, and the policy's action (pass, block with an alert, upgrade).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tracing::{debug, info, warn};
+
+use super::authority::{Authority, Host};
+use super::handshake::{Handshake, HelloContext};
+use super::peek::FirstFlight;
+use super::session::Session;
+use crate::clock::unix_now;
+use crate::config::{Action, OnUnsupported};
+use crate::hello::{self, ClientHelloSummary, Verdict};
+use crate::inventory::Observation;
+use crate::names::HostName;
+use crate::policy::{self, Decision};
+use crate::telemetry::{ActionTaken, ConnectionRecord, Kind, Who, destination_label};
+use crate::upgrade::Upgrader;
+
+/// What the policy made of the first flight.
+pub enum Act {
+    Pass,
+    /// Answer with this alert record and close.
+    Block([u8; 7]),
+    Upgrade(UpgradePlan),
+}
+
+/// An upgrade decided at the ClientHello: the name to make a certificate for, the hello
+/// (the client side answers it), and the upgrader that approved it (a reload in between
+/// does not change which CA finishes the job).
+pub struct UpgradePlan {
+    pub name: HostName,
+    pub hello: Box<ClientHelloSummary>,
+    pub upgrader: Arc<Upgrader>,
+}
+
+/// Records what the first flight was, counts it, and applies the policy to a hello.
+pub fn judge(
+    s: &Session<'_>,
+    flight: FirstFlight,
+    target: &Authority,
+    rec: &mut ConnectionRecord,
+    handshake: &mut Handshake,
+) -> Act {
+    let kind = match flight {
+        FirstFlight::Hello(h) => {
+            let act = on_hello(s, h, target, rec, handshake);
+            s.shared
+                .metrics
+                .first_flight(s.mode, rec.kind.unwrap_or(Kind::Tls));
+            return act;
+        }
+        FirstFlight::NotTls => Kind::NotTls,
+        FirstFlight::TooLarge => Kind::TooLarge,
+        FirstFlight::Truncated | FirstFlight::TimedOut { partial: true } => Kind::Truncated,
+        FirstFlight::Nothing | FirstFlight::TimedOut { partial: false } => Kind::None,
+    };
+    handshake.stop();
+    rec.kind = Some(kind);
+    s.shared.metrics.first_flight(s.mode, kind);
+    match kind {
+        Kind::None => debug!(kind = kind.as_str(), "no ClientHello from the client"),
+        _ => info!(
+            kind = kind.as_str(),
+            "first flight is not a whole ClientHello; passing it through"
+        ),
+    }
+    Act::Pass
+}
+
+/// A whole ClientHello: its verdict and record fields, the hello-time metrics, the
+/// policy's action; the hello side handed to the handshake for the final verdict.
+fn on_hello(
+    s: &Session<'_>,
+    h: Box<ClientHelloSummary>,
+    target: &Authority,
+    rec: &mut ConnectionRecord,
+    handshake: &mut Handshake,
+) -> Act {
+    let verdict = hello::classify_client_hello(&h);
+    rec.set_client_hello(&h, &verdict);
+    if h.sni_cut {
+        s.shared
+            .metrics
+            .hello_anomalies
+            .with_label_values(&["sni_too_long"])
+            .inc();
+        info!(
+            kept_bytes = hello::MAX_SNI_BYTES,
+            "SNI longer than a host name can be: stored cut"
+        );
+    }
+    let name = name_of(s, &h, target, rec);
+    let destination = destination_label(s.cfg, name.as_ref());
+    let who = Who {
+        source: &s.src.value,
+        source_is_ip: s.src.is_ip,
+        destination: &destination,
+    };
+    count_hello(s, &who, &h, &verdict, rec);
+    let act = apply_policy(s, &who, &h, name.as_ref(), &verdict, rec);
+    let observation = s.shared.inventory.as_ref().map(|_| {
+        let dest = name
+            .as_ref()
+            .map_or_else(|| target.host.to_string(), |n| n.to_string());
+        Observation::of_hello(rec, &s.src.value, dest, unix_now())
+    });
+    let ctx = HelloContext {
+        source: s.src.value.clone(),
+        source_is_ip: s.src.is_ip,
+        watched: destination != crate::telemetry::guard::OTHER,
+        destination,
+        hello: h,
+        hello_verdict: verdict,
+        observation,
+        source_ip: s.peer.ip(),
+    };
+    handshake.set_context(s.shared, ctx, s.cfg.proxy.hello_timeout);
+    act
+}
+
+/// The name is the SNI, else the CONNECT host, and only a valid host name. Without SNI
+/// (Windows XP SChannel, Java 6) the address may still belong to a watched name: say so
+/// rather than label it "other".
+fn name_of(
+    s: &Session<'_>,
+    h: &ClientHelloSummary,
+    target: &Authority,
+    rec: &mut ConnectionRecord,
+) -> Option<HostName> {
+    let sni_name = h.sni.as_deref().and_then(HostName::parse);
+    if let Some(name) = sni_name.or_else(|| target.name().cloned()) {
+        return Some(name);
+    }
+    let Host::Ip(ip) = &target.host else {
+        return None;
+    };
+    let name = s.shared.watched_addresses.name_of(*ip)?;
+    rec.name_inferred = true;
+    info!(name = %name, "no SNI: the name was inferred from the destination address");
+    Some(name)
+}
+
+/// `tlspeek_client_hellos_total`, and a legacy hello's first reason.
+fn count_hello(
+    s: &Session<'_>,
+    who: &Who<'_>,
+    h: &ClientHelloSummary,
+    verdict: &Verdict,
+    rec: &ConnectionRecord,
+) {
+    let m = &s.shared.metrics;
+    let max_version = hello::version_name(h.max_version());
+    m.client_hello(who, max_version, verdict.legacy);
+    if let Some(first) = verdict.reasons.first() {
+        m.legacy_connection_now(who, first.as_str());
+        info!(
+            source = %s.src.value,
+            destination = %who.destination,
+            sni = ?rec.sni,
+            max_version,
+            reasons = ?rec.legacy_reasons,
+            ja4 = ?rec.ja4,
+            "legacy ClientHello"
+        );
+    }
+}
+
+/// `policy::decide`, a dry run's "would", and the action taken (counted and recorded).
+fn apply_policy(
+    s: &Session<'_>,
+    who: &Who<'_>,
+    h: &ClientHelloSummary,
+    name: Option<&HostName>,
+    verdict: &Verdict,
+    rec: &mut ConnectionRecord,
+) -> Act {
+    let m = &s.shared.metrics;
+    let decision: Decision<'_> =
+        policy::decide(s.cfg, name, s.peer.ip(), verdict.legacy, SystemTime::now());
+    rec.rule = decision.rule.map(|r| r.name.clone());
+    let rule = decision.rule.map_or("-", |r| r.name.as_str());
+    if let Some(would) = decision.would {
+        let w = match would {
+            Action::Block => "would_block",
+            _ => "would_upgrade",
+        };
+        rec.would = Some(w);
+        m.action(who, w, verdict.legacy);
+        info!(rule, would = w, "dry run: the connection passes");
+    }
+    let act = match decision.action {
+        Action::Observe => Act::Pass,
+        Action::Block => Act::Block(hello::alert_record(h, hello::block_alert(verdict))),
+        Action::Upgrade => upgrade_or_fallback(s, h, name, verdict, rec),
+    };
+    let (taken, label) = match &act {
+        Act::Pass => (ActionTaken::Passed, "passed"),
+        Act::Block(alert) => {
+            info!(
+                rule,
+                alert = hello::alert_name(alert[6]),
+                "blocked with a TLS alert"
+            );
+            (ActionTaken::Blocked, "blocked")
+        }
+        Act::Upgrade(_) => (ActionTaken::Upgraded, "upgraded"),
+    };
+    rec.action = Some(taken);
+    m.action(who, label, verdict.legacy);
+    act
+}
+
+/// An upgrade rule applies: upgrade if this connection can be, else apply
+/// `never_upgrade` (pass) or `on_unsupported`.
+fn upgrade_or_fallback(
+    s: &Session<'_>,
+    h: &ClientHelloSummary,
+    name: Option<&HostName>,
+    verdict: &Verdict,
+    rec: &mut ConnectionRecord,
+) -> Act {
+    let Some(name) = name else {
+        return unsupported(
+            s,
+            "the connection has no host name to make a certificate for".into(),
+            h,
+            verdict,
+            rec,
+        );
+    };
+    if s.cfg.upgrade.never_upgrade.matches(name) {
+        info!(name = %name, "never_upgrade: passing untouched");
+        rec.note = Some("not upgraded: host is in upgrade.never_upgrade".into());
+        return Act::Pass;
+    }
+    let Some(upgrader) = s.shared.upgrader.load_full() else {
+        return unsupported(s, "upgrade mode has no CA loaded".into(), h, verdict, rec);
+    };
+    match upgrader.cannot(h, name) {
+        Some(why) => unsupported(s, why, h, verdict, rec),
+        None => Act::Upgrade(UpgradePlan {
+            name: name.clone(),
+            hello: Box::new(ClientHelloSummary::clone(h)),
+            upgrader,
+        }),
+    }
+}
+
+fn unsupported(
+    s: &Session<'_>,
+    why: String,
+    h: &ClientHelloSummary,
+    verdict: &Verdict,
+    rec: &mut ConnectionRecord,
+) -> Act {
+    let fallback = s.cfg.upgrade.on_unsupported;
+    warn!(reason = %why, fallback = ?fallback, "cannot upgrade this client");
+    rec.note = Some(format!("cannot upgrade: {why}"));
+    match fallback {
+        OnUnsupported::Block => Act::Block(hello::alert_record(h, hello::block_alert(verdict))),
+        OnUnsupported::Pass => Act::Pass,
+    }
+}

@@ -1,0 +1,127 @@
+//! What a connection task hands to the phases it calls (the tunnel, the first flight, the
+//! upgrade), and the end every connection shares: its final verdict and outcome, bytes and
+//! duration into the record, `tlspeek_connections_total{mode,outcome}`, and the event line.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::authority::Authority;
+use super::error::ConnError;
+use super::handshake::Handshake;
+use crate::config::Config;
+use crate::net::registry::Listed;
+use crate::net::splice::TunnelStats;
+use crate::shared::Shared;
+use crate::telemetry::{ConnectionRecord, Mode, Outcome, SourceLabel, source_label};
+
+/// One admitted connection, as its phases see it.
+pub struct Session<'a> {
+    pub shared: &'a Arc<Shared>,
+    pub cfg: &'a Arc<Config>,
+    pub client: &'a TcpStream,
+    /// The client (behind a trusted balancer: the one its PROXY header named).
+    pub peer: SocketAddr,
+    pub src: SourceLabel,
+    pub stats: Arc<TunnelStats>,
+    pub mode: Mode,
+    pub started: Instant,
+}
+
+impl<'a> Session<'a> {
+    pub fn new(
+        shared: &'a Arc<Shared>,
+        cfg: &'a Arc<Config>,
+        client: &'a TcpStream,
+        peer: SocketAddr,
+        mode: Mode,
+        started: Instant,
+    ) -> Session<'a> {
+        Session {
+            shared,
+            cfg,
+            client,
+            peer,
+            src: source_label(cfg, peer.ip()),
+            stats: Arc::new(TunnelStats::new()),
+            mode,
+            started,
+        }
+    }
+
+    /// The connection's record, empty but for who it is.
+    pub fn record(&self, id: u64) -> ConnectionRecord {
+        ConnectionRecord::new(id, self.mode, self.peer, self.src.value.clone())
+    }
+
+    /// Serves until `serving` ends, or until the shutdown grace is over. Starts the
+    /// source's reverse-DNS lookup (its name is read from the cache at the end).
+    pub async fn until_stopped(
+        &self,
+        serving: impl Future<Output = Result<Outcome, ConnError>>,
+    ) -> Result<Outcome, ConnError> {
+        if let Some(dns) = &self.shared.dns {
+            dns.lookup_later(self.peer.ip());
+        }
+        tokio::select! {
+            r = serving => r,
+            _ = self.shared.hard_stop.cancelled() => {
+                debug!("shutdown grace over: closing the tunnel");
+                Err(ConnError::Shutdown)
+            }
+        }
+    }
+
+    /// Lists the tunnel in `/debug/tunnels` while the returned guard lives.
+    pub fn list(&self, id: u64, target: &Authority) -> Listed<'a> {
+        self.shared.tunnels.list(
+            id,
+            self.peer,
+            format!("{}:{}", target.host, target.port),
+            &self.stats,
+        )
+    }
+
+    /// The connection's end: what the server said and the final verdict, the outcome
+    /// (an alert then a close is a rejection), bytes and duration into the record; the
+    /// metric and the event line (unless the plain-HTTP forwarder wrote one per request).
+    pub fn finish(
+        &self,
+        mut rec: ConnectionRecord,
+        mut handshake: Handshake,
+        result: Result<Outcome, ConnError>,
+    ) {
+        handshake.finish(self.shared, &mut rec);
+        let outcome = match &result {
+            Ok(o) => *o,
+            Err(e) => {
+                debug!(step = e.step(), error = %e, "connection failed");
+                e.outcome()
+            }
+        };
+        let outcome = outcome.after_server_alert(rec.server_alert.is_some());
+        if let Some(dns) = &self.shared.dns {
+            rec.source_name = dns.cached(self.peer.ip());
+        }
+        rec.outcome = outcome;
+        rec.bytes_up = self.stats.up();
+        rec.bytes_down = self.stats.down();
+        rec.duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if rec.written_elsewhere {
+            return;
+        }
+        self.shared.metrics.connection_ended(rec.mode, outcome);
+        debug!(
+            outcome = outcome.as_str(),
+            bytes_up = rec.bytes_up,
+            bytes_down = rec.bytes_down,
+            duration_ms = rec.duration_ms,
+            "connection ended"
+        );
+        self.shared.events.write(&rec);
+    }
+}
