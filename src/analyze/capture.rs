@@ -409,26 +409,8 @@ impl<R: Read> CaptureReader<R> {
             return Ok(Next::End);
         };
         let record = self.unread().get(..hdr + caplen).unwrap_or_default();
-        let parsed: Result<_, pcap_parser::nom::Err<PcapError<&[u8]>>> = if modified {
-            parse_pcap_frame_modified(record)
-        } else if big_endian {
-            parse_pcap_frame_be(record)
-        } else {
-            parse_pcap_frame(record)
-        };
-        let (sec, frac, len) = match parsed {
-            Ok((
-                _,
-                LegacyPcapBlock {
-                    ts_sec,
-                    ts_usec,
-                    data,
-                    ..
-                },
-            )) => (ts_sec, ts_usec, data.len()),
-            Err(_) => {
-                return self.resync_pcap(offset, "unreadable record".into());
-            }
+        let Some((sec, frac, len)) = parse_pcap_record(record, modified, big_endian) else {
+            return self.resync_pcap(offset, "unreadable record".into());
         };
         if let Layout::Pcap { last_sec, .. } = &mut self.layout {
             *last_sec = Some(sec);
@@ -692,6 +674,27 @@ fn to_nanos(raw: u64, units: u64, offset_secs: i64) -> Nanos {
     i64::try_from(nanos)
         .unwrap_or(i64::MAX)
         .saturating_add(offset_secs.saturating_mul(1_000_000_000))
+}
+
+/// A classic pcap record's seconds, fraction and captured length, in the file's flavour.
+fn parse_pcap_record(record: &[u8], modified: bool, big_endian: bool) -> Option<(u32, u32, usize)> {
+    let parsed: Result<_, pcap_parser::nom::Err<PcapError<&[u8]>>> = if modified {
+        parse_pcap_frame_modified(record)
+    } else if big_endian {
+        parse_pcap_frame_be(record)
+    } else {
+        parse_pcap_frame(record)
+    };
+    let (
+        _,
+        LegacyPcapBlock {
+            ts_sec,
+            ts_usec,
+            data,
+            ..
+        },
+    ) = parsed.ok()?;
+    Some((ts_sec, ts_usec, data.len()))
 }
 
 #[cfg(test)]

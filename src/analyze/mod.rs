@@ -372,33 +372,8 @@ pub fn peak_rss() -> Option<u64> {
 /// that cannot be opened or is not a capture is reported and listed in
 /// [`Summary::failed`]; the others are still analysed.
 pub fn run(opts: &Options) -> Result<Summary, AnalyzeError> {
-    let total = opts
-        .files
-        .iter()
-        .map(|f| {
-            if f == Path::new("-") {
-                None
-            } else {
-                std::fs::metadata(f).ok().map(|m| m.len())
-            }
-        })
-        .sum::<Option<u64>>();
-    let progress = Progress::new(opts.quiet, total, opts.progress_interval);
-    let mut events: Option<Box<dyn Write>> = match &opts.events {
-        None => None,
-        Some(EventsTo::Stdout) => Some(Box::new(BufWriter::new(io::stdout().lock()))),
-        Some(EventsTo::File(p)) => Some(Box::new(BufWriter::with_capacity(
-            256 * 1024,
-            File::create(p).map_err(|source| AnalyzeError::Events {
-                path: p.display().to_string(),
-                source,
-            })?,
-        ))),
-    };
-    let events_path = match &opts.events {
-        Some(EventsTo::File(p)) => p.display().to_string(),
-        _ => "stdout".to_string(),
-    };
+    let progress = Progress::new(opts.quiet, input_size(&opts.files), opts.progress_interval);
+    let (mut events, events_path) = open_events(opts)?;
     let mut an = Analyzer::new(&opts.config, opts.limits);
     let mut rows = Rows::default();
     let mut failed = Vec::new();
@@ -428,58 +403,19 @@ pub fn run(opts: &Options) -> Result<Summary, AnalyzeError> {
     };
 
     for path in &opts.files {
-        let shown = path.display().to_string();
-        let mut reader = match open_input(path)
-            .map_err(CaptureError::from)
-            .and_then(CaptureReader::new)
-        {
-            Ok(r) => r,
-            Err(e) => {
-                progress.warn(&format!("tlspeek: {shown}: {e}"));
-                failed.push((path.clone(), e.to_string()));
-                continue;
-            }
-        };
-        let mut damage = |d: Damage| {
-            match d {
-            Damage::Damaged {
-                offset,
-                skipped,
-                reason,
-            } => progress.warn(&format!(
-                "tlspeek: {shown}: damaged data at offset {offset} ({reason}): skipped {skipped} bytes"
-            )),
-            Damage::CutOff { offset, reason } => progress.warn(&format!(
-                "tlspeek: {shown}: the capture is cut off at offset {offset} ({reason})"
-            )),
-        }
-        };
-        let mut tick = |a: &Analyzer<'_>, pos: u64| {
-            let t = a.table_stats();
-            progress.tick(&Counts {
-                bytes: done_before + pos,
-                packets: a.stats.packets,
-                flows: t.flows,
-                hellos: t.client_hellos,
-                connections: connections.get(),
-            });
-        };
-        let result = feed(&mut reader, &mut an, &mut out, &mut damage, &mut tick);
-        let t = an.table_stats();
-        progress.show(&Counts {
-            bytes: done_before + reader.position(),
-            packets: an.stats.packets,
-            flows: t.flows,
-            hellos: t.client_hellos,
-            connections: connections.get(),
-        });
-        match result {
-            Ok(read) => done_before += read,
-            Err(e) => {
-                done_before += reader.position();
-                let msg = format!("read error at offset {}: {e}", reader.position());
-                progress.warn(&format!("tlspeek: {shown}: {msg}"));
-                failed.push((path.clone(), msg));
+        let read = read_file(
+            path,
+            &mut an,
+            &mut out,
+            &progress,
+            done_before,
+            &connections,
+        );
+        match read {
+            Ok(n) => done_before += n,
+            Err((n, e)) => {
+                done_before += n;
+                failed.push((path.clone(), e));
             }
         }
         if write_error.borrow().is_some() {
@@ -514,9 +450,105 @@ pub fn run(opts: &Options) -> Result<Summary, AnalyzeError> {
     summary.stats = an.stats;
     summary.table = an.table_stats();
     summary.bytes = done_before;
+    show_done(&progress, &summary);
+    Ok(summary)
+}
+
+/// The inputs' total size, when every one is a file (for the progress line's percentage).
+fn input_size(files: &[PathBuf]) -> Option<u64> {
+    files
+        .iter()
+        .map(|f| {
+            if f == Path::new("-") {
+                None
+            } else {
+                std::fs::metadata(f).ok().map(|m| m.len())
+            }
+        })
+        .sum::<Option<u64>>()
+}
+
+/// Where the event lines go: none without `--events`.
+type EventSink = Option<Box<dyn Write>>;
+
+/// The event lines' sink, and its name for errors.
+fn open_events(opts: &Options) -> Result<(EventSink, String), AnalyzeError> {
+    let events: EventSink = match &opts.events {
+        None => None,
+        Some(EventsTo::Stdout) => Some(Box::new(BufWriter::new(io::stdout().lock()))),
+        Some(EventsTo::File(p)) => Some(Box::new(BufWriter::with_capacity(
+            256 * 1024,
+            File::create(p).map_err(|source| AnalyzeError::Events {
+                path: p.display().to_string(),
+                source,
+            })?,
+        ))),
+    };
+    let path = match &opts.events {
+        Some(EventsTo::File(p)) => p.display().to_string(),
+        _ => "stdout".to_string(),
+    };
+    Ok((events, path))
+}
+
+/// Reads one capture into the analyzer, warning about damage on the way. Returns the
+/// bytes read, or (the bytes read, why it failed).
+fn read_file(
+    path: &Path,
+    an: &mut Analyzer<'_>,
+    out: &mut impl FnMut(Connection),
+    progress: &Progress,
+    done_before: u64,
+    connections: &Cell<u64>,
+) -> Result<u64, (u64, String)> {
+    let shown = path.display().to_string();
+    let mut reader = match open_input(path)
+        .map_err(CaptureError::from)
+        .and_then(CaptureReader::new)
+    {
+        Ok(r) => r,
+        Err(e) => {
+            progress.warn(&format!("tlspeek: {shown}: {e}"));
+            return Err((0, e.to_string()));
+        }
+    };
+    let mut damage = |d: Damage| match d {
+        Damage::Damaged {
+            offset,
+            skipped,
+            reason,
+        } => progress.warn(&format!(
+            "tlspeek: {shown}: damaged data at offset {offset} ({reason}): skipped {skipped} bytes"
+        )),
+        Damage::CutOff { offset, reason } => progress.warn(&format!(
+            "tlspeek: {shown}: the capture is cut off at offset {offset} ({reason})"
+        )),
+    };
+    let counts = |a: &Analyzer<'_>, pos: u64| {
+        let t = a.table_stats();
+        Counts {
+            bytes: done_before + pos,
+            packets: a.stats.packets,
+            flows: t.flows,
+            hellos: t.client_hellos,
+            connections: connections.get(),
+        }
+    };
+    let mut tick = |a: &Analyzer<'_>, pos: u64| progress.tick(&counts(a, pos));
+    let result = feed(&mut reader, an, out, &mut damage, &mut tick);
+    progress.show(&counts(an, reader.position()));
+    result.map_err(|e| {
+        let msg = format!("read error at offset {}: {e}", reader.position());
+        progress.warn(&format!("tlspeek: {shown}: {msg}"));
+        (reader.position(), msg)
+    })
+}
+
+/// The progress line's last word: totals, legacy, rows not kept, peak memory.
+fn show_done(progress: &Progress, summary: &Summary) {
     let counts = Counts {
-        bytes: done_before,
-        packets: an.stats.packets,
+        bytes: summary.bytes,
+        packets: summary.stats.packets,
         flows: summary.table.flows,
         hellos: summary.table.client_hellos,
         connections: summary.connections,
@@ -535,5 +567,4 @@ pub fn run(opts: &Options) -> Result<Summary, AnalyzeError> {
         ));
     }
     progress.finish(&counts, &extra);
-    Ok(summary)
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
 
-use super::raw::{RawConfig, RawRule};
+use super::raw::{RawAdmin, RawConfig, RawMetrics, RawProxy, RawRule, RawSource, RawUpgrade};
 use super::{
     Action, AdminConfig, AuthConfig, Config, ConfigError, ConfigErrors, DnsConfig, EventsTarget,
     InventoryConfig, MetricsConfig, NetList, OnHelloTimeout, OnUnsupported, ProxyConfig, Rule,
@@ -270,9 +270,71 @@ fn valid_source_name(name: &str) -> Result<(), String> {
 }
 
 /// Checks every value; `earlier` are errors found before (unknown keys), reported first.
+/// Sections are checked in file order, so errors are reported in that order.
 pub(super) fn validate(raw: RawConfig, earlier: Vec<ConfigError>) -> Result<Config, ConfigErrors> {
     let mut c = Checker { errors: earlier };
-    let p = &raw.proxy;
+    let proxy = proxy_section(&mut c, &raw.proxy);
+    let admin = admin_section(&mut c, &raw.admin, &proxy);
+    let events = events_target(&mut c, &raw.events.path);
+    let metrics = metrics_section(&mut c, &raw.metrics);
+    let (sources, names) = source_names(&mut c, &raw.sources);
+    let dns = DnsConfig {
+        reverse_lookup: raw.dns.reverse_lookup,
+        cache_ttl: c.duration("dns.cache_ttl", &raw.dns.cache_ttl, false),
+    };
+    let rules: Vec<Rule> = raw
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| rule(&mut c, i, r, &names))
+        .collect();
+    let inventory = InventoryConfig {
+        path: c.optional_path(&raw.inventory.path),
+        flush_interval: c.duration(
+            "inventory.flush_interval",
+            &raw.inventory.flush_interval,
+            false,
+        ),
+        retention: c.duration("inventory.retention", &raw.inventory.retention, false),
+    };
+    let upgrade = upgrade_section(&mut c, &raw.upgrade, &rules);
+    let transparent_listen = match raw.transparent.listen.as_str() {
+        "" => None,
+        v => Some(c.listen("transparent.listen", v)),
+    };
+    let auth = AuthConfig {
+        credentials_file: c.optional_path(&raw.auth.credentials_file),
+        exempt_sources: c.nets("auth.exempt_sources", &raw.auth.exempt_sources),
+    };
+    let upstream_proxy = match raw.upstream.proxy.as_str() {
+        "" => None,
+        v => parse_parent(v)
+            .map_err(|why| c.err("upstream.proxy", why))
+            .ok(),
+    };
+    if !c.errors.is_empty() {
+        return Err(ConfigErrors(c.errors));
+    }
+    Ok(Config {
+        proxy,
+        admin,
+        events,
+        metrics,
+        sources,
+        dns,
+        rules,
+        enforcement_enabled: raw.enforcement.enabled,
+        upgrade,
+        inventory,
+        auth,
+        transparent_listen,
+        transparent_tproxy: raw.transparent.tproxy,
+        upstream_proxy,
+        raw,
+    })
+}
+
+fn proxy_section(c: &mut Checker, p: &RawProxy) -> ProxyConfig {
     let proxy = ProxyConfig {
         listen: c.listen("proxy.listen", &p.listen),
         allowed_ports: c.ports("proxy.allowed_ports", &p.allowed_ports),
@@ -306,36 +368,46 @@ pub(super) fn validate(raw: RawConfig, earlier: Vec<ConfigError>) -> Result<Conf
     if proxy.allowed_ports.is_empty() {
         c.err("proxy.allowed_ports", "must name at least one port");
     }
+    proxy
+}
 
+fn admin_section(c: &mut Checker, a: &RawAdmin, proxy: &ProxyConfig) -> AdminConfig {
     let admin = AdminConfig {
-        listen: c.listen("admin.listen", &raw.admin.listen),
-        allowed_sources: c.nets("admin.allowed_sources", &raw.admin.allowed_sources),
-        token_file: c.optional_path(&raw.admin.token_file),
+        listen: c.listen("admin.listen", &a.listen),
+        allowed_sources: c.nets("admin.allowed_sources", &a.allowed_sources),
+        token_file: c.optional_path(&a.token_file),
     };
     if admin.listen == proxy.listen {
         c.err("admin.listen", "must differ from proxy.listen");
     }
+    admin
+}
 
-    let events = match raw.events.path.as_str() {
+fn events_target(c: &mut Checker, path: &str) -> EventsTarget {
+    match path {
         "" => {
             c.err("events.path", "must be \"-\" (stdout) or a file path");
             EventsTarget::Stdout
         }
         "-" => EventsTarget::Stdout,
         path => EventsTarget::File(PathBuf::from(path)),
-    };
+    }
+}
 
-    let m = &raw.metrics;
-    let metrics = MetricsConfig {
+fn metrics_section(c: &mut Checker, m: &RawMetrics) -> MetricsConfig {
+    MetricsConfig {
         watched_destinations: c.patterns("metrics.watched_destinations", &m.watched_destinations),
         track_all_destinations: m.track_all_destinations,
         max_series_per_metric: c.count("metrics.max_series_per_metric", m.max_series_per_metric, 4),
         series_idle_expiry: c.duration("metrics.series_idle_expiry", &m.series_idle_expiry, false),
-    };
+    }
+}
 
+/// `[[sources]]`: each CIDR with its name; the names, for the rules' selectors.
+fn source_names(c: &mut Checker, raw: &[RawSource]) -> (SourceNames, HashSet<String>) {
     let mut names = HashSet::new();
     let mut sources = Vec::new();
-    for (i, s) in raw.sources.iter().enumerate() {
+    for (i, s) in raw.iter().enumerate() {
         let net = c.net(&format!("sources[{i}].cidr"), &s.cidr);
         if let Err(reason) = valid_source_name(&s.name) {
             c.err(format!("sources[{i}].name"), reason);
@@ -349,30 +421,11 @@ pub(super) fn validate(raw: RawConfig, earlier: Vec<ConfigError>) -> Result<Conf
             sources.push((net, s.name.clone()));
         }
     }
+    (SourceNames(sources), names)
+}
 
-    let dns = DnsConfig {
-        reverse_lookup: raw.dns.reverse_lookup,
-        cache_ttl: c.duration("dns.cache_ttl", &raw.dns.cache_ttl, false),
-    };
-
-    let rules: Vec<Rule> = raw
-        .rules
-        .iter()
-        .enumerate()
-        .map(|(i, r)| rule(&mut c, i, r, &names))
-        .collect();
-
-    let inventory = InventoryConfig {
-        path: c.optional_path(&raw.inventory.path),
-        flush_interval: c.duration(
-            "inventory.flush_interval",
-            &raw.inventory.flush_interval,
-            false,
-        ),
-        retention: c.duration("inventory.retention", &raw.inventory.retention, false),
-    };
-
-    let u = &raw.upgrade;
+/// `[upgrade]`: the CA pair (together, readable, the key private), and rules that need it.
+fn upgrade_section(c: &mut Checker, u: &RawUpgrade, rules: &[Rule]) -> UpgradeConfig {
     let upgrade = UpgradeConfig {
         ca_cert: c.optional_path(&u.ca_cert),
         ca_key: c.optional_path(&u.ca_key),
@@ -421,46 +474,7 @@ pub(super) fn validate(raw: RawConfig, earlier: Vec<ConfigError>) -> Result<Conf
             }
         }
     }
-
-    let transparent_listen = match raw.transparent.listen.as_str() {
-        "" => None,
-        v => Some(c.listen("transparent.listen", v)),
-    };
-    let auth = AuthConfig {
-        credentials_file: c.optional_path(&raw.auth.credentials_file),
-        exempt_sources: c.nets("auth.exempt_sources", &raw.auth.exempt_sources),
-    };
-    let upstream_proxy = match raw.upstream.proxy.as_str() {
-        "" => None,
-        v => match parse_parent(v) {
-            Ok(p) => Some(p),
-            Err(why) => {
-                c.err("upstream.proxy", why);
-                None
-            }
-        },
-    };
-
-    if !c.errors.is_empty() {
-        return Err(ConfigErrors(c.errors));
-    }
-    Ok(Config {
-        proxy,
-        admin,
-        events,
-        metrics,
-        sources: SourceNames(sources),
-        dns,
-        rules,
-        enforcement_enabled: raw.enforcement.enabled,
-        upgrade,
-        inventory,
-        auth,
-        transparent_listen,
-        transparent_tproxy: raw.transparent.tproxy,
-        upstream_proxy,
-        raw,
-    })
+    upgrade
 }
 
 fn selectors(

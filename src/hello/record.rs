@@ -54,8 +54,7 @@ pub(crate) fn first_handshake_message(
     side: Side,
 ) -> Framed<'_> {
     let mut off = 0usize;
-    let mut header = [0u8; 4];
-    let mut header_len = 0usize;
+    let mut header = MessageHeader::default();
     // Bytes of handshake payload in complete records so far.
     let mut joined = 0usize;
     let mut record_version = None;
@@ -89,29 +88,14 @@ pub(crate) fn first_handshake_message(
                 record_version.get_or_insert(version);
                 let payload = rest.get(5..).unwrap_or_default();
                 let avail = payload.get(..len).unwrap_or(payload);
-                // Learn the message header as early as its bytes arrive.
-                for &b in avail {
-                    if header_len == 4 {
-                        break;
-                    }
-                    if let Some(slot) = header.get_mut(header_len) {
-                        *slot = b;
-                    }
-                    header_len += 1;
-                }
-                if header_len >= 1 && header[0] != msg_type {
+                header.learn(avail);
+                if header.msg_type().is_some_and(|t| t != msg_type) {
                     return Framed::NotTls;
                 }
-                let total = if header_len == 4 {
-                    let body = u32::from_be_bytes([0, header[1], header[2], header[3]]);
-                    let total = 4usize.saturating_add(body as usize);
-                    if total.saturating_add(5) > max {
-                        return Framed::TooLarge;
-                    }
-                    Some(total)
-                } else {
-                    None
-                };
+                let total = header.total();
+                if total.is_some_and(|t| t.saturating_add(5) > max) {
+                    return Framed::TooLarge;
+                }
                 if avail.len() < len {
                     return Framed::NeedMore;
                 }
@@ -130,6 +114,35 @@ pub(crate) fn first_handshake_message(
                 }
             }
         }
+    }
+}
+
+/// The handshake message's 4-byte header, learned as early as its bytes arrive.
+#[derive(Default)]
+struct MessageHeader {
+    bytes: [u8; 4],
+    len: usize,
+}
+
+impl MessageHeader {
+    fn learn(&mut self, avail: &[u8]) {
+        for &b in avail {
+            let Some(slot) = self.bytes.get_mut(self.len) else {
+                break;
+            };
+            *slot = b;
+            self.len += 1;
+        }
+    }
+
+    fn msg_type(&self) -> Option<u8> {
+        (self.len >= 1).then_some(self.bytes[0])
+    }
+
+    /// The whole message's length (header included), once the header is known.
+    fn total(&self) -> Option<usize> {
+        let [_, a, b, c] = self.bytes;
+        (self.len == 4).then(|| 4usize.saturating_add(u32::from_be_bytes([0, a, b, c]) as usize))
     }
 }
 
