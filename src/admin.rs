@@ -375,7 +375,12 @@ async fn reload(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Full<
     let asked = shared.reload_requests.send(reply).await;
     let result = match (asked, answer.await) {
         (Ok(()), Ok(r)) => r,
-        _ => Err("the proxy is shutting down".to_string()),
+        _ => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "reload failed, configuration unchanged: the proxy is shutting down\n",
+            );
+        }
     };
     match result {
         Ok(restart) if restart.is_empty() => text(StatusCode::OK, "reloaded\n"),

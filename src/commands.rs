@@ -22,7 +22,10 @@ pub enum CommandError {
     Defaults(crate::config::ConfigErrors),
     /// What `run` builds from the config (CA, credentials, admin token) failed.
     #[error("{path}: {reason}")]
-    Build { path: String, reason: String },
+    Build {
+        path: String,
+        reason: crate::shared::BuildError,
+    },
     #[error("{0}")]
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]

@@ -25,9 +25,25 @@ pub struct ConfigSource {
     pub overrides: Overrides,
 }
 
+/// Why a configuration could not be put in force (at start, or by a reload, which then
+/// keeps the old one).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{0}")]
+    Config(#[from] crate::config::LoadError),
+    #[error("{0}")]
+    Upgrade(#[from] crate::upgrade::SetupError),
+    #[error("{0}")]
+    Credentials(#[from] crate::access::auth::AuthFileError),
+    #[error("{0}")]
+    AdminToken(#[from] crate::secrets::SecretError),
+    #[error("reload task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// What a reload answers: the keys that need a restart, or why the old configuration
 /// stays in force.
-pub type ReloadResult = Result<Vec<&'static str>, String>;
+pub type ReloadResult = Result<Vec<&'static str>, BuildError>;
 
 /// State shared by every connection task.
 pub struct Shared {

@@ -38,7 +38,7 @@ pub enum RunError {
     #[error("cannot start a writer thread: {0}")]
     Events(std::io::Error),
     #[error("{0}")]
-    Setup(String),
+    Setup(#[from] crate::shared::BuildError),
 }
 
 /// Signals the running proxy reacts to.
@@ -64,7 +64,7 @@ pub async fn run(
         cfg.metrics.max_series_per_metric,
         cfg.metrics.series_idle_expiry,
     )?);
-    let built = reload::build(cfg, None, &metrics).map_err(RunError::Setup)?;
+    let built = reload::build(cfg, None, &metrics)?;
     let listeners = Listeners::bind(&built.cfg).await?;
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
     let shared = build_shared(built, metrics, source, reload_tx)?;

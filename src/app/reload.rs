@@ -14,7 +14,7 @@ use crate::telemetry::Metrics;
 use crate::upgrade::Upgrader;
 
 use crate::access::auth::{Auth, FailureLog};
-use crate::shared::Shared;
+use crate::shared::{BuildError, ReloadResult, Shared};
 
 /// What one configuration builds, swapped as a whole.
 pub struct Built {
@@ -26,31 +26,30 @@ pub struct Built {
 
 /// Builds everything `cfg` needs. `previous` lets unchanged parts be reused (the upgrade
 /// CA's leaf cache) and carries state that must survive (authentication failure counts).
-pub fn build(cfg: Config, previous: Option<&Shared>, metrics: &Metrics) -> Result<Built, String> {
+pub fn build(
+    cfg: Config,
+    previous: Option<&Shared>,
+    metrics: &Metrics,
+) -> Result<Built, BuildError> {
     let upgrader = match previous {
         Some(p) if p.config.load().upgrade == cfg.upgrade => p.upgrader.load_full(),
-        _ => Upgrader::from_config(&cfg.upgrade).map_err(|e| e.to_string())?,
+        _ => Upgrader::from_config(&cfg.upgrade)?,
     };
     let failures = previous
         .and_then(|p| p.auth.load_full())
         .map(|a| a.failures())
         .unwrap_or_else(|| Arc::new(FailureLog::default()));
     let auth = match &cfg.auth.credentials_file {
-        Some(path) => Some(Arc::new(
-            Auth::load(
-                path,
-                cfg.auth.exempt_sources.clone(),
-                failures,
-                metrics.auth_password_hashes.clone(),
-            )
-            .map_err(|e| e.to_string())?,
-        )),
+        Some(path) => Some(Arc::new(Auth::load(
+            path,
+            cfg.auth.exempt_sources.clone(),
+            failures,
+            metrics.auth_password_hashes.clone(),
+        )?)),
         None => None,
     };
     let admin_token = match &cfg.admin.token_file {
-        Some(path) => Some(Arc::new(
-            crate::secrets::read_token_file(path).map_err(|e| e.to_string())?,
-        )),
+        Some(path) => Some(Arc::new(crate::secrets::read_token_file(path)?)),
         None => None,
     };
     Ok(Built {
@@ -92,16 +91,15 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
 
 /// Reloads from `shared.source`. Returns the keys that need a restart, or the error that
 /// kept the old configuration in force.
-pub async fn reload(shared: &Arc<Shared>) -> Result<Vec<&'static str>, String> {
+pub async fn reload(shared: &Arc<Shared>) -> ReloadResult {
     let _one_at_a_time = shared.reload_lock.lock().await;
     let s = shared.clone();
     let built = tokio::task::spawn_blocking(move || {
-        let cfg = Config::load_with_overrides(s.source.path.as_deref(), &s.source.overrides)
-            .map_err(|e| e.to_string())?;
+        let cfg = Config::load_with_overrides(s.source.path.as_deref(), &s.source.overrides)?;
         build(cfg, Some(&s), &s.metrics)
     })
     .await
-    .map_err(|e| format!("reload task failed: {e}"))
+    .map_err(BuildError::from)
     .and_then(|r| r);
     let m = &shared.metrics;
     match built {
