@@ -1,7 +1,8 @@
 //! Human names for protocol numbers: versions, cipher suites and alerts.
 //!
-//! These strings are part of the contracts (event lines, metric labels, reports), so they
-//! are spelled exactly as DESIGN.md lists them and never derived from `Debug` output.
+//! These strings are part of the contracts (event lines, metric labels, reports: the README's
+//! "Event lines" and "Metrics"), so they are spelled out here and never derived from
+//! `Debug` output.
 
 use tls_parser::TlsCipherSuite;
 

@@ -1,7 +1,7 @@
 //! Strength class of each cipher suite, as the legacy verdict needs it.
 //!
-//! Azure AD refuses 3DES; DESIGN.md calls a hello legacy when every suite it offers for
-//! TLS 1.2 and below is 3DES "or weaker" (RC4, single DES, RC2/EXPORT, NULL encryption,
+//! Azure AD refuses 3DES; a hello is legacy when every suite it offers for TLS 1.2 and
+//! below is 3DES "or weaker" (RC4, single DES, RC2/EXPORT, NULL encryption,
 //! anonymous). The classes come from tls-parser's copy of the IANA registry (its `enc` and
 //! `au` columns), plus the unregistered suites old stacks send, and are put in a 64 Ki
 //! table on first use so that classifying a hello costs one array read per suite.
@@ -108,7 +108,7 @@ mod tests {
             (0x002f, Other),
             (0xc02f, Other),
             (0xcca8, Other),
-            (0x0007, Other), // IDEA is not in DESIGN's "weaker" list
+            (0x0007, Other), // IDEA is not counted as weaker than 3DES
             (0x00ff, NotCounted),
             (0x5600, NotCounted),
             (0x1301, NotCounted),

@@ -1,4 +1,4 @@
-//! The legacy verdict, mirroring Azure AD's definition (DESIGN.md "Legacy verdict").
+//! The legacy verdict, mirroring what Azure AD refuses (`AADSTS1002016`).
 //!
 //! A connection is legacy when it *negotiates* SSL 3.0, TLS 1.0, TLS 1.1 or a 3DES suite.
 //! Before the ServerHello is seen, a ClientHello is judged on what it offers: its highest
@@ -13,8 +13,9 @@ use super::client::ClientHelloSummary;
 use super::server::ServerHelloSummary;
 use super::suites::{SuiteClass, class};
 
-/// Why a connection is legacy. The order of the variants is the priority order of
-/// DESIGN.md (the first reason of a connection labels the legacy metric).
+/// Why a connection is legacy. The order of the variants is their priority: negotiated
+/// reasons before offered ones, the oldest version first (the first reason of a connection
+/// labels `tlspeek_legacy_connections_total{reason}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum LegacyReason {
     NegotiatedSsl3,

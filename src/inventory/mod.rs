@@ -135,7 +135,7 @@ fn union(a: &mut Vec<String>, b: &[String]) {
 
 fn union_reasons(a: &mut Vec<String>, b: &[String]) {
     union(a, b);
-    // Priority order (DESIGN.md); a reason this version does not know goes last.
+    // Priority order (`LegacyReason::ALL`); a reason this version does not know goes last.
     a.sort_by_key(|r| {
         crate::hello::LegacyReason::ALL
             .iter()

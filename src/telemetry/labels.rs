@@ -1,4 +1,5 @@
-//! The `source` and `destination` label values (DESIGN.md "Labels").
+//! The `source` and `destination` label values: a configured source name or the address
+//! (IPv6 by /64), and a watched destination or `other`.
 
 use std::net::IpAddr;
 

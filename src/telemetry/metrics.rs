@@ -1,5 +1,6 @@
 //! Every Prometheus metric tlspeek exports, in one struct built once and shared. Names and
-//! labels are a contract (DESIGN.md "Metrics"); the README documents each one.
+//! labels are a contract that dashboards and alerts read; the README's "Metrics" documents
+//! each one.
 
 use std::time::{Duration, Instant};
 

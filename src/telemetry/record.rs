@@ -1,6 +1,6 @@
 //! The connection record: everything known about one connection, written as one JSON event
-//! line when the connection ends. Field names and value strings are a contract (DESIGN.md,
-//! "Event line"): dashboards, reports and users' log pipelines read them.
+//! line when the connection ends. Field names and value strings are a contract (the
+//! README's "Event lines"): dashboards, reports and users' log pipelines read them.
 
 use std::net::SocketAddr;
 use std::time::SystemTime;
@@ -56,7 +56,8 @@ impl Kind {
     }
 }
 
-/// How the connection ended (DESIGN.md "outcome").
+/// How the connection ended: the event line's `outcome` and the `outcome` label of
+/// `tlspeek_connections_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
