@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
@@ -60,9 +61,11 @@ impl<'a> Session<'a> {
 
     /// Serves until `serving` ends, or until the shutdown grace is over. Starts the
     /// source's reverse-DNS lookup (its name is read from the cache at the end).
+    /// `serving` is pinned by the caller: taken by value, the connection's future would be
+    /// stored twice in every idle tunnel (its argument slot and the select).
     pub async fn until_stopped(
         &self,
-        serving: impl Future<Output = Result<Outcome, ConnError>>,
+        serving: Pin<&mut impl Future<Output = Result<Outcome, ConnError>>>,
     ) -> Result<Outcome, ConnError> {
         if let Some(dns) = &self.shared.dns {
             dns.lookup_later(self.peer.ip());

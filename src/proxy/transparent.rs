@@ -27,7 +27,10 @@ pub async fn serve(
     let mut handshake = Handshake::default();
     let result = match admission {
         Err(r) => Err(ConnError::Refused(r)),
-        Ok(_permit) => s.until_stopped(run(s, &mut rec, &mut handshake)).await,
+        Ok(_permit) => {
+            let serving = std::pin::pin!(run(s, &mut rec, &mut handshake));
+            s.until_stopped(serving).await
+        }
     };
     // A transparent client speaks TLS, not HTTP: it gets a close.
     if let Some(r) = result.as_ref().err().and_then(ConnError::answer) {
