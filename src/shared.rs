@@ -75,6 +75,8 @@ pub struct Shared {
     pub limits: Arc<Limits>,
     /// The open tunnels (`/debug/tunnels`).
     pub tunnels: Registry,
+    /// JA4 → User-Agent pairs learned in upgrade mode.
+    pub learned_agents: crate::inventory::agents::Learned,
     pub next_id: AtomicU64,
     /// Every connection task, so shutdown can wait for them.
     pub tracker: TaskTracker,

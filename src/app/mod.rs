@@ -142,6 +142,7 @@ fn build_shared(
             cfg.proxy.max_connections_per_source,
         ),
         tunnels: Default::default(),
+        learned_agents: Default::default(),
         config: ArcSwap::from_pointee(cfg),
         metrics,
         events,

@@ -22,6 +22,7 @@ mod reader;
 mod record;
 mod server;
 mod sslv2;
+pub mod stack;
 mod suites;
 mod verdict;
 
@@ -32,6 +33,7 @@ pub use grease::is_grease;
 pub use names::{alert_name, cipher_label, cipher_name, sslv2_cipher_name, version_name};
 pub use server::ServerHelloSummary;
 pub use sslv2::SSL2_VERSION;
+pub use stack::{StackConfidence, StackVerdict, TlsLibrary, classify_stack};
 pub use verdict::{LegacyReason, Verdict, classify_client_hello, classify_negotiated};
 
 use record::{Framed, Side};

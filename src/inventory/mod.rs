@@ -4,6 +4,7 @@
 //! bounded queue) so the proxy never waits on the disk; read by `/legacy`, `tlspeek
 //! report` and `tlspeek analyze`.
 
+pub mod agents;
 pub mod report;
 pub mod software;
 pub mod store;
@@ -32,6 +33,7 @@ pub struct Observation {
     pub negotiated_cipher: Option<String>,
     pub legacy: bool,
     pub legacy_reasons: Vec<String>,
+    pub tls_library: String,
     pub software: String,
     pub software_confidence: String,
     pub fix: String,
@@ -71,13 +73,43 @@ impl Observation {
         user_agent: Option<&str>,
         request: Option<&str>,
     ) {
-        let m = software::SoftwareDb::embedded().identify(&software::Facts {
+        let facts = software::Facts {
             hello,
             ja4: &self.ja4,
             ja3_hash: &self.ja3_hash,
             user_agent,
             request,
-        });
+        };
+        let stack = crate::hello::classify_stack(hello);
+        let m = software::SoftwareDb::embedded().identify(&facts, &stack);
+        self.set_match(m);
+    }
+
+    /// Software named by a User-Agent learned for this JA4 in upgrade mode, when a
+    /// User-Agent rule names it and nothing better is known; the User-Agent is the evidence.
+    pub fn identify_learned(&mut self, hello: &crate::hello::ClientHelloSummary, learned_ua: &str) {
+        let facts = software::Facts {
+            hello,
+            ja4: &self.ja4,
+            ja3_hash: &self.ja3_hash,
+            user_agent: None,
+            request: None,
+        };
+        let stack = crate::hello::classify_stack(hello);
+        if let Some(m) =
+            software::SoftwareDb::embedded().identify_learned(&facts, learned_ua, &stack)
+        {
+            let better = software::Confidence::parse(&self.software_confidence)
+                .is_none_or(|c| c.rank() < m.confidence.rank());
+            if better {
+                self.user_agent = Some(learned_ua.to_string());
+                self.set_match(m);
+            }
+        }
+    }
+
+    fn set_match(&mut self, m: software::SoftwareMatch) {
+        self.tls_library = m.tls_library.as_str().to_string();
         self.software = m.family;
         self.software_confidence = m.confidence.as_str().to_string();
         self.fix = m.fix;
@@ -116,11 +148,15 @@ pub struct CallerRow {
     pub ciphers_negotiated: Vec<String>,
     pub legacy_reasons: Vec<String>,
     pub ja3_hash: String,
+    pub tls_library: String,
     pub software: String,
     pub software_confidence: String,
     pub fix: String,
     pub last_sni: Option<String>,
     pub user_agent: Option<String>,
+    /// What the source's own plain-HTTP User-Agents say (filled in when read).
+    pub source_os: Option<agents::Named>,
+    pub source_runtime: Option<agents::Named>,
 }
 
 /// The primary key of a row.
@@ -180,11 +216,18 @@ impl CallerRow {
             ciphers_negotiated: o.negotiated_cipher.iter().cloned().collect(),
             legacy_reasons: Vec::new(),
             ja3_hash: o.ja3_hash.clone(),
+            tls_library: if o.tls_library.is_empty() {
+                software::UNKNOWN_FAMILY.to_string()
+            } else {
+                o.tls_library.clone()
+            },
             software: o.software.clone(),
             software_confidence: o.software_confidence.clone(),
             fix: o.fix.clone(),
             last_sni: o.sni.clone(),
             user_agent: o.user_agent.clone(),
+            source_os: None,
+            source_runtime: None,
         };
         union_reasons(&mut row.legacy_reasons, &o.legacy_reasons);
         row
@@ -224,12 +267,19 @@ impl CallerRow {
         if rank(&other.software_confidence) > rank(&self.software_confidence)
             || (newer && rank(&other.software_confidence) == rank(&self.software_confidence))
         {
+            self.tls_library = other.tls_library.clone();
             self.software = other.software.clone();
             self.software_confidence = other.software_confidence.clone();
             self.fix = other.fix.clone();
         }
         if other.user_agent.is_some() && (newer || self.user_agent.is_none()) {
             self.user_agent = other.user_agent.clone();
+        }
+        if other.source_os.is_some() && (newer || self.source_os.is_none()) {
+            self.source_os = other.source_os.clone();
+        }
+        if other.source_runtime.is_some() && (newer || self.source_runtime.is_none()) {
+            self.source_runtime = other.source_runtime.clone();
         }
     }
 }

@@ -27,6 +27,8 @@ pub fn rfc3339(unix: i64) -> String {
 fn heuristic_note(confidence: &str) -> &'static str {
     match Confidence::parse(confidence) {
         Some(Confidence::Heuristic) => " (heuristic)",
+        Some(Confidence::Structural) => " (structural)",
+        Some(Confidence::Learned) => " (learned User-Agent)",
         Some(Confidence::UserAgent) => " (by User-Agent)",
         _ => "",
     }
@@ -49,6 +51,7 @@ struct JsonRow<'a> {
     ciphers_negotiated: &'a [String],
     connections: u64,
     legacy_connections: u64,
+    tls_library: &'a str,
     software: &'a str,
     software_confidence: &'a str,
     fix: &'a str,
@@ -56,6 +59,8 @@ struct JsonRow<'a> {
     ja3_hash: &'a str,
     last_sni: Option<&'a str>,
     user_agent: Option<&'a str>,
+    source_os: Option<&'a super::agents::Named>,
+    source_runtime: Option<&'a super::agents::Named>,
 }
 
 fn json_row(r: &CallerRow) -> JsonRow<'_> {
@@ -74,6 +79,7 @@ fn json_row(r: &CallerRow) -> JsonRow<'_> {
         ciphers_negotiated: &r.ciphers_negotiated,
         connections: r.connections,
         legacy_connections: r.legacy_connections,
+        tls_library: &r.tls_library,
         software: &r.software,
         software_confidence: &r.software_confidence,
         fix: &r.fix,
@@ -81,6 +87,8 @@ fn json_row(r: &CallerRow) -> JsonRow<'_> {
         ja3_hash: &r.ja3_hash,
         last_sni: r.last_sni.as_deref(),
         user_agent: r.user_agent.as_deref(),
+        source_os: r.source_os.as_ref(),
+        source_runtime: r.source_runtime.as_ref(),
     }
 }
 
@@ -103,12 +111,19 @@ pub const CSV_HEADER: &[&str] = &[
     "ciphers_negotiated",
     "connections",
     "legacy_connections",
+    "tls_library",
     "software",
     "software_confidence",
     "ja4",
     "ja3_hash",
     "last_sni",
     "user_agent",
+    "source_os",
+    "source_os_user_agent",
+    "source_os_seen",
+    "source_runtime",
+    "source_runtime_user_agent",
+    "source_runtime_seen",
     "fix",
 ];
 
@@ -122,6 +137,11 @@ pub fn csv_cell(s: &str) -> String {
         s.to_string()
     };
     format!("\"{}\"", defused.replace('"', "\"\""))
+}
+
+/// One field of a `source_os` / `source_runtime`, empty when there is none.
+fn named(n: &Option<super::agents::Named>, f: impl Fn(&super::agents::Named) -> &String) -> String {
+    n.as_ref().map(|n| f(n).clone()).unwrap_or_default()
 }
 
 pub fn to_csv(rows: &[CallerRow]) -> String {
@@ -142,12 +162,19 @@ pub fn to_csv(rows: &[CallerRow]) -> String {
             r.ciphers_negotiated.join(";"),
             r.connections.to_string(),
             r.legacy_connections.to_string(),
+            r.tls_library.clone(),
             r.software.clone(),
             r.software_confidence.clone(),
             r.ja4.clone(),
             r.ja3_hash.clone(),
             r.last_sni.clone().unwrap_or_default(),
             r.user_agent.clone().unwrap_or_default(),
+            named(&r.source_os, |n| &n.name),
+            named(&r.source_os, |n| &n.user_agent),
+            named(&r.source_os, |n| &n.seen),
+            named(&r.source_runtime, |n| &n.name),
+            named(&r.source_runtime, |n| &n.user_agent),
+            named(&r.source_runtime, |n| &n.seen),
             r.fix.clone(),
         ];
         let line: Vec<String> = cells.iter().map(|c| csv_cell(c)).collect();
@@ -179,8 +206,15 @@ pub fn to_table(rows: &[CallerRow]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<20}  {:<28}  {:<34}  {:<13}  {:<13}  {:>5}  {:<40}  SOFTWARE",
-        "LAST SEEN", "SOURCE", "DESTINATION", "OFFERED", "NEGOTIATED", "CONNS", "LEGACY REASONS"
+        "{:<20}  {:<28}  {:<34}  {:<13}  {:<13}  {:>5}  {:<40}  {:<15}  SOFTWARE",
+        "LAST SEEN",
+        "SOURCE",
+        "DESTINATION",
+        "OFFERED",
+        "NEGOTIATED",
+        "CONNS",
+        "LEGACY REASONS",
+        "TLS LIBRARY"
     );
     for r in rows {
         let source = match &r.source_name {
@@ -195,7 +229,7 @@ pub fn to_table(rows: &[CallerRow]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<20}  {:<28}  {:<34}  {:<13}  {:<13}  {:>5}  {:<40}  {}{}",
+            "{:<20}  {:<28}  {:<34}  {:<13}  {:<13}  {:>5}  {:<40}  {:<15}  {}{}",
             rfc3339(r.last_seen),
             cut(&source, 28),
             cut(&r.destination, 34),
@@ -203,9 +237,28 @@ pub fn to_table(rows: &[CallerRow]) -> String {
             cut(&r.versions_negotiated.join(","), 13),
             r.connections,
             cut(&reasons, 40),
+            cut(&r.tls_library, 15),
             printable(&r.software),
             heuristic_note(&r.software_confidence),
         );
+        if let Some(os) = &r.source_os {
+            let _ = writeln!(
+                out,
+                "    source OS: {} (User-Agent {:?}, {})",
+                printable(&os.name),
+                printable(&os.user_agent),
+                os.seen
+            );
+        }
+        if let Some(rt) = &r.source_runtime {
+            let _ = writeln!(
+                out,
+                "    source runtime: {} (User-Agent {:?}, {})",
+                printable(&rt.name),
+                printable(&rt.user_agent),
+                rt.seen
+            );
+        }
         if r.legacy {
             let _ = writeln!(out, "    fix: {}", printable(&r.fix));
         }

@@ -1,13 +1,19 @@
-//! Likely software behind a ClientHello, and the fix to apply: the rules of
-//! `config/fingerprints.toml` (embedded), tried in order. Exact fingerprints come from
-//! fixtures captured here; software that cannot run here is matched only by structural
-//! rules, which are marked heuristic in every report. Pure: hello in, match out.
+//! Likely software behind a ClientHello, its TLS library, and the fix to apply.
+//!
+//! In order: a rule of `config/fingerprints.toml` that names the software by the
+//! connection's own User-Agent or request (upgrade mode), or by an exact fingerprint
+//! captured here; else the TLS library the hello's structure names (`hello::stack`, from
+//! real hellos), refined to finer software by a structural rule of that same library;
+//! else unknown, with the generic advice. The fix is the rule's, else the library's
+//! (`[[library]]`). Pure: hello in, match out.
 
 use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
-use crate::hello::{ClientHelloSummary, HelloFormat, version_name};
+use crate::hello::{
+    ClientHelloSummary, HelloFormat, StackConfidence, StackVerdict, TlsLibrary, version_name,
+};
 
 /// The embedded rules file.
 pub const FINGERPRINTS_TOML: &str = include_str!("../../config/fingerprints.toml");
@@ -20,7 +26,11 @@ pub enum Confidence {
     Exact,
     /// The HTTP User-Agent (upgrade mode).
     UserAgent,
-    /// A structural rule: a well-founded guess.
+    /// A JA4 → User-Agent pair learned in upgrade mode, applied to a later connection.
+    Learned,
+    /// The hello's structure is close to one library's real hellos only.
+    Structural,
+    /// A weaker structural guess.
     Heuristic,
     Unknown,
 }
@@ -30,6 +40,8 @@ impl Confidence {
         match self {
             Confidence::Exact => "exact",
             Confidence::UserAgent => "user_agent",
+            Confidence::Learned => "learned",
+            Confidence::Structural => "structural",
             Confidence::Heuristic => "heuristic",
             Confidence::Unknown => "unknown",
         }
@@ -40,6 +52,8 @@ impl Confidence {
         [
             Confidence::Exact,
             Confidence::UserAgent,
+            Confidence::Learned,
+            Confidence::Structural,
             Confidence::Heuristic,
             Confidence::Unknown,
         ]
@@ -47,12 +61,14 @@ impl Confidence {
         .find(|c| c.as_str() == s)
     }
 
-    /// How much a match says, for keeping the better of two: exact above User-Agent
-    /// above heuristic above unknown.
+    /// How much a match says, for keeping the better of two: exact, User-Agent, learned,
+    /// structural, heuristic, unknown.
     pub fn rank(self) -> u8 {
         match self {
-            Confidence::Exact => 3,
-            Confidence::UserAgent => 2,
+            Confidence::Exact => 5,
+            Confidence::UserAgent => 4,
+            Confidence::Learned => 3,
+            Confidence::Structural => 2,
             Confidence::Heuristic => 1,
             Confidence::Unknown => 0,
         }
@@ -61,6 +77,8 @@ impl Confidence {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SoftwareMatch {
+    pub tls_library: TlsLibrary,
+    /// The finer software (the field is `software` in reports).
     pub family: String,
     pub confidence: Confidence,
     pub fix: String,
@@ -75,6 +93,7 @@ and its Wow6432Node twin; for Java set -Djdk.tls.client.protocols=TLSv1.2; other
 setting that pins TLS 1.0/1.1 or 3DES, or upgrade the software.";
 
 /// What a rule can look at.
+#[derive(Clone, Copy)]
 pub struct Facts<'a> {
     pub hello: &'a ClientHelloSummary,
     pub ja4: &'a str,
@@ -87,12 +106,22 @@ pub struct Facts<'a> {
 #[derive(Deserialize)]
 struct RulesFile {
     software: Vec<RawRule>,
+    #[serde(default)]
+    library: Vec<RawLibrary>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLibrary {
+    name: String,
+    fix: String,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRule {
     family: String,
+    tls_library: String,
     fix: String,
     evidence: String,
     #[serde(default)]
@@ -123,6 +152,7 @@ struct RawRule {
 #[derive(Debug)]
 struct Rule {
     family: String,
+    tls_library: TlsLibrary,
     fix: String,
     heuristic: bool,
     ja4: Vec<String>,
@@ -144,6 +174,7 @@ struct Rule {
 #[derive(Debug)]
 pub struct SoftwareDb {
     rules: Vec<Rule>,
+    fixes: Vec<(TlsLibrary, String)>,
 }
 
 fn hex(s: &str) -> Result<u32, String> {
@@ -188,7 +219,14 @@ impl SoftwareDb {
                     "a rule is either exact (ja4/ja3_hash) or heuristic = true".into(),
                 ));
             }
+            let tls_library = TlsLibrary::parse(&r.tls_library).ok_or_else(|| {
+                at(format!(
+                    "tls_library {:?} is not a known library",
+                    r.tls_library
+                ))
+            })?;
             rules.push(Rule {
+                tls_library,
                 first_cipher: r.first_cipher.as_deref().map(hex).transpose().map_err(at)?,
                 has_ciphers: hexes(&r.has_ciphers).map_err(at)?,
                 any_ciphers: hexes(&r.any_ciphers).map_err(at)?,
@@ -212,7 +250,21 @@ impl SoftwareDb {
                 request_contains: r.request_contains,
             });
         }
-        Ok(SoftwareDb { rules })
+        let mut fixes = Vec::new();
+        for l in file.library {
+            let lib = TlsLibrary::parse(&l.name)
+                .ok_or_else(|| format!("library {:?} is not a known library", l.name))?;
+            fixes.push((lib, l.fix));
+        }
+        Ok(SoftwareDb { rules, fixes })
+    }
+
+    /// The fix for a library, when no rule has a finer one.
+    pub fn library_fix(&self, lib: TlsLibrary) -> &str {
+        self.fixes
+            .iter()
+            .find(|(l, _)| *l == lib)
+            .map_or(GENERIC_FIX, |(_, f)| f.as_str())
     }
 
     /// The embedded rules (parsed once). A broken embedded file is a build defect caught by
@@ -222,33 +274,102 @@ impl SoftwareDb {
         DB.get_or_init(|| {
             SoftwareDb::parse(FINGERPRINTS_TOML).unwrap_or_else(|e| {
                 tracing::error!(error = %e, "config/fingerprints.toml is invalid; software is not identified");
-                SoftwareDb { rules: Vec::new() }
+                SoftwareDb {
+                    rules: Vec::new(),
+                    fixes: Vec::new(),
+                }
             })
         })
     }
 
-    pub fn identify(&self, f: &Facts<'_>) -> SoftwareMatch {
-        for r in &self.rules {
-            if r.matches(f) {
-                let confidence = if !r.ja4.is_empty() || !r.ja3_hash.is_empty() {
-                    Confidence::Exact
-                } else if r.user_agent_contains.is_some() && !r.heuristic {
-                    Confidence::UserAgent
-                } else {
-                    Confidence::Heuristic
-                };
-                return SoftwareMatch {
-                    family: r.family.clone(),
-                    confidence,
-                    fix: r.fix.clone(),
-                };
-            }
+    /// The software of a hello whose library the classifier judged as `stack`.
+    pub fn identify(&self, f: &Facts<'_>, stack: &StackVerdict) -> SoftwareMatch {
+        // The connection's own words (User-Agent, request) or an exact fingerprint.
+        if let Some(r) = self.rules.iter().find(|r| !r.heuristic && r.matches(f)) {
+            let confidence = if r.ja4.is_empty() && r.ja3_hash.is_empty() {
+                Confidence::UserAgent
+            } else {
+                Confidence::Exact
+            };
+            return self.by_rule(r, confidence, stack);
+        }
+        let (lib, confidence) =
+            match stack.confidence {
+                StackConfidence::Exact => (stack.library, Confidence::Exact),
+                StackConfidence::Structural => (stack.library, Confidence::Structural),
+                StackConfidence::Unknown => {
+                    // A weaker guess that does not name a library (e.g. an SSLv2-format hello).
+                    return match self.rules.iter().find(|r| {
+                        r.heuristic && r.tls_library == TlsLibrary::Unknown && r.matches(f)
+                    }) {
+                        Some(r) => self.by_rule(r, Confidence::Heuristic, stack),
+                        None => unknown(),
+                    };
+                }
+            };
+        // A structural rule of the same library may name finer software.
+        if let Some(r) = self
+            .rules
+            .iter()
+            .find(|r| r.heuristic && r.tls_library == lib && r.matches(f))
+        {
+            return self.by_rule(r, confidence, stack);
         }
         SoftwareMatch {
-            family: UNKNOWN_FAMILY.to_string(),
-            confidence: Confidence::Unknown,
-            fix: GENERIC_FIX.to_string(),
+            tls_library: lib,
+            family: match &stack.software {
+                Some(s) => format!("{} ({s})", lib.display()),
+                None => lib.display().to_string(),
+            },
+            confidence,
+            fix: self.library_fix(lib).to_string(),
         }
+    }
+
+    /// Software named by a User-Agent learned for this hello's JA4 in upgrade mode: a
+    /// User-Agent rule that matches it, with confidence `learned` and the evidence named.
+    pub fn identify_learned(
+        &self,
+        f: &Facts<'_>,
+        learned_ua: &str,
+        stack: &StackVerdict,
+    ) -> Option<SoftwareMatch> {
+        let learned = Facts {
+            user_agent: Some(learned_ua),
+            request: None,
+            ..*f
+        };
+        let r = self
+            .rules
+            .iter()
+            .find(|r| !r.heuristic && r.user_agent_contains.is_some() && r.matches(&learned))?;
+        let mut m = self.by_rule(r, Confidence::Learned, stack);
+        m.family = format!(
+            "{} (learned: User-Agent {learned_ua:?} seen with this JA4 in upgrade mode)",
+            m.family
+        );
+        Some(m)
+    }
+
+    fn by_rule(&self, r: &Rule, confidence: Confidence, stack: &StackVerdict) -> SoftwareMatch {
+        SoftwareMatch {
+            tls_library: match r.tls_library {
+                TlsLibrary::Unknown => stack.library,
+                l => l,
+            },
+            family: r.family.clone(),
+            confidence,
+            fix: r.fix.clone(),
+        }
+    }
+}
+
+fn unknown() -> SoftwareMatch {
+    SoftwareMatch {
+        tls_library: TlsLibrary::Unknown,
+        family: UNKNOWN_FAMILY.to_string(),
+        confidence: Confidence::Unknown,
+        fix: GENERIC_FIX.to_string(),
     }
 }
 
@@ -296,13 +417,14 @@ pub fn identify(
 ) -> SoftwareMatch {
     let ja4 = hello.ja4();
     let ja3_hash = hello.ja3_hash();
-    SoftwareDb::embedded().identify(&Facts {
+    let facts = Facts {
         hello,
         ja4: &ja4,
         ja3_hash: &ja3_hash,
         user_agent,
         request,
-    })
+    };
+    SoftwareDb::embedded().identify(&facts, &crate::hello::classify_stack(hello))
 }
 
 #[cfg(test)]
@@ -382,58 +504,104 @@ mod tests {
     const SCHANNEL_TLS10: &[u32] = &[0xc00a, 0xc009, 0xc014, 0xc013, 0x0035, 0x002f, 0x000a];
     const SCHANNEL_EXTS: &[u16] = &[0x0000, 0x0005, 0x000a, 0x000b, 0x0017, 0xff01];
 
+    /// What the embedded rules make of `h` when the classifier said `lib` (`None`: unknown).
+    fn judged(
+        h: &ClientHelloSummary,
+        lib: Option<TlsLibrary>,
+        ua: Option<&str>,
+        req: Option<&str>,
+    ) -> SoftwareMatch {
+        let (ja4, ja3_hash) = (h.ja4(), h.ja3_hash());
+        let facts = Facts {
+            hello: h,
+            ja4: &ja4,
+            ja3_hash: &ja3_hash,
+            user_agent: ua,
+            request: req,
+        };
+        let stack = StackVerdict {
+            library: lib.unwrap_or(TlsLibrary::Unknown),
+            confidence: match lib {
+                Some(_) => StackConfidence::Structural,
+                None => StackConfidence::Unknown,
+            },
+            software: None,
+            similarity: 0.9,
+        };
+        SoftwareDb::embedded().identify(&facts, &stack)
+    }
+
     #[test]
-    fn schannel_tls10_default_is_a_heuristic_match() {
+    fn schannel_rules_refine_an_schannel_verdict_and_nothing_else() {
         let h = built(HelloFormat::Tls, 0x0301, SCHANNEL_TLS10, SCHANNEL_EXTS);
-        let (fam, conf) = family(&h, None, None);
+        let m = judged(&h, Some(TlsLibrary::Schannel), None, None);
         assert!(
-            fam.starts_with("Windows SChannel with TLS 1.0 default"),
-            "{fam}"
+            m.family
+                .starts_with("Windows SChannel with TLS 1.0 default"),
+            "{m:?}"
         );
-        assert_eq!(conf, Confidence::Heuristic);
+        assert_eq!(
+            (m.tls_library, m.confidence),
+            (TlsLibrary::Schannel, Confidence::Structural)
+        );
         // The same hello with RC4 still offered: Windows 7 / 2008 R2.
         let mut rc4 = SCHANNEL_TLS10.to_vec();
         rc4.extend([0x0005, 0x0004]);
         let h7 = built(HelloFormat::Tls, 0x0301, &rc4, SCHANNEL_EXTS);
+        let m7 = judged(&h7, Some(TlsLibrary::Schannel), None, None);
         assert!(
-            family(&h7, None, None)
-                .0
-                .starts_with("Windows 7 / Server 2008 R2")
+            m7.family.starts_with("Windows 7 / Server 2008 R2"),
+            "{m7:?}"
         );
-        // An OpenSSL client limited to TLS 1.0 is not SChannel (0x00ff SCSV, ALPN).
+        // Thin evidence: unknown, with the generic advice, never an SChannel guess.
+        let none = judged(&h, None, None, None);
         assert_eq!(
-            family(&fixture("openssl_tls10"), None, None).1,
-            Confidence::Exact
+            (none.tls_library, none.confidence),
+            (TlsLibrary::Unknown, Confidence::Unknown)
         );
-        let mut scsv = SCHANNEL_TLS10.to_vec();
-        scsv.push(0x00ff);
-        let not = built(HelloFormat::Tls, 0x0301, &scsv, SCHANNEL_EXTS);
-        assert!(!family(&not, None, None).0.contains("SChannel"));
+        assert_eq!(none.fix, GENERIC_FIX);
+        // Another library's verdict keeps that library's fix.
+        let o = judged(&h, Some(TlsLibrary::Openssl), None, None);
+        assert_eq!(o.family, "OpenSSL / LibreSSL");
+        assert!(
+            !o.fix.contains("SchUseStrongCrypto") && !o.fix.contains("KB3140245"),
+            "{o:?}"
+        );
         // A TLS 1.2 SChannel hello is not the TLS 1.0 default.
         let h12 = built(HelloFormat::Tls, 0x0303, SCHANNEL_TLS10, SCHANNEL_EXTS);
-        assert!(!family(&h12, None, None).0.contains("SChannel"));
+        let m12 = judged(&h12, Some(TlsLibrary::Schannel), None, None);
+        assert_eq!(m12.family, "Windows SChannel");
+        assert!(m12.fix.contains("KB3140245") && m12.fix.contains("SchUseStrongCrypto"));
     }
 
     #[test]
     fn powershell_and_adal_by_their_requests() {
         let h = built(HelloFormat::Tls, 0x0301, SCHANNEL_TLS10, SCHANNEL_EXTS);
         let ua = "Mozilla/5.0 (Windows NT; Windows NT 10.0; en-US) WindowsPowerShell/5.1.14393.206";
+        let ps = judged(&h, None, Some(ua), None);
         assert_eq!(
-            family(&h, Some(ua), None),
+            (ps.family.as_str(), ps.confidence, ps.tls_library),
             (
-                "Windows PowerShell 5.1 (.NET Framework)".into(),
-                Confidence::UserAgent
+                "Windows PowerShell 5.1 (.NET Framework)",
+                Confidence::UserAgent,
+                TlsLibrary::Schannel
             )
         );
-        let adal = family(&h, None, Some("POST /contoso.onmicrosoft.com/oauth2/token"));
-        assert!(adal.0.starts_with("ADAL"), "{adal:?}");
-        assert_eq!(adal.1, Confidence::Heuristic);
-        let msal = family(
+        let adal = judged(
             &h,
+            Some(TlsLibrary::Schannel),
+            None,
+            Some("POST /contoso.onmicrosoft.com/oauth2/token"),
+        );
+        assert!(adal.family.starts_with("ADAL"), "{adal:?}");
+        assert_eq!(adal.confidence, Confidence::Structural);
+        let msal = judged(
+            &h,
+            Some(TlsLibrary::Schannel),
             None,
             Some("POST /contoso.onmicrosoft.com/oauth2/v2.0/token"),
         );
-        assert!(!msal.0.starts_with("ADAL"), "{msal:?}");
+        assert!(!msal.family.starts_with("ADAL"), "{msal:?}");
     }
 
     #[test]
@@ -444,7 +612,12 @@ mod tests {
             &[0x000004, 0x00000a, 0x010080],
             &[],
         );
-        assert!(family(&java6, None, None).0.starts_with("Java 6"));
+        let j6 = judged(&java6, None, None, None);
+        assert!(j6.family.starts_with("Java 6"), "{j6:?}");
+        assert_eq!(
+            (j6.tls_library, j6.confidence),
+            (TlsLibrary::Unknown, Confidence::Heuristic)
+        );
         let java7 = built(
             HelloFormat::Tls,
             0x0301,
@@ -454,53 +627,98 @@ mod tests {
             ],
             &[0x000a, 0x000b, 0x0000],
         );
-        assert!(
-            family(&java7, None, None).0.starts_with("Java 7"),
-            "{:?}",
-            family(&java7, None, None)
-        );
+        let j7 = judged(&java7, Some(TlsLibrary::Java), None, None);
+        assert!(j7.family.starts_with("Java 7"), "{j7:?}");
         let heartbeat = built(
             HelloFormat::Tls,
             0x0303,
             &[0xc030, 0x009f, 0x00ff],
             &[0x0000, 0x000b, 0x000a, 0x0023, 0x000d, 0x000f],
         );
-        assert!(
-            family(&heartbeat, None, None)
-                .0
-                .starts_with("OpenSSL 1.0.1/1.0.2")
-        );
+        let hb = judged(&heartbeat, Some(TlsLibrary::Openssl), None, None);
+        assert!(hb.family.starts_with("OpenSSL 1.0.1/1.0.2"), "{hb:?}");
         let ossl098 = built(
             HelloFormat::Tls,
             0x0301,
             &[0x0039, 0x0038, 0x0035, 0x0016, 0x000a, 0x00ff],
             &[0x0000, 0x000b, 0x000a, 0x0023],
         );
-        assert!(
-            family(&ossl098, None, None)
-                .0
-                .starts_with("OpenSSL 0.9.8/1.0.0")
-        );
+        let o98 = judged(&ossl098, Some(TlsLibrary::Openssl), None, None);
+        assert!(o98.family.starts_with("OpenSSL 0.9.8/1.0.0"), "{o98:?}");
         let unknown = built(HelloFormat::Tls, 0x0301, &[0x1234], &[0x0000]);
         let m = identify(&unknown, None, None);
         assert_eq!(
-            (m.family.as_str(), m.confidence),
-            (UNKNOWN_FAMILY, Confidence::Unknown)
+            (m.family.as_str(), m.confidence, m.tls_library),
+            (UNKNOWN_FAMILY, Confidence::Unknown, TlsLibrary::Unknown)
         );
         assert!(m.fix.contains("SchUseStrongCrypto"));
     }
 
     #[test]
-    fn bad_rules_are_refused_with_their_name() {
-        let e = SoftwareDb::parse("[[software]]\nfamily = \"x\"\nfix = \"f\"\nevidence = \"e\"\nja4 = [\"a\"]\nhas_ciphers = [\"002f\"]\n").unwrap_err();
-        assert!(e.contains("software[0] (x)") && e.contains("0x002f"), "{e}");
-        let e = SoftwareDb::parse("[[software]]\nfamily = \"x\"\nfix = \"f\"\nevidence = \"e\"\nmax_version = [\"TLS1.0\"]\n").unwrap_err();
-        assert!(e.contains("heuristic"), "{e}");
-        assert!(
-            SoftwareDb::parse(
-                "[[software]]\nfamily = \"x\"\nfix = \"f\"\nevidence = \"e\"\nbogus = 1\n"
+    fn a_user_agent_learned_for_a_ja4_names_later_connections() {
+        let h = built(HelloFormat::Tls, 0x0301, SCHANNEL_TLS10, SCHANNEL_EXTS);
+        let (ja4, ja3_hash) = (h.ja4(), h.ja3_hash());
+        let facts = Facts {
+            hello: &h,
+            ja4: &ja4,
+            ja3_hash: &ja3_hash,
+            user_agent: None,
+            request: None,
+        };
+        let stack = crate::hello::classify_stack(&h);
+        let db = SoftwareDb::embedded();
+        let m = db
+            .identify_learned(
+                &facts,
+                "Mozilla/5.0 (Windows NT 10.0) WindowsPowerShell/5.1.19041.1",
+                &stack,
             )
-            .is_err()
+            .unwrap();
+        assert_eq!(
+            (m.confidence, m.tls_library),
+            (Confidence::Learned, TlsLibrary::Schannel)
         );
+        assert!(
+            m.family.starts_with("Windows PowerShell 5.1") && m.family.contains("learned"),
+            "{m:?}"
+        );
+        assert!(
+            db.identify_learned(&facts, "curl/8.0", &stack).is_none(),
+            "no rule names curl's User-Agent"
+        );
+        let mut o = super::super::Observation {
+            ja4: ja4.clone(),
+            ..Default::default()
+        };
+        o.identify(&h, None, None);
+        o.identify_learned(&h, "WindowsPowerShell/5.1");
+        assert_eq!(o.software_confidence, "learned");
+        assert_eq!(o.user_agent.as_deref(), Some("WindowsPowerShell/5.1"));
+    }
+
+    #[test]
+    fn every_library_has_its_fix() {
+        let db = SoftwareDb::embedded();
+        for l in TlsLibrary::ALL {
+            let fix = db.library_fix(l);
+            assert_eq!(l == TlsLibrary::Unknown, fix == GENERIC_FIX, "{l:?}");
+        }
+    }
+
+    #[test]
+    fn bad_rules_are_refused_with_their_name() {
+        let rule = |extra: &str| {
+            format!(
+                "[[software]]\nfamily = \"x\"\ntls_library = \"openssl\"\nfix = \"f\"\nevidence = \"e\"\n{extra}"
+            )
+        };
+        let e = SoftwareDb::parse(&rule("ja4 = [\"a\"]\nhas_ciphers = [\"002f\"]\n")).unwrap_err();
+        assert!(e.contains("software[0] (x)") && e.contains("0x002f"), "{e}");
+        let e = SoftwareDb::parse(&rule("max_version = [\"TLS1.0\"]\n")).unwrap_err();
+        assert!(e.contains("heuristic"), "{e}");
+        assert!(SoftwareDb::parse(&rule("bogus = 1\n")).is_err());
+        let e = SoftwareDb::parse(&rule("heuristic = true\n").replace("openssl", "schanel"))
+            .unwrap_err();
+        assert!(e.contains("schanel"), "{e}");
     }
 }

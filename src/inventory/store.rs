@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
+use super::agents::{self, Named, SeenAgent};
 use super::{CallerKey, CallerRow};
 
 #[derive(Debug, thiserror::Error)]
@@ -66,12 +67,62 @@ CREATE TABLE IF NOT EXISTS callers (
     fix TEXT NOT NULL,
     last_sni TEXT,
     user_agent TEXT,
+    tls_library TEXT NOT NULL DEFAULT 'unknown',
     PRIMARY KEY (source_ip, destination, ja4)
 );
 CREATE INDEX IF NOT EXISTS callers_last_seen ON callers (last_seen);
+CREATE TABLE IF NOT EXISTS source_agents (
+    source_ip TEXT NOT NULL,
+    user_agent TEXT NOT NULL,
+    first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL,
+    PRIMARY KEY (source_ip, user_agent)
+);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
+INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '2');
 ";
+
+/// Columns added since the first schema, with their definition: an older inventory gets
+/// them in place when opened for writing (existing rows start as `unknown`), and reads
+/// them as that default when opened read-only.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[(
+    "tls_library",
+    "TEXT NOT NULL DEFAULT 'unknown'",
+    "'unknown'",
+)];
+
+/// Does `callers` have `column`?
+fn has_column(conn: &Connection, column: &str) -> rusqlite::Result<bool> {
+    let mut stmt = conn.prepare("SELECT 1 FROM pragma_table_info('callers') WHERE name = ?1")?;
+    stmt.exists(params![column])
+}
+
+/// Adds what an older inventory lacks.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    for (name, def, _) in ADDED_COLUMNS {
+        if !has_column(conn, name)? {
+            conn.execute_batch(&format!("ALTER TABLE callers ADD COLUMN {name} {def}"))?;
+        }
+    }
+    conn.execute(
+        "UPDATE meta SET value = '2' WHERE key = 'schema_version' AND value = '1'",
+        [],
+    )?;
+    Ok(())
+}
+
+/// The SELECT list for this database: added columns it lacks read as their default.
+fn select_list(conn: &Connection) -> rusqlite::Result<String> {
+    let mut cols = COLUMNS.to_string();
+    for (name, _, default) in ADDED_COLUMNS {
+        if has_column(conn, name)? {
+            cols.push_str(&format!(", {name}"));
+        } else {
+            cols.push_str(&format!(", {default} AS {name}"));
+        }
+    }
+    Ok(cols)
+}
 
 const COLUMNS: &str = "source_ip, destination, ja4, source, source_name, first_seen, last_seen, \
     last_legacy_seen, connections, legacy_connections, legacy, versions_offered, \
@@ -114,6 +165,8 @@ pub struct Filter {
 pub struct Store {
     conn: Connection,
     path: String,
+    /// The columns read, in `row_from`'s order.
+    select: String,
 }
 
 fn list(v: &[String]) -> String {
@@ -150,6 +203,9 @@ fn row_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<CallerRow> {
         fix: r.get(18)?,
         last_sni: r.get(19)?,
         user_agent: r.get(20)?,
+        tls_library: r.get(21)?,
+        source_os: None,
+        source_runtime: None,
     })
 }
 
@@ -184,7 +240,13 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(e)?;
         conn.execute_batch(SCHEMA).map_err(e)?;
-        Ok(Store { conn, path: shown })
+        migrate(&conn).map_err(e)?;
+        let select = select_list(&conn).map_err(e)?;
+        Ok(Store {
+            conn,
+            path: shown,
+            select,
+        })
     }
 
     /// Opens an existing inventory for reading only.
@@ -197,7 +259,12 @@ impl Store {
         let conn =
             Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(e)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(e)?;
-        Ok(Store { conn, path: shown })
+        let select = select_list(&conn).map_err(e)?;
+        Ok(Store {
+            conn,
+            path: shown,
+            select,
+        })
     }
 
     /// Merges `rows` into the stored rows, in one transaction.
@@ -215,13 +282,14 @@ impl Store {
         {
             let mut get = tx
                 .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM callers WHERE source_ip = ?1 AND destination = ?2 AND ja4 = ?3"
+                    "SELECT {} FROM callers WHERE source_ip = ?1 AND destination = ?2 AND ja4 = ?3",
+                    self.select
                 ))
                 .map_err(e)?;
             let mut put = tx
                 .prepare_cached(&format!(
-                    "INSERT OR REPLACE INTO callers ({COLUMNS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
+                    "INSERT OR REPLACE INTO callers ({COLUMNS}, tls_library) VALUES \
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
                 ))
                 .map_err(e)?;
             for row in rows {
@@ -259,6 +327,7 @@ impl Store {
                     merged.fix,
                     merged.last_sni,
                     merged.user_agent,
+                    merged.tls_library,
                 ])
                 .map_err(e)?;
                 n += 1;
@@ -268,16 +337,128 @@ impl Store {
         Ok(n)
     }
 
-    /// Deletes rows last seen before `before` (Unix seconds); returns how many.
+    /// Deletes rows last seen before `before` (Unix seconds); returns how many. User-Agents
+    /// past it go too, and the sources beyond `agents::MAX_SOURCES` seen least recently.
     pub fn prune(&self, before: i64) -> Result<usize, StoreError> {
-        self.conn
+        let n = self
+            .conn
             .execute("DELETE FROM callers WHERE last_seen < ?1", params![before])
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        self.conn
+            .execute(
+                "DELETE FROM source_agents WHERE last_seen < ?1",
+                params![before],
+            )
+            .map_err(|e| self.err(e))?;
+        self.conn
+            .execute(
+                "DELETE FROM source_agents WHERE source_ip IN (SELECT source_ip FROM source_agents \
+                 GROUP BY source_ip ORDER BY MAX(last_seen) DESC LIMIT -1 OFFSET ?1)",
+                params![i64::try_from(agents::MAX_SOURCES).unwrap_or(i64::MAX)],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n)
+    }
+
+    /// Records User-Agents seen from sources (`(source_ip, user_agent, unix)`), keeping the
+    /// `agents::MAX_PER_SOURCE` most recent of each source.
+    pub fn apply_agents<'a>(
+        &mut self,
+        seen: impl IntoIterator<Item = (&'a str, &'a str, i64)>,
+    ) -> Result<usize, StoreError> {
+        let path = self.path.clone();
+        let e = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(e)?;
+        let mut n = 0;
+        {
+            let mut put = tx
+                .prepare(
+                    "INSERT INTO source_agents (source_ip, user_agent, first_seen, last_seen) \
+                     VALUES (?1, ?2, ?3, ?3) ON CONFLICT (source_ip, user_agent) DO UPDATE SET \
+                     last_seen = MAX(last_seen, excluded.last_seen), \
+                     first_seen = MIN(first_seen, excluded.first_seen)",
+                )
+                .map_err(e)?;
+            let mut cap = tx
+                .prepare(
+                    "DELETE FROM source_agents WHERE source_ip = ?1 AND user_agent NOT IN \
+                     (SELECT user_agent FROM source_agents WHERE source_ip = ?1 \
+                      ORDER BY last_seen DESC LIMIT ?2)",
+                )
+                .map_err(e)?;
+            let keep = i64::try_from(agents::MAX_PER_SOURCE).unwrap_or(8);
+            for (ip, ua, at) in seen {
+                put.execute(params![ip, ua, at]).map_err(e)?;
+                cap.execute(params![ip, keep]).map_err(e)?;
+                n += 1;
+            }
+        }
+        tx.commit().map_err(e)?;
+        Ok(n)
+    }
+
+    /// The User-Agents kept for `source_ip` (none in an inventory older than them).
+    pub fn agents_of(&self, source_ip: &str) -> Result<Vec<SeenAgent>, StoreError> {
+        let exists = self
+            .conn
+            .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'source_agents'")
+            .and_then(|mut s| s.exists([]))
+            .map_err(|e| self.err(e))?;
+        if !exists {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT user_agent, last_seen FROM source_agents WHERE source_ip = ?1 \
+                 ORDER BY last_seen DESC",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![source_ip], |r| {
+                Ok(SeenAgent {
+                    user_agent: r.get(0)?,
+                    seen: r.get(1)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Fills in `source_os` and `source_runtime` from the source's User-Agents, and
+    /// refines the fix by the OS.
+    fn describe_sources(&self, rows: &mut [CallerRow]) -> Result<(), StoreError> {
+        let mut cache: std::collections::HashMap<String, Vec<SeenAgent>> = Default::default();
+        for r in rows.iter_mut() {
+            if !cache.contains_key(&r.source_ip) {
+                let seen = self.agents_of(&r.source_ip)?;
+                cache.insert(r.source_ip.clone(), seen);
+            }
+            let Some(seen) = cache.get(&r.source_ip) else {
+                continue;
+            };
+            let os = agents::source_os(seen);
+            r.source_os = os.map(|(name, a)| Named {
+                name: name.to_string(),
+                user_agent: a.user_agent.clone(),
+                seen: super::report::rfc3339(a.seen),
+            });
+            r.source_runtime = agents::source_runtime(seen).map(|(name, a)| Named {
+                name,
+                user_agent: a.user_agent.clone(),
+                seen: super::report::rfc3339(a.seen),
+            });
+            r.fix = agents::refine_fix(&r.tls_library, &r.fix, os);
+        }
+        Ok(())
     }
 
     /// Rows matching `f`, most recently seen first.
     pub fn query(&self, f: &Filter) -> Result<Vec<CallerRow>, StoreError> {
-        let mut sql = format!("SELECT {COLUMNS} FROM callers WHERE last_seen >= ?1");
+        let mut sql = format!("SELECT {} FROM callers WHERE last_seen >= ?1", self.select);
         if f.destination.is_some() {
             sql.push_str(" AND destination = ?2");
         } else {
@@ -301,6 +482,9 @@ impl Store {
             .map_err(|e| self.err(e))?
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.err(e))?;
+        let mut rows = rows;
+        drop(stmt);
+        self.describe_sources(&mut rows)?;
         Ok(rows)
     }
 
@@ -360,8 +544,49 @@ mod tests {
             software: "curl (OpenSSL 3.0)".into(),
             software_confidence: "exact".into(),
             fix: "remove --tls-max".into(),
+            tls_library: "openssl".into(),
             ..Observation::default()
         })
+    }
+
+    #[test]
+    fn an_inventory_of_the_first_schema_is_read_and_migrated_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        {
+            let old = SCHEMA
+                .replace("    tls_library TEXT NOT NULL DEFAULT 'unknown',\n", "")
+                .replace("'schema_version', '2'", "'schema_version', '1'");
+            assert!(!old.contains("tls_library"));
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(&old).unwrap();
+            c.execute(
+                &format!("INSERT INTO callers ({COLUMNS}) VALUES ('10.0.0.1', 'login.microsoftonline.com', 'j', 's', NULL, 1, 2, 2, 1, 1, 1, 'TLS1.0', '', '', 'max_version_below_tls12', 'h', 'curl', 'exact', 'fix', NULL, NULL)"),
+                [],
+            )
+            .unwrap();
+        }
+        // Read-only (a report of an old file): the new column reads as unknown.
+        let ro = Store::open_read_only(&path).unwrap();
+        let rows = ro.query(&Filter::default()).unwrap();
+        assert_eq!((rows.len(), rows[0].tls_library.as_str()), (1, "unknown"));
+        drop(ro);
+        // Opened for writing: migrated in place, old rows unknown, new rows as written.
+        let mut rw = Store::open(&path).unwrap();
+        rw.apply([&row("10.0.0.2", 5, true)]).unwrap();
+        let mut rows = rw.query(&Filter::default()).unwrap();
+        rows.sort_by(|a, b| a.source_ip.cmp(&b.source_ip));
+        let libs: Vec<&str> = rows.iter().map(|r| r.tls_library.as_str()).collect();
+        assert_eq!(libs, ["unknown", "openssl"]);
+        let v: String = rw
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(v, "2");
     }
 
     #[test]

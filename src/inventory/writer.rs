@@ -26,8 +26,13 @@ const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 
 enum Msg {
     Observe(Box<Observation>),
+    /// A User-Agent a source sent (`source_ip`, User-Agent, Unix seconds).
+    Agent(String, String, i64),
     Close,
 }
+
+/// Distinct (source, User-Agent) pairs held in memory between flushes at most.
+const MAX_PENDING_AGENTS: usize = 10_000;
 
 /// Handle to the inventory writer.
 pub struct Inventory {
@@ -51,6 +56,7 @@ impl Inventory {
             path: path.clone(),
             store: None,
             pending: HashMap::new(),
+            pending_agents: HashMap::new(),
             flush_interval: cfg.flush_interval,
             retention: cfg.retention,
             last_retention: None,
@@ -80,6 +86,22 @@ impl Inventory {
         }
     }
 
+    /// Queues a User-Agent the source sent in the clear (kept cleaned and capped); never
+    /// blocks.
+    pub fn record_agent(&self, source_ip: &str, user_agent: &str) {
+        let ua = super::agents::clean(user_agent);
+        if ua.is_empty() {
+            return;
+        }
+        if self
+            .tx
+            .try_send(Msg::Agent(source_ip.to_string(), ua, unix_now()))
+            .is_err()
+        {
+            self.metrics.inventory_dropped.inc();
+        }
+    }
+
     /// Writes what is pending and stops the writer (bounded by `timeout`).
     pub fn close(&self, timeout: Duration) {
         if !crate::writer_thread::stop(&self.tx, Msg::Close, &self.thread, timeout) {
@@ -92,6 +114,7 @@ struct Writer {
     path: PathBuf,
     store: Option<Store>,
     pending: HashMap<CallerKey, CallerRow>,
+    pending_agents: HashMap<(String, String), i64>,
     flush_interval: Duration,
     retention: Duration,
     last_retention: Option<Instant>,
@@ -134,8 +157,19 @@ impl Writer {
         }
     }
 
+    fn agent(&mut self, ip: String, ua: String, at: i64) {
+        let full = self.pending_agents.len() >= MAX_PENDING_AGENTS;
+        match self.pending_agents.entry((ip, ua)) {
+            Entry::Occupied(mut e) => *e.get_mut() = (*e.get()).max(at),
+            Entry::Vacant(_) if full => self.metrics.inventory_dropped.inc(),
+            Entry::Vacant(v) => {
+                v.insert(at);
+            }
+        }
+    }
+
     fn flush(&mut self) {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.pending_agents.is_empty() {
             return;
         }
         if self.store.is_none() {
@@ -144,9 +178,19 @@ impl Writer {
         let Some(store) = self.store.as_mut() else {
             return;
         };
-        match store.apply(self.pending.values()) {
+        let agents = self
+            .pending_agents
+            .iter()
+            .map(|((ip, ua), at)| (ip.as_str(), ua.as_str(), *at));
+        // User-Agents first: their upsert is idempotent, so a failure between the two
+        // writes never counts a connection twice when the rows are retried.
+        let written = store
+            .apply_agents(agents)
+            .and_then(|_| store.apply(self.pending.values()));
+        match written {
             Ok(_) => {
                 self.pending.clear();
+                self.pending_agents.clear();
                 if self.failing {
                     tracing::info!(path = %self.path.display(), "inventory database writable again");
                     self.failing = false;
@@ -177,6 +221,7 @@ impl Writer {
             let wait = next_flush.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
                 Ok(Msg::Observe(o)) => self.observe(&o),
+                Ok(Msg::Agent(ip, ua, at)) => self.agent(ip, ua, at),
                 Ok(Msg::Close) | Err(RecvTimeoutError::Disconnected) => {
                     self.flush();
                     return;

@@ -240,6 +240,9 @@ impl Handshake {
             // path may have done it with the plaintext request).
             if o.software.is_empty() {
                 o.identify(&ctx.hello, None, None);
+                if let Some(learned) = shared.learned_agents.get(&o.ja4) {
+                    o.identify_learned(&ctx.hello, &learned.user_agent);
+                }
             }
             o.set_verdict(&verdict);
             if let Some(dns) = &shared.dns {

@@ -179,6 +179,11 @@ fn finish_request(
 async fn forward(ctx: Arc<HttpClient>, req: Request<Incoming>) -> Response<ProxyBody> {
     let started = Instant::now();
     let mut rec = request_record(&ctx, &req);
+    // What the source says in the clear about its OS and runtime (CRL and OCSP fetches
+    // name the Windows version), kept per source in the inventory.
+    if let (Some(inv), Some(ua)) = (&ctx.shared.inventory, &rec.user_agent) {
+        inv.record_agent(&rec.source_ip, ua);
+    }
     match admit(&ctx, &req, &mut rec).await {
         Ok((target, host)) => relay(&ctx, req, rec, &target, host, started).await,
         Err(r) => refuse(&ctx.shared, rec, r, started),

@@ -252,6 +252,17 @@ async fn upgrade(
     rec.upstream_cipher = r.upstream_cipher.clone();
     rec.user_agent = r.user_agent.clone();
     rec.request = r.request.clone();
+    if let Some(ua) = &r.user_agent {
+        if let Some(inv) = &s.shared.inventory {
+            inv.record_agent(&rec.source_ip, ua);
+        }
+        // Later connections with this hello that pass without upgrade are named by it.
+        if let Some(ja4) = &rec.ja4 {
+            s.shared
+                .learned_agents
+                .learn(ja4, ua, crate::clock::unix_now());
+        }
+    }
     if let Err(e) = &result {
         rec.note = Some(format!("upgrade failed: {e}"));
     }

@@ -184,6 +184,9 @@ pub struct ConnectionRecord {
     pub ja3: Option<String>,
     pub ja3_hash: Option<String>,
     pub ja4: Option<String>,
+    /// The TLS library the hello's structure names (`hello::stack`), `unknown` when the
+    /// evidence is thin; null without a hello.
+    pub tls_library: Option<&'static str>,
     pub negotiated_version: Option<&'static str>,
     pub negotiated_cipher: Option<String>,
     pub ja3s: Option<String>,
@@ -241,6 +244,7 @@ impl ConnectionRecord {
             ja3: None,
             ja3_hash: None,
             ja4: None,
+            tls_library: None,
             negotiated_version: None,
             negotiated_cipher: None,
             ja3s: None,
@@ -286,6 +290,7 @@ impl ConnectionRecord {
         self.ja3 = Some(ja3);
         self.ja3_hash = Some(ja3_hash);
         self.ja4 = Some(h.ja4());
+        self.tls_library = Some(hello::classify_stack(h).library.as_str());
         self.set_verdict(verdict);
     }
 

@@ -1,0 +1,522 @@
+//! The TLS stack behind a ClientHello (`tls_library`), from real hellos of each library.
+//!
+//! The knowledge is `config/tls_stacks.tsv`: labelled real hellos (recorded on enterprise
+//! endpoints with the process that sent them, and generated here by running each
+//! library), each with its source; `scripts/stacks/build_table.py` writes it. A hello is
+//! compared on what survives a version pin or a fallback retry: the extension set and
+//! order, the cipher order, the groups and the signature algorithms (GREASE values count
+//! as one value, the padding extension not at all). An identical shape in the table is
+//! `exact`; otherwise the nearest entries by similarity name the family when they are
+//! close enough and clearly closer than any other family's (`structural`); else
+//! `unknown`: a wrong family is worse than none. Pure (the table is compiled in), and
+//! cached by shape.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Mutex, OnceLock};
+
+use super::ClientHelloSummary;
+
+/// The embedded table.
+pub const TLS_STACKS_TSV: &str = include_str!("../../config/tls_stacks.tsv");
+
+/// A TLS library family: the values of `tls_library`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TlsLibrary {
+    Schannel,
+    Openssl,
+    Boringssl,
+    Nss,
+    Java,
+    Securetransport,
+    Gnutls,
+    Go,
+    Rustls,
+    Mbedtls,
+    Wolfssl,
+    Unknown,
+}
+
+impl TlsLibrary {
+    pub const ALL: [TlsLibrary; 12] = [
+        TlsLibrary::Schannel,
+        TlsLibrary::Openssl,
+        TlsLibrary::Boringssl,
+        TlsLibrary::Nss,
+        TlsLibrary::Java,
+        TlsLibrary::Securetransport,
+        TlsLibrary::Gnutls,
+        TlsLibrary::Go,
+        TlsLibrary::Rustls,
+        TlsLibrary::Mbedtls,
+        TlsLibrary::Wolfssl,
+        TlsLibrary::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsLibrary::Schannel => "schannel",
+            TlsLibrary::Openssl => "openssl",
+            TlsLibrary::Boringssl => "boringssl",
+            TlsLibrary::Nss => "nss",
+            TlsLibrary::Java => "java",
+            TlsLibrary::Securetransport => "securetransport",
+            TlsLibrary::Gnutls => "gnutls",
+            TlsLibrary::Go => "go",
+            TlsLibrary::Rustls => "rustls",
+            TlsLibrary::Mbedtls => "mbedtls",
+            TlsLibrary::Wolfssl => "wolfssl",
+            TlsLibrary::Unknown => "unknown",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TlsLibrary> {
+        TlsLibrary::ALL.into_iter().find(|l| l.as_str() == s)
+    }
+
+    /// What a report calls the family when nothing finer is known.
+    pub fn display(self) -> &'static str {
+        match self {
+            TlsLibrary::Schannel => "Windows SChannel",
+            TlsLibrary::Openssl => "OpenSSL / LibreSSL",
+            TlsLibrary::Boringssl => "BoringSSL (Chromium, Electron, Android)",
+            TlsLibrary::Nss => "NSS (Firefox, Thunderbird)",
+            TlsLibrary::Java => "Java JSSE",
+            TlsLibrary::Securetransport => "Apple SecureTransport / Network.framework",
+            TlsLibrary::Gnutls => "GnuTLS",
+            TlsLibrary::Go => "Go crypto/tls",
+            TlsLibrary::Rustls => "rustls",
+            TlsLibrary::Mbedtls => "Mbed TLS",
+            TlsLibrary::Wolfssl => "wolfSSL",
+            TlsLibrary::Unknown => "unknown",
+        }
+    }
+}
+
+/// GREASE values (RFC 8701) all count as this one.
+const GREASE: u16 = 0x0a0a;
+/// The padding extension: its presence depends on the hello's length, not the library.
+const PADDING: u16 = 0x0015;
+
+fn norm(v: u16) -> u16 {
+    if super::is_grease(v) { GREASE } else { v }
+}
+
+/// What the classifier compares: orders as sent, GREASE folded, padding left out.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Shape {
+    pub ciphers: Vec<u16>,
+    pub extensions: Vec<u16>,
+    pub groups: Vec<u16>,
+    pub sig_algs: Vec<u16>,
+}
+
+impl Shape {
+    pub fn of(h: &ClientHelloSummary) -> Shape {
+        Shape {
+            // SSLv2-format suites (3 bytes) keep their low 16 bits: their order still counts.
+            ciphers: h.cipher_suites.iter().map(|&c| norm(c as u16)).collect(),
+            extensions: h
+                .extensions
+                .iter()
+                .map(|&e| norm(e))
+                .filter(|&e| e != PADDING)
+                .collect(),
+            groups: h.groups.iter().map(|&g| norm(g)).collect(),
+            sig_algs: h.signature_algorithms.iter().map(|&s| norm(s)).collect(),
+        }
+    }
+
+    /// What JA3 hashes (GREASE out; the version is the caller's): ciphers and extensions
+    /// in order, and the groups.
+    pub fn ja3_key(&self) -> (Vec<u16>, Vec<u16>, Vec<u16>) {
+        let strip = |v: &[u16]| v.iter().copied().filter(|&x| x != GREASE).collect();
+        (
+            strip(&self.ciphers),
+            strip(&self.extensions),
+            strip(&self.groups),
+        )
+    }
+
+    /// What JA4 hashes (GREASE out): ciphers and extensions sorted, the signature
+    /// algorithms in order.
+    pub fn ja4_key(&self) -> (Vec<u16>, Vec<u16>, Vec<u16>) {
+        let sorted = |v: &[u16]| {
+            let mut s: Vec<u16> = v.iter().copied().filter(|&x| x != GREASE).collect();
+            s.sort_unstable();
+            s
+        };
+        (
+            sorted(&self.ciphers),
+            sorted(&self.extensions),
+            self.sig_algs
+                .iter()
+                .copied()
+                .filter(|&x| x != GREASE)
+                .collect(),
+        )
+    }
+
+    fn key(&self) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.hash(&mut h);
+        h.finish()
+    }
+}
+
+/// 256-bit set of hashed values, for a fast first look.
+#[derive(Clone, Copy, Debug, Default)]
+struct Bits([u64; 4]);
+
+impl Bits {
+    fn of(v: &[u16]) -> Bits {
+        let mut b = [0u64; 4];
+        for &x in v {
+            let h = (u32::from(x).wrapping_mul(2_654_435_761) >> 24) as usize;
+            if let Some(w) = b.get_mut(h / 64) {
+                *w |= 1 << (h % 64);
+            }
+        }
+        Bits(b)
+    }
+
+    fn jaccard(&self, o: &Bits) -> f32 {
+        let (mut i, mut u) = (0u32, 0u32);
+        for (a, b) in self.0.iter().zip(o.0.iter()) {
+            i += (a & b).count_ones();
+            u += (a | b).count_ones();
+        }
+        if u == 0 { 1.0 } else { i as f32 / u as f32 }
+    }
+}
+
+/// One labelled real hello of the table.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub library: TlsLibrary,
+    pub software: String,
+    pub source: String,
+    /// The highest version it offers (for the test set's legacy figures).
+    pub max_version: u16,
+    pub shape: Shape,
+    ext_bits: Bits,
+    cipher_bits: Bits,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("config/tls_stacks.tsv line {line}: {reason}")]
+pub struct TableError {
+    pub line: usize,
+    pub reason: String,
+}
+
+/// How the library was named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StackConfidence {
+    /// The same shape is in the table, under one library only.
+    Exact,
+    /// Close to one library's hellos, and clearly closer than to any other's.
+    Structural,
+    Unknown,
+}
+
+/// The classifier's answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StackVerdict {
+    pub library: TlsLibrary,
+    pub confidence: StackConfidence,
+    /// The finer software of an exact match.
+    pub software: Option<String>,
+    /// Similarity to the nearest entry of the named library (1.0 for exact).
+    pub similarity: f32,
+}
+
+impl Entry {
+    /// Has `other` the same JA3 or the same JA4 fingerprint (the same highest version, and
+    /// the same `Shape::ja3_key` or `Shape::ja4_key`)?
+    pub fn same_fingerprint(&self, other: &Entry) -> bool {
+        self.max_version == other.max_version
+            && (self.shape.ja3_key() == other.shape.ja3_key()
+                || self.shape.ja4_key() == other.shape.ja4_key())
+    }
+}
+
+impl StackVerdict {
+    fn unknown(similarity: f32) -> StackVerdict {
+        StackVerdict {
+            library: TlsLibrary::Unknown,
+            confidence: StackConfidence::Unknown,
+            software: None,
+            similarity,
+        }
+    }
+}
+
+/// The nearest entry must be at least this similar...
+pub const MIN_SIMILARITY: f32 = 0.70;
+/// ...and this much more similar than the nearest entry of any other library.
+pub const MIN_MARGIN: f32 = 0.03;
+/// Entries compared in full after the first look.
+const CANDIDATES: usize = 30;
+
+pub struct StackTable {
+    entries: Vec<Entry>,
+    exact: HashMap<Shape, Vec<usize>>,
+    cache: Mutex<HashMap<u64, StackVerdict>>,
+}
+
+const CACHE_MAX: usize = 4096;
+
+fn hex_list(s: &str) -> Result<Vec<u16>, String> {
+    if s.is_empty() || s == "-" {
+        return Ok(Vec::new());
+    }
+    s.split(',')
+        .map(|x| {
+            if x == "gg" {
+                Ok(GREASE)
+            } else {
+                u16::from_str_radix(x, 16).map_err(|_| format!("{x:?} is not a 4-digit hex value"))
+            }
+        })
+        .collect()
+}
+
+impl StackTable {
+    /// Parses the table: `library software source max_version ciphers extensions groups
+    /// sig_algs`, tab-separated; `#` starts a comment line.
+    pub fn parse(text: &str) -> Result<StackTable, TableError> {
+        let mut entries = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.starts_with('#') || line.trim().is_empty() || line.starts_with("library\t") {
+                continue;
+            }
+            let err = |reason: String| TableError {
+                line: i + 1,
+                reason,
+            };
+            let f: Vec<&str> = line.split('\t').collect();
+            let [
+                lib,
+                software,
+                source,
+                max_version,
+                ciphers,
+                exts,
+                groups,
+                sigs,
+            ] = f[..]
+            else {
+                return Err(err(format!("{} fields, 8 wanted", f.len())));
+            };
+            let library = TlsLibrary::parse(lib).ok_or_else(|| err(format!("library {lib:?}")))?;
+            let shape = Shape {
+                ciphers: hex_list(ciphers).map_err(err)?,
+                extensions: hex_list(exts)
+                    .map_err(err)?
+                    .into_iter()
+                    .filter(|&e| e != PADDING)
+                    .collect(),
+                groups: hex_list(groups).map_err(err)?,
+                sig_algs: hex_list(sigs).map_err(err)?,
+            };
+            let max_version = u16::from_str_radix(max_version, 16)
+                .map_err(|_| err(format!("max_version {max_version:?}")))?;
+            entries.push(Entry {
+                library,
+                software: software.to_string(),
+                source: source.to_string(),
+                max_version,
+                ext_bits: Bits::of(&shape.extensions),
+                cipher_bits: Bits::of(&shape.ciphers),
+                shape,
+            });
+        }
+        Ok(StackTable::from_entries(entries))
+    }
+
+    pub fn from_entries(entries: Vec<Entry>) -> StackTable {
+        let mut exact: HashMap<Shape, Vec<usize>> = HashMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            exact.entry(e.shape.clone()).or_default().push(i);
+        }
+        StackTable {
+            entries,
+            exact,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The embedded table (parsed once; a broken one names nothing, and the tests fail).
+    pub fn embedded() -> &'static StackTable {
+        static T: OnceLock<StackTable> = OnceLock::new();
+        T.get_or_init(|| {
+            StackTable::parse(TLS_STACKS_TSV).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "the TLS stack table is invalid; tls_library is unknown");
+                StackTable::from_entries(Vec::new())
+            })
+        })
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// The library of `shape` (cached).
+    pub fn classify(&self, shape: &Shape) -> StackVerdict {
+        let key = shape.key();
+        if let Some(v) = self.cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+            return v;
+        }
+        let v = self.classify_without(shape, |_| false);
+        if let Ok(mut c) = self.cache.lock() {
+            if c.len() >= CACHE_MAX {
+                c.clear();
+            }
+            c.insert(key, v.clone());
+        }
+        v
+    }
+
+    /// The library of `shape`, ignoring the entries `skip` names (the measurement leaves
+    /// out the entry under test and every entry with its fingerprint). Not cached.
+    pub fn classify_without(&self, shape: &Shape, skip: impl Fn(&Entry) -> bool) -> StackVerdict {
+        if let Some(v) = self.exact_match(shape, &skip) {
+            return v;
+        }
+        let (eb, cb) = (Bits::of(&shape.extensions), Bits::of(&shape.ciphers));
+        let mut first: Vec<(f32, usize)> = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| !skip(e))
+            .map(|(i, e)| (eb.jaccard(&e.ext_bits) + cb.jaccard(&e.cipher_bits), i))
+            .collect();
+        first.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+        let mut best: Vec<(TlsLibrary, f32, usize)> = Vec::new();
+        for &(_, i) in first.iter().take(CANDIDATES) {
+            let Some(e) = self.entries.get(i) else {
+                continue;
+            };
+            let s = similarity(shape, &e.shape);
+            match best.iter_mut().find(|b| b.0 == e.library) {
+                Some(b) if b.1 >= s => {}
+                Some(b) => *b = (e.library, s, i),
+                None => best.push((e.library, s, i)),
+            }
+        }
+        best.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+        let Some(&(library, s, _)) = best.first() else {
+            return StackVerdict::unknown(0.0);
+        };
+        let runner_up = best.get(1).map_or(0.0, |b| b.1);
+        if s < MIN_SIMILARITY || s - runner_up < MIN_MARGIN {
+            return StackVerdict::unknown(s);
+        }
+        StackVerdict {
+            library,
+            confidence: StackConfidence::Structural,
+            software: None,
+            similarity: s,
+        }
+    }
+
+    fn exact_match(&self, shape: &Shape, skip: &impl Fn(&Entry) -> bool) -> Option<StackVerdict> {
+        let hits: Vec<&Entry> = self
+            .exact
+            .get(shape)?
+            .iter()
+            .filter_map(|&i| self.entries.get(i))
+            .filter(|e| !skip(e))
+            .collect();
+        let first = hits.first()?;
+        if hits.iter().any(|e| e.library != first.library) {
+            return None;
+        }
+        Some(StackVerdict {
+            library: first.library,
+            confidence: StackConfidence::Exact,
+            software: Some(first.software.clone()),
+            similarity: 1.0,
+        })
+    }
+}
+
+/// The library of a hello, from the embedded table.
+pub fn classify_stack(h: &ClientHelloSummary) -> StackVerdict {
+    StackTable::embedded().classify(&Shape::of(h))
+}
+
+fn jaccard(a: &[u16], b: &[u16]) -> f32 {
+    if a.is_empty() && b.is_empty() {
+        return 1.0;
+    }
+    let inter = a.iter().filter(|x| b.contains(x)).count();
+    let union = a.len() + b.iter().filter(|x| !a.contains(x)).count();
+    inter as f32 / union.max(1) as f32
+}
+
+/// Longest common subsequence, as a share of both lengths: how alike two orders are.
+fn order(a: &[u16], b: &[u16]) -> f32 {
+    if a.is_empty() && b.is_empty() {
+        return 1.0;
+    }
+    let mut prev = vec![0u16; b.len() + 1];
+    let mut cur = vec![0u16; b.len() + 1];
+    for x in a {
+        for (j, y) in b.iter().enumerate() {
+            let up = prev.get(j + 1).copied().unwrap_or(0);
+            let left = cur.get(j).copied().unwrap_or(0);
+            let diag = prev.get(j).copied().unwrap_or(0);
+            if let Some(c) = cur.get_mut(j + 1) {
+                *c = if x == y { diag + 1 } else { up.max(left) };
+            }
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    let l = prev.last().copied().unwrap_or(0);
+    2.0 * f32::from(l) / (a.len() + b.len()) as f32
+}
+
+/// How alike two hellos are, 0 to 1: the extension set weighs most, then the extension
+/// and cipher orders, then the cipher set, the groups and the signature algorithms.
+pub fn similarity(a: &Shape, b: &Shape) -> f32 {
+    0.3 * jaccard(&a.extensions, &b.extensions)
+        + 0.2 * order(&a.extensions, &b.extensions)
+        + 0.2 * order(&a.ciphers, &b.ciphers)
+        + 0.1 * jaccard(&a.ciphers, &b.ciphers)
+        + 0.1 * order(&a.groups, &b.groups)
+        + 0.1 * order(&a.sig_algs, &b.sig_algs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grease_folds_and_orders_compare() {
+        assert_eq!(norm(0x3a3a), GREASE);
+        assert_eq!(norm(0x3a4a), 0x3a4a);
+        assert!((order(&[1, 2, 3], &[1, 2, 3]) - 1.0).abs() < 1e-6);
+        assert!((order(&[1, 2, 3], &[3, 2, 1]) - 1.0 / 3.0).abs() < 1e-6);
+        assert!((jaccard(&[1, 2], &[2, 3]) - 1.0 / 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_embedded_table_parses_and_every_library_names_itself() {
+        let t = StackTable::parse(TLS_STACKS_TSV).unwrap();
+        assert!(t.entries().len() >= 300, "{} entries", t.entries().len());
+        for l in TlsLibrary::ALL {
+            assert_eq!(TlsLibrary::parse(l.as_str()), Some(l));
+        }
+    }
+
+    #[test]
+    fn a_bad_line_is_named() {
+        let e = StackTable::parse("# c\nopenssl\tx\ty\t0303\tzz\t-\t-\t-\n")
+            .err()
+            .unwrap();
+        assert_eq!(e.line, 2);
+        assert!(StackTable::parse("nope\tx\ty\t0303\t-\t-\t-\t-\n").is_err());
+    }
+}
