@@ -1367,3 +1367,76 @@ fn a_warning_alert_before_the_server_hello_is_read_past() {
     assert_eq!(e["server_alert"], Value::Null, "{e}");
     assert_eq!(e["legacy_reasons"][0], "negotiated_tls10", "{e}");
 }
+
+#[test]
+fn a_crl_fetch_in_a_capture_names_the_host_os_and_each_hello_its_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("win7.pcap");
+    let mut w = pcapgen::Writer::pcap(Vec::new(), pcapgen::LINKTYPE_ETHERNET).unwrap();
+    let link = Link::Ethernet(vec![]);
+    let mut ts = 1_700_000_000_000_000u64;
+    let mut put = |w: &mut pcapgen::Writer<Vec<u8>>, f: Vec<u8>| {
+        ts += 1000;
+        w.frame(ts, &f).unwrap();
+    };
+    // The host fetches a CRL over plain HTTP...
+    let crl: SocketAddr = "192.0.2.80:80".parse().unwrap();
+    let mut http = Conn::new(link.clone(), "10.0.0.9:2001".parse().unwrap(), crl, 21);
+    for f in http.handshake() {
+        put(&mut w, f);
+    }
+    let req = b"GET /pki/crl/products/root.crl HTTP/1.1\r\nHost: crl.microsoft.com\r\nUser-Agent: Microsoft-CryptoAPI/6.1\r\n\r\n";
+    put(&mut w, http.client_data(req));
+    put(&mut w, http.client_fin());
+    put(&mut w, http.server_fin());
+    // ... then speaks TLS 1.0 with an OpenSSL client.
+    let login: SocketAddr = "192.0.2.1:443".parse().unwrap();
+    let mut tls = Conn::new(link.clone(), "10.0.0.9:2002".parse().unwrap(), login, 22);
+    for f in tls.handshake() {
+        put(&mut w, f);
+    }
+    put(&mut w, tls.client_data(&fixture("curl_tls10")));
+    put(&mut w, tls.server_data(&fixture("server_openssl_tls10")));
+    put(&mut w, tls.client_fin());
+    put(&mut w, tls.server_fin());
+    std::fs::write(&path, w.into_inner()).unwrap();
+
+    let (ev, run) = events_of(&path, &["--all", "--format", "json"]);
+    let hello = ev.iter().find(|e| e["kind"] == "tls").unwrap();
+    assert_eq!(hello["tls_library"], "openssl", "{hello:#}");
+    let rows: Vec<Value> = serde_json::from_str(&run.stdout).unwrap();
+    let row = rows.iter().find(|r| r["source_ip"] == "10.0.0.9").unwrap();
+    assert_eq!(row["tls_library"], "openssl");
+    assert_eq!(
+        row["source_os"]["name"], "Windows 7 / Server 2008 R2",
+        "{row:#}"
+    );
+    assert_eq!(row["source_os"]["user_agent"], "Microsoft-CryptoAPI/6.1");
+    let fix = row["fix"].as_str().unwrap();
+    assert!(
+        fix.contains("Windows 7") && !fix.contains("KB3140245"),
+        "{fix}"
+    );
+    // Kept in the inventory too, and reported from it.
+    let db = dir.path().join("inv.sqlite");
+    let db_s = db.to_str().unwrap();
+    let with_db = analyze(&[
+        "--quiet",
+        "--all",
+        "--format",
+        "json",
+        "--db",
+        db_s,
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(with_db.code, 0, "{}", with_db.stderr);
+    let out = Command::new(exe())
+        .args(["report", "--all", "--format", "json", "--db", db_s])
+        .output()
+        .unwrap();
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        rows[0]["source_os"]["name"], "Windows 7 / Server 2008 R2",
+        "{rows:#?}"
+    );
+}

@@ -117,6 +117,8 @@ pub struct Flow {
     pub rst: Option<usize>,
     pub client_state: ClientState,
     pub server_state: ServerState,
+    /// A plain-HTTP request's User-Agent, when the client's first flight is one.
+    pub user_agent: Option<String>,
     /// Still reassembling.
     pub collecting: bool,
     /// Collecting stopped early (memory budget): a hello may be missing.
@@ -146,6 +148,7 @@ impl Flow {
             fin: [false; 2],
             rst: None,
             client_state: ClientState::Waiting,
+            user_agent: None,
             server_state: ServerState::Waiting,
             collecting: true,
             starved: false,
@@ -307,7 +310,12 @@ impl Flow {
                 self.hello_ts = Some(ts);
                 self.streams[side].clear();
             }
-            Detection::NotTls => self.client_not_hello(ClientState::NotTls),
+            Detection::NotTls => {
+                // Plain HTTP says who the host is (CRL fetches name the Windows version).
+                self.user_agent =
+                    crate::inventory::agents::http_user_agent(self.streams[side].data());
+                self.client_not_hello(ClientState::NotTls)
+            }
             Detection::TooLarge => self.client_not_hello(ClientState::TooLarge),
             Detection::NeedMore if held >= MAX_HELLO_BYTES => {
                 self.client_not_hello(ClientState::TooLarge)

@@ -64,6 +64,8 @@ pub struct Analyzer<'c> {
     cfg: &'c Config,
     table: FlowTable,
     pub stats: Stats,
+    /// The plain-HTTP User-Agents each source sent (for `source_os` / `source_runtime`).
+    pub agents: crate::inventory::agents::AgentBook,
 }
 
 impl<'c> Analyzer<'c> {
@@ -72,6 +74,7 @@ impl<'c> Analyzer<'c> {
             cfg,
             table: FlowTable::new(limits),
             stats: Stats::default(),
+            agents: Default::default(),
         }
     }
 
@@ -102,6 +105,11 @@ impl<'c> Analyzer<'c> {
     /// Hands over the connections that ended so far.
     pub fn drain(&mut self, out: &mut impl FnMut(Connection)) {
         for flow in self.table.ended.drain(..) {
+            if let (Some(ua), Some((client, _))) = (&flow.user_agent, flow.client_server()) {
+                let ip = client.socket_addr().ip().to_canonical().to_string();
+                self.agents
+                    .add(&ip, ua, flow.first_ts.div_euclid(1_000_000_000));
+            }
             if let Some(c) = record::connection(&flow, self.cfg) {
                 out(c);
             }
@@ -445,7 +453,12 @@ pub fn run(opts: &Options) -> Result<Summary, AnalyzeError> {
     summary.rows = rows.sorted();
     if let Some(db) = &opts.db {
         let mut store = Store::open(db)?;
+        store.apply_agents(an.agents.all())?;
         store.apply(summary.rows.iter())?;
+    }
+    for row in &mut summary.rows {
+        let seen = an.agents.of(&row.source_ip).to_vec();
+        crate::inventory::agents::describe(row, &seen);
     }
     summary.stats = an.stats;
     summary.table = an.table_stats();

@@ -173,6 +173,95 @@ pub fn refine_fix(tls_library: &str, fix: &str, os: Option<(&str, &SeenAgent)>) 
     }
 }
 
+/// Fills in a report row's `source_os` and `source_runtime` from its source's User-Agents,
+/// and refines its fix by the OS.
+pub fn describe(row: &mut super::CallerRow, seen: &[SeenAgent]) {
+    let os = source_os(seen);
+    row.source_os = os.map(|(name, a)| Named {
+        name: name.to_string(),
+        user_agent: a.user_agent.clone(),
+        seen: super::report::rfc3339(a.seen),
+    });
+    row.source_runtime = source_runtime(seen).map(|(name, a)| Named {
+        name,
+        user_agent: a.user_agent.clone(),
+        seen: super::report::rfc3339(a.seen),
+    });
+    row.fix = refine_fix(&row.tls_library, &row.fix, os);
+}
+
+/// The User-Agent of a plain-HTTP request head at the start of `data`, if it is one.
+pub fn http_user_agent(data: &[u8]) -> Option<String> {
+    const METHODS: [&[u8]; 7] = [
+        b"GET ",
+        b"POST ",
+        b"HEAD ",
+        b"PUT ",
+        b"OPTIONS ",
+        b"DELETE ",
+        b"PATCH ",
+    ];
+    if !METHODS.iter().any(|m| data.starts_with(m)) {
+        return None;
+    }
+    let head_end = data
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(data.len());
+    let head = String::from_utf8_lossy(data.get(..head_end)?);
+    head.split("\r\n").skip(1).find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("user-agent")
+            .then(|| clean(value.trim()))
+            .filter(|v| !v.is_empty())
+    })
+}
+
+/// Per-source User-Agents gathered in memory (by `tlspeek analyze`), with the same bounds
+/// as the inventory's.
+#[derive(Default, Debug)]
+pub struct AgentBook {
+    by_source: std::collections::HashMap<String, Vec<SeenAgent>>,
+    /// User-Agents not kept because `MAX_SOURCES` sources were already held.
+    pub dropped: u64,
+}
+
+impl AgentBook {
+    pub fn add(&mut self, source_ip: &str, user_agent: &str, at: i64) {
+        let ua = clean(user_agent);
+        if ua.is_empty() {
+            return;
+        }
+        if !self.by_source.contains_key(source_ip) && self.by_source.len() >= MAX_SOURCES {
+            self.dropped += 1;
+            return;
+        }
+        let seen = self.by_source.entry(source_ip.to_string()).or_default();
+        match seen.iter_mut().find(|a| a.user_agent == ua) {
+            Some(a) => a.seen = a.seen.max(at),
+            None => seen.push(SeenAgent {
+                user_agent: ua,
+                seen: at,
+            }),
+        }
+        seen.sort_by_key(|a| std::cmp::Reverse(a.seen));
+        seen.truncate(MAX_PER_SOURCE);
+    }
+
+    pub fn of(&self, source_ip: &str) -> &[SeenAgent] {
+        self.by_source.get(source_ip).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every (source, User-Agent, last seen), for the inventory.
+    pub fn all(&self) -> impl Iterator<Item = (&str, &str, i64)> {
+        self.by_source.iter().flat_map(|(ip, v)| {
+            v.iter()
+                .map(move |a| (ip.as_str(), a.user_agent.as_str(), a.seen))
+        })
+    }
+}
+
 /// JA4 → User-Agent pairs learned in upgrade mode (where the plaintext shows the
 /// User-Agent), for later connections with the same hello that pass without upgrade.
 /// Bounded: at most `LEARNED_MAX` pairs, the least recently learned dropped first.
@@ -265,6 +354,28 @@ mod tests {
         );
         assert_eq!(clean("a?secret=1\u{7}"), "a");
         assert_eq!(clean(&"x".repeat(400)).len(), MAX_LEN);
+    }
+
+    #[test]
+    fn a_request_head_gives_its_user_agent_and_the_book_keeps_eight() {
+        let req = b"GET /pki/crl/root.crl HTTP/1.1\r\nHost: crl\r\nuser-agent:  Microsoft-CryptoAPI/6.1\r\n\r\n";
+        assert_eq!(
+            http_user_agent(req).as_deref(),
+            Some("Microsoft-CryptoAPI/6.1")
+        );
+        assert_eq!(http_user_agent(b"\x16\x03\x01"), None);
+        assert_eq!(
+            http_user_agent(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nUser-Agent: body"),
+            None
+        );
+        let mut b = AgentBook::default();
+        for i in 0..12 {
+            b.add("10.0.0.1", &format!("ua{i}"), i);
+        }
+        b.add("10.0.0.1", "ua11", 50);
+        assert_eq!(b.of("10.0.0.1").len(), MAX_PER_SOURCE);
+        assert_eq!(b.of("10.0.0.1")[0], a("ua11", 50));
+        assert!(b.of("10.0.0.2").is_empty());
     }
 
     #[test]

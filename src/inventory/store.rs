@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::agents::{self, Named, SeenAgent};
+use super::agents::{self, SeenAgent};
 use super::{CallerKey, CallerRow};
 
 #[derive(Debug, thiserror::Error)]
@@ -440,18 +440,7 @@ impl Store {
             let Some(seen) = cache.get(&r.source_ip) else {
                 continue;
             };
-            let os = agents::source_os(seen);
-            r.source_os = os.map(|(name, a)| Named {
-                name: name.to_string(),
-                user_agent: a.user_agent.clone(),
-                seen: super::report::rfc3339(a.seen),
-            });
-            r.source_runtime = agents::source_runtime(seen).map(|(name, a)| Named {
-                name,
-                user_agent: a.user_agent.clone(),
-                seen: super::report::rfc3339(a.seen),
-            });
-            r.fix = agents::refine_fix(&r.tls_library, &r.fix, os);
+            agents::describe(r, seen);
         }
         Ok(())
     }
