@@ -1440,3 +1440,134 @@ fn a_crl_fetch_in_a_capture_names_the_host_os_and_each_hello_its_library() {
         "{rows:#?}"
     );
 }
+
+/// A ClientHello with `shape`'s ciphers, extensions (in order), groups and signature
+/// algorithms; the other extensions get the smallest valid body.
+fn hello_of_shape(shape: &tlspeek::hello::stack::Shape, max_version: u16) -> Vec<u8> {
+    // Each GREASE value in a list is a different one, as real clients send them (two equal
+    // extension types would make the hello invalid).
+    let grease = |v: &[u16]| -> Vec<u16> {
+        let mut n = 0u16;
+        v.iter()
+            .map(|&x| {
+                if x == 0x0a0a {
+                    n += 1;
+                    0x0a0a + (n - 1) * 0x1010
+                } else {
+                    x
+                }
+            })
+            .collect()
+    };
+    let list16 = |v: &[u16]| {
+        let v = grease(v);
+        let mut d = ((v.len() * 2) as u16).to_be_bytes().to_vec();
+        for x in v {
+            d.extend(x.to_be_bytes());
+        }
+        d
+    };
+    let mut exts = Vec::new();
+    for t in grease(&shape.extensions) {
+        let body: Vec<u8> = match t {
+            0x0000 => sni_body("login.microsoftonline.com"),
+            0x000a => list16(&shape.groups),
+            0x000d => list16(&shape.sig_algs),
+            0x000b => vec![1, 0],
+            0x0010 => vec![0, 3, 2, b'h', b'2'],
+            0x002b => {
+                let v = if max_version >= 0x0304 {
+                    vec![0x0304u16, 0x0303]
+                } else {
+                    vec![max_version]
+                };
+                let mut d = vec![(v.len() * 2) as u8];
+                for x in v {
+                    d.extend(x.to_be_bytes());
+                }
+                d
+            }
+            0x002d => vec![1, 1],
+            0x0033 => vec![0, 0],
+            0x0005 => vec![1, 0, 0, 0, 0],
+            0xff01 => vec![0],
+            0x001b => vec![2, 0, 2],
+            0x001c => vec![0x40, 0x01],
+            0x0022 | 0x0032 => list16(&shape.sig_algs),
+            0x4469 => vec![0, 3, 2, b'h', b'2'],
+            _ => Vec::new(),
+        };
+        exts.push((t, body));
+    }
+    client_hello_record(max_version.min(0x0303), &grease(&shape.ciphers), &exts)
+}
+
+#[test]
+fn analyze_names_the_library_of_every_hello_of_the_test_set() {
+    use tlspeek::hello::stack::{StackTable, TLS_STACKS_TSV};
+    let table = StackTable::parse(TLS_STACKS_TSV).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("all.pcap");
+    let mut w = pcapgen::Writer::pcap(Vec::new(), pcapgen::LINKTYPE_ETHERNET).unwrap();
+    let link = Link::Ethernet(vec![]);
+    let server: SocketAddr = "192.0.2.1:443".parse().unwrap();
+    let mut ts = 1_700_000_000_000_000u64;
+    let mut expected = HashMap::new();
+    for (i, e) in table.entries().iter().enumerate() {
+        let client: SocketAddr = format!(
+            "10.{}.{}.{}:{}",
+            1 + i / 65536,
+            (i / 256) % 256,
+            i % 256,
+            20000 + i % 40000
+        )
+        .parse()
+        .unwrap();
+        let mut c = Conn::new(link.clone(), client, server, i as u32);
+        let hello = match e.source.strip_prefix("here:") {
+            Some(file) => std::fs::read(format!(
+                "{}/tests/fixtures/stacks/{file}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap(),
+            None => hello_of_shape(&e.shape, e.max_version),
+        };
+        let mut frames = c.handshake();
+        frames.push(c.client_data(&hello));
+        frames.push(c.client_fin());
+        frames.push(c.server_fin());
+        for f in frames {
+            ts += 10;
+            w.frame(ts, &f).unwrap();
+        }
+        // What the table itself says of this exact shape (the library, or unknown when
+        // the same shape is labelled with two libraries).
+        expected.insert(
+            client.ip().to_string(),
+            table.classify(&e.shape).library.as_str(),
+        );
+    }
+    std::fs::write(&path, w.into_inner()).unwrap();
+    let (ev, _) = events_of(&path, &[]);
+    assert_eq!(ev.len(), table.entries().len(), "one connection per hello");
+    let mut wrong = Vec::new();
+    for e in &ev {
+        let ip = e["source_ip"].as_str().unwrap();
+        if e["tls_library"] != expected[ip] {
+            wrong.push((ip.to_string(), e["tls_library"].clone(), expected[ip]));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {}: {:?}",
+        wrong.len(),
+        ev.len(),
+        &wrong[..wrong.len().min(10)]
+    );
+    let named = ev.iter().filter(|e| e["tls_library"] != "unknown").count();
+    assert!(
+        named * 100 >= ev.len() * 95,
+        "{named} of {} named",
+        ev.len()
+    );
+}

@@ -42,46 +42,18 @@ fn http_origin(dir: &std::path::Path) -> (Proc, u16) {
 /// Internet Explorer on Windows 7: TLS 1.0 at most, its cipher order, and server_name,
 /// status_request, supported_groups, ec_point_formats, renegotiation_info.
 fn schannel_win7_hello(name: &str) -> Vec<u8> {
-    let n = name.as_bytes();
-    let mut sni = vec![0u8; 0];
-    sni.extend(((n.len() + 3) as u16).to_be_bytes());
-    sni.push(0);
-    sni.extend((n.len() as u16).to_be_bytes());
-    sni.extend(n);
-    let exts: [(u16, Vec<u8>); 5] = [
-        (0x0000, sni),
+    let exts = [
+        (0x0000, sni_body(name)),
         (0x0005, vec![1, 0, 0, 0, 0]),
         (0x000a, vec![0, 6, 0, 0x17, 0, 0x18, 0, 0x19]),
         (0x000b, vec![1, 0]),
         (0xff01, vec![0]),
     ];
-    let mut ext = Vec::new();
-    for (t, d) in exts {
-        ext.extend(t.to_be_bytes());
-        ext.extend((d.len() as u16).to_be_bytes());
-        ext.extend(d);
-    }
-    let ciphers: [u16; 12] = [
+    let ciphers = [
         0x002f, 0x0035, 0x0005, 0x000a, 0xc009, 0xc00a, 0xc013, 0xc014, 0x0032, 0x0038, 0x0013,
         0x0004,
     ];
-    let mut body = vec![3, 1];
-    body.extend([7u8; 32]);
-    body.push(0);
-    body.extend(((ciphers.len() * 2) as u16).to_be_bytes());
-    for c in ciphers {
-        body.extend(c.to_be_bytes());
-    }
-    body.extend([1, 0]);
-    body.extend((ext.len() as u16).to_be_bytes());
-    body.extend(ext);
-    let mut hs = vec![1];
-    hs.extend(&(body.len() as u32).to_be_bytes()[1..]);
-    hs.extend(body);
-    let mut rec = vec![0x16, 3, 1];
-    rec.extend((hs.len() as u16).to_be_bytes());
-    rec.extend(hs);
-    rec
+    client_hello_record(0x0301, &ciphers, &exts)
 }
 
 fn report_rows(db: &std::path::Path, format: &str) -> String {

@@ -75,6 +75,27 @@ pub struct ClientHelloSummary {
     pub signature_algorithms: Vec<u16>,
     /// Bytes of the input the hello's records took (the bytes to replay upstream).
     pub hello_len: usize,
+    /// Where GREASE values stood (RFC 8701; left out of the lists above): their indices
+    /// in the cipher, extension and group lists as sent. BoringSSL puts them in places of
+    /// its own, which the TLS-library classifier reads.
+    pub grease: GreasePositions,
+}
+
+/// Positions of GREASE values in a hello's lists, as sent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GreasePositions {
+    pub ciphers: Vec<u8>,
+    pub extensions: Vec<u8>,
+    pub groups: Vec<u8>,
+}
+
+/// The positions of GREASE values in `values`, as sent (at most 255 kept).
+pub(crate) fn grease_positions(values: impl Iterator<Item = u16>) -> Vec<u8> {
+    values
+        .enumerate()
+        .filter(|(_, v)| is_grease(*v))
+        .filter_map(|(i, _)| u8::try_from(i).ok())
+        .collect()
 }
 
 impl ClientHelloSummary {
@@ -96,6 +117,7 @@ impl ClientHelloSummary {
             point_formats: Vec::new(),
             signature_algorithms: Vec::new(),
             hello_len: 0,
+            grease: GreasePositions::default(),
         }
     }
 
@@ -162,6 +184,7 @@ pub(crate) fn parse_tls_client_hello(
         return Err(Malformed("no cipher suites"));
     }
     let mut h = ClientHelloSummary::empty(HelloFormat::Tls, record_version, ch.version.0);
+    h.grease.ciphers = grease_positions(ch.ciphers.iter().map(|c| c.0));
     h.cipher_suites.reserve_exact(ch.ciphers.len());
     h.cipher_suites.extend(
         ch.ciphers

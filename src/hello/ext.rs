@@ -36,6 +36,8 @@ pub(crate) fn parse_client_extensions(
         let ty = r.u16().ok_or(Malformed("extension header"))?;
         let data = r.vec16().ok_or(Malformed("extension length"))?;
         if is_grease(ty) {
+            let at = h.extensions.len() + h.grease.extensions.len();
+            h.grease.extensions.extend(u8::try_from(at).ok());
             continue;
         }
         h.extensions.push(ty);
@@ -65,7 +67,12 @@ pub(crate) fn parse_client_extensions(
                 h.sni_cut = cut;
             }
             EXT_ALPN => parse_alpn(data, h)?,
-            EXT_SUPPORTED_GROUPS => h.groups = u16_list(whole(data, Reader::vec16)?)?,
+            EXT_SUPPORTED_GROUPS => {
+                let list = whole(data, Reader::vec16)?;
+                h.grease.groups =
+                    super::client::grease_positions(u16_items(list).into_iter().flatten());
+                h.groups = u16_list(list)?;
+            }
             EXT_EC_POINT_FORMATS => h.point_formats = whole(data, Reader::vec8)?.to_vec(),
             EXT_SIGNATURE_ALGORITHMS => {
                 h.signature_algorithms = u16_list(whole(data, Reader::vec16)?)?;

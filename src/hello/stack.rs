@@ -102,6 +102,23 @@ fn norm(v: u16) -> u16 {
     if super::is_grease(v) { GREASE } else { v }
 }
 
+/// `list` with a GREASE value put back at each of `positions` (indices as sent).
+fn with_grease(list: &[u16], positions: &[u8]) -> Vec<u16> {
+    let mut out = Vec::with_capacity(list.len() + positions.len());
+    let mut rest = list.iter().map(|&v| norm(v));
+    for &p in positions {
+        while out.len() < usize::from(p) {
+            match rest.next() {
+                Some(v) => out.push(v),
+                None => break,
+            }
+        }
+        out.push(GREASE);
+    }
+    out.extend(rest);
+    out
+}
+
 /// What the classifier compares: orders as sent, GREASE folded, padding left out.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Shape {
@@ -113,16 +130,15 @@ pub struct Shape {
 
 impl Shape {
     pub fn of(h: &ClientHelloSummary) -> Shape {
+        // SSLv2-format suites (3 bytes) keep their low 16 bits: their order still counts.
+        let ciphers: Vec<u16> = h.cipher_suites.iter().map(|&c| c as u16).collect();
         Shape {
-            // SSLv2-format suites (3 bytes) keep their low 16 bits: their order still counts.
-            ciphers: h.cipher_suites.iter().map(|&c| norm(c as u16)).collect(),
-            extensions: h
-                .extensions
-                .iter()
-                .map(|&e| norm(e))
+            ciphers: with_grease(&ciphers, &h.grease.ciphers),
+            extensions: with_grease(&h.extensions, &h.grease.extensions)
+                .into_iter()
                 .filter(|&e| e != PADDING)
                 .collect(),
-            groups: h.groups.iter().map(|&g| norm(g)).collect(),
+            groups: with_grease(&h.groups, &h.grease.groups),
             sig_algs: h.signature_algorithms.iter().map(|&s| norm(s)).collect(),
         }
     }
@@ -492,6 +508,13 @@ pub fn similarity(a: &Shape, b: &Shape) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grease_goes_back_where_it_was_sent() {
+        assert_eq!(with_grease(&[1, 2, 3], &[0, 4]), [GREASE, 1, 2, 3, GREASE]);
+        assert_eq!(with_grease(&[1, 2], &[1]), [1, GREASE, 2]);
+        assert_eq!(with_grease(&[], &[0]), [GREASE]);
+    }
 
     #[test]
     fn grease_folds_and_orders_compare() {

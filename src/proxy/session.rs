@@ -14,6 +14,8 @@ use tracing::debug;
 use super::authority::Authority;
 use super::error::ConnError;
 use super::handshake::Handshake;
+use super::refusal::Refusal;
+use crate::access::limits::Permit;
 use crate::config::Config;
 use crate::net::registry::Listed;
 use crate::net::splice::TunnelStats;
@@ -54,9 +56,23 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// The connection's record, empty but for who it is.
-    pub fn record(&self, id: u64) -> ConnectionRecord {
-        ConnectionRecord::new(id, self.mode, self.peer, self.src.value.clone())
+    /// What a task starts with: its record, empty but for who it is (and a PROXY
+    /// header's error as its note), and its view of the handshake.
+    pub fn start(&self, id: u64, note: Option<String>) -> (ConnectionRecord, Handshake) {
+        let mut rec = ConnectionRecord::new(id, self.mode, self.peer, self.src.value.clone());
+        rec.note = note;
+        (rec, Handshake::default())
+    }
+
+    /// Runs `serving` when the connection was admitted (its permit held until it ends),
+    /// until it ends or the shutdown grace is over; a refusal at accept is the error.
+    pub async fn admitted(
+        &self,
+        admission: Result<Permit, Refusal>,
+        serving: Pin<&mut impl Future<Output = Result<Outcome, ConnError>>>,
+    ) -> Result<Outcome, ConnError> {
+        let _permit = admission.map_err(ConnError::Refused)?;
+        self.until_stopped(serving).await
     }
 
     /// Serves until `serving` ends, or until the shutdown grace is over. Starts the

@@ -22,15 +22,10 @@ pub async fn serve(
     admission: Result<Permit, Refusal>,
     note: Option<String>,
 ) {
-    let mut rec = s.record(id);
-    rec.note = note;
-    let mut handshake = Handshake::default();
-    let result = match admission {
-        Err(r) => Err(ConnError::Refused(r)),
-        Ok(_permit) => {
-            let serving = std::pin::pin!(run(s, &mut rec, &mut handshake));
-            s.until_stopped(serving).await
-        }
+    let (mut rec, mut handshake) = s.start(id, note);
+    let result = {
+        let serving = std::pin::pin!(run(s, &mut rec, &mut handshake));
+        s.admitted(admission, serving).await
     };
     // A transparent client speaks TLS, not HTTP: it gets a close.
     if let Some(r) = result.as_ref().err().and_then(ConnError::answer) {

@@ -1241,3 +1241,41 @@ pub fn wait_with_timeout(mut child: std::process::Child, limit: Duration) -> Str
     let out = child.wait_with_output().unwrap();
     format!("[timed out] {}", String::from_utf8_lossy(&out.stderr))
 }
+
+/// The body of a `server_name` extension naming `name`.
+pub fn sni_body(name: &str) -> Vec<u8> {
+    let n = name.as_bytes();
+    let mut d = ((n.len() + 3) as u16).to_be_bytes().to_vec();
+    d.push(0);
+    d.extend((n.len() as u16).to_be_bytes());
+    d.extend(n);
+    d
+}
+
+/// One TLS record holding a ClientHello: `version`, `ciphers` and the extensions
+/// `(type, body)` in order.
+pub fn client_hello_record(version: u16, ciphers: &[u16], exts: &[(u16, Vec<u8>)]) -> Vec<u8> {
+    let mut ext = Vec::new();
+    for (t, d) in exts {
+        ext.extend(t.to_be_bytes());
+        ext.extend((d.len() as u16).to_be_bytes());
+        ext.extend(d);
+    }
+    let mut body = version.to_be_bytes().to_vec();
+    body.extend([7u8; 32]);
+    body.push(0);
+    body.extend(((ciphers.len() * 2) as u16).to_be_bytes());
+    for c in ciphers {
+        body.extend(c.to_be_bytes());
+    }
+    body.extend([1, 0]);
+    body.extend((ext.len() as u16).to_be_bytes());
+    body.extend(ext);
+    let mut hs = vec![1];
+    hs.extend(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend(body);
+    let mut rec = vec![0x16, 3, 1];
+    rec.extend((hs.len() as u16).to_be_bytes());
+    rec.extend(hs);
+    rec
+}
