@@ -79,7 +79,7 @@ impl<'a> Session<'a> {
     /// source's reverse-DNS lookup (its name is read from the cache at the end).
     /// `serving` is pinned by the caller: taken by value, the connection's future would be
     /// stored twice in every idle tunnel (its argument slot and the select).
-    pub async fn until_stopped(
+    async fn until_stopped(
         &self,
         serving: Pin<&mut impl Future<Output = Result<Outcome, ConnError>>>,
     ) -> Result<Outcome, ConnError> {
