@@ -13,6 +13,7 @@ pub mod app;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod correlate;
 pub mod dns;
 pub mod hello;
 pub mod inventory;

@@ -47,6 +47,9 @@ enum Command {
     /// Find legacy TLS callers in packet captures (pcap, pcapng): the proxy's event lines,
     /// inventory and report, offline.
     Analyze(AnalyzeArgs),
+    /// Join legacy callers with the processes (Sysmon Event 3, Security 5156, Winlogbeat)
+    /// and the Entra ID sign-ins (legacy-TLS error 1002016) that explain them.
+    Correlate(CorrelateArgs),
     /// The local CA of upgrade mode.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -92,6 +95,36 @@ struct ReportArgs {
     /// Only this destination.
     #[arg(long, value_name = "HOST")]
     destination: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct CorrelateArgs {
+    /// Config for the watched destinations and the inventory (default: the embedded one).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Event lines of the proxy or of `tlspeek analyze` (repeat).
+    #[arg(long, value_name = "FILE")]
+    events: Vec<PathBuf>,
+    /// Inventories (repeat); without --events and --db, the configured inventory.
+    #[arg(long, value_name = "FILE")]
+    db: Vec<PathBuf>,
+    /// Sysmon Event 3 / Security 5156 XML (wevtutil, Event Viewer) or Winlogbeat JSON lines.
+    #[arg(long, value_name = "FILE")]
+    sysmon: Vec<PathBuf>,
+    /// Entra ID sign-in exports: portal CSV, the Graph script's CSV, Graph JSON.
+    #[arg(long, value_name = "FILE")]
+    signins: Vec<PathBuf>,
+    /// The site's egress address as sign-in logs show it (repeat); none: any address.
+    #[arg(long = "egress-ip", value_name = "ADDR")]
+    egress_ip: Vec<std::net::IpAddr>,
+    /// How far apart a log record and a connection may be (clock skew, port reuse).
+    #[arg(long, value_name = "DURATION", default_value = "2m")]
+    window: String,
+    /// Culture dates such as 1/12/2026: month first (mdy) or day first (dmy).
+    #[arg(long = "date-order", value_name = "ORDER", default_value = "mdy")]
+    date_order: String,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
 }
 
 #[derive(clap::Args)]
@@ -170,26 +203,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
         Command::CheckConfig { file, skip_files } => {
-            match commands::check_config(&file, skip_files) {
-                Ok(text) => {
-                    print!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(&e),
-            }
+            printed(commands::check_config(&file, skip_files))
         }
         Command::Ca(CaCommand::Init {
             out,
             permit,
             unconstrained,
             days,
-        }) => match commands::ca_init(&out, permit, unconstrained, days) {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(&e),
-        },
+        }) => printed(commands::ca_init(&out, permit, unconstrained, days)),
         Command::Passwd { user } => {
             let mut line = String::new();
             let read = std::io::stdin()
@@ -224,6 +245,10 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Correlate(args) => correlate(args).unwrap_or_else(|e| {
+            eprintln!("tlspeek: {e:#}");
+            ExitCode::FAILURE
+        }),
         Command::Analyze(args) => match analyze(args) {
             Ok(code) => code,
             Err(e)
@@ -247,10 +272,60 @@ fn main() -> ExitCode {
     }
 }
 
+/// A one-shot command's text on stdout, or its error on stderr.
+fn printed(r: Result<String, commands::CommandError>) -> ExitCode {
+    match r {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
 /// A one-shot command's error, as `tlspeek: <message>` on stderr.
 fn fail(e: &commands::CommandError) -> ExitCode {
     eprintln!("tlspeek: {e}");
     ExitCode::FAILURE
+}
+
+fn correlate(args: CorrelateArgs) -> anyhow::Result<ExitCode> {
+    use tlspeek::correlate::{self, Options, text::DateOrder};
+    let config = commands::load_config(args.config.as_deref())?;
+    let window = humantime::parse_duration(&args.window)
+        .with_context(|| format!("--window {:?}: use e.g. 2m, 30s", args.window))?;
+    let date_order = match args.date_order.as_str() {
+        "mdy" => DateOrder::Mdy,
+        "dmy" => DateOrder::Dmy,
+        other => anyhow::bail!("--date-order {other:?}: mdy or dmy"),
+    };
+    let mut db = args.db;
+    if args.events.is_empty() && db.is_empty() {
+        db.extend(config.inventory.path.clone());
+    }
+    let opts = Options {
+        config,
+        events: args.events,
+        db,
+        sysmon: args.sysmon,
+        signins: args.signins,
+        egress: args.egress_ip,
+        window_secs: window.as_secs_f64(),
+        date_order,
+    };
+    let c = correlate::run(&opts);
+    print!("{}", correlate::render(&c, args.format));
+    for w in &c.warnings {
+        eprintln!("tlspeek: warning: {w}");
+    }
+    for p in &c.problems {
+        eprintln!("tlspeek: {p}");
+    }
+    Ok(if c.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn analyze(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {

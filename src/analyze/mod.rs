@@ -451,20 +451,31 @@ pub fn run(opts: &Options) -> Result<Summary, AnalyzeError> {
     };
     summary.rows_dropped = rows.dropped;
     summary.rows = rows.sorted();
-    if let Some(db) = &opts.db {
-        let mut store = Store::open(db)?;
-        store.apply_agents(an.agents.all())?;
-        store.apply(summary.rows.iter())?;
-    }
-    for row in &mut summary.rows {
-        let seen = an.agents.of(&row.source_ip).to_vec();
-        crate::inventory::agents::describe(row, &seen);
-    }
+    keep_rows(opts, &an.agents, &mut summary.rows)?;
     summary.stats = an.stats;
     summary.table = an.table_stats();
     summary.bytes = done_before;
     show_done(&progress, &summary);
     Ok(summary)
+}
+
+/// Writes the rows and the sources' User-Agents to `--db`, then describes each row's
+/// source by its User-Agents (OS, runtime, the fix refined).
+fn keep_rows(
+    opts: &Options,
+    agents: &crate::inventory::agents::AgentBook,
+    rows: &mut [CallerRow],
+) -> Result<(), AnalyzeError> {
+    if let Some(db) = &opts.db {
+        let mut store = Store::open(db)?;
+        store.apply_agents(agents.all())?;
+        store.apply(rows.iter())?;
+    }
+    for row in rows.iter_mut() {
+        let seen = agents.of(&row.source_ip).to_vec();
+        crate::inventory::agents::describe(row, &seen);
+    }
+    Ok(())
 }
 
 /// The inputs' total size, when every one is a file (for the progress line's percentage).

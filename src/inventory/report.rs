@@ -36,7 +36,7 @@ fn heuristic_note(confidence: &str) -> &'static str {
 
 /// One row as written in JSON.
 #[derive(Serialize)]
-struct JsonRow<'a> {
+pub struct JsonRow<'a> {
     last_seen: String,
     first_seen: String,
     last_legacy_seen: Option<String>,
@@ -63,7 +63,7 @@ struct JsonRow<'a> {
     source_runtime: Option<&'a super::agents::Named>,
 }
 
-fn json_row(r: &CallerRow) -> JsonRow<'_> {
+pub fn json_row(r: &CallerRow) -> JsonRow<'_> {
     JsonRow {
         last_seen: rfc3339(r.last_seen),
         first_seen: rfc3339(r.first_seen),

@@ -1,0 +1,430 @@
+//! `tlspeek correlate`: tlspeek's legacy connections joined with the logs that name the
+//! process (Sysmon Event 3, Security Event 5156, Winlogbeat JSON: on source address and
+//! port, within `--window`) and the people and apps (Entra ID sign-in exports with the
+//! legacy-TLS error 1002016: on time, from the site's egress addresses). Each input that
+//! is missing, unrecognised or damaged is named on stderr and makes the exit code 1; the
+//! rest is still joined and printed.
+
+pub mod processes;
+pub mod signins;
+pub mod text;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::hello::TlsLibrary;
+use crate::inventory::report::{self, Format};
+use crate::inventory::software::SoftwareDb;
+use crate::inventory::store::{Filter, Store};
+use crate::inventory::{CallerKey, CallerRow, Observation};
+use processes::ProcessConn;
+use signins::SignIn;
+use text::DateOrder;
+
+/// What to join.
+pub struct Options {
+    pub config: Config,
+    pub events: Vec<PathBuf>,
+    pub db: Vec<PathBuf>,
+    pub sysmon: Vec<PathBuf>,
+    pub signins: Vec<PathBuf>,
+    /// The site's egress addresses, as sign-in logs see them; none: every sign-in counts.
+    pub egress: Vec<IpAddr>,
+    pub window_secs: f64,
+    pub date_order: DateOrder,
+}
+
+/// One connection tlspeek saw, with what a join needs.
+#[derive(Clone, Debug)]
+struct Seen {
+    key: CallerKey,
+    source_ip: IpAddr,
+    source_port: u16,
+    at: f64,
+    legacy: bool,
+}
+
+/// A process on a caller, as the join found it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Process {
+    pub image: String,
+    pub user: Option<String>,
+    pub pid: Option<u32>,
+    pub host: Option<String>,
+    pub connections: u64,
+    pub first_seen: String,
+    pub last_seen: String,
+}
+
+/// A caller: its report row, the processes and the sign-ins joined to it.
+pub struct Caller {
+    pub row: CallerRow,
+    pub processes: Vec<Process>,
+    pub signins: Vec<SignIn>,
+}
+
+#[derive(Serialize)]
+struct CallerJson<'a> {
+    #[serde(flatten)]
+    row: report::JsonRow<'a>,
+    processes: &'a [Process],
+    signins: &'a [SignIn],
+}
+
+/// The join's result; `problems` name the inputs that could not be read.
+pub struct Correlation {
+    pub callers: Vec<Caller>,
+    pub unmatched_signins: Vec<SignIn>,
+    pub problems: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+fn read(path: &PathBuf) -> Result<String, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    text::decode(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Reads every input and joins them.
+pub fn run(o: &Options) -> Correlation {
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    let mut rows: BTreeMap<CallerKey, CallerRow> = BTreeMap::new();
+    let mut seen = Vec::new();
+    for path in &o.events {
+        match read(path) {
+            Ok(t) => observe_events(&o.config, &t, &mut rows, &mut seen),
+            Err(e) => problems.push(e),
+        }
+    }
+    for path in &o.db {
+        let loaded = Store::open_read_only(path).and_then(|s| s.query(&Filter::default()));
+        match loaded {
+            Ok(found) => {
+                warnings.push(format!(
+                    "{}: the inventory keeps callers, not connections: processes and sign-ins cannot be joined to its rows",
+                    path.display()
+                ));
+                for r in found {
+                    rows.entry(r.key()).and_modify(|x| x.merge(&r)).or_insert(r);
+                }
+            }
+            Err(e) => problems.push(format!("{}: {e}", path.display())),
+        }
+    }
+    let mut logged: Vec<ProcessConn> = Vec::new();
+    for path in &o.sysmon {
+        match read(path)
+            .and_then(|t| processes::parse(&t).map_err(|e| format!("{}: {e}", path.display())))
+        {
+            Ok(p) => logged.extend(p),
+            Err(e) => problems.push(e),
+        }
+    }
+    let mut signs: Vec<SignIn> = Vec::new();
+    for path in &o.signins {
+        match read(path).and_then(|t| {
+            signins::parse(&t, o.date_order).map_err(|e| format!("{}: {e}", path.display()))
+        }) {
+            Ok(s) => signs.extend(s),
+            Err(e) => problems.push(e),
+        }
+    }
+    let (callers, unmatched_signins) = join(o, rows, &seen, &logged, signs);
+    Correlation {
+        callers,
+        unmatched_signins,
+        problems,
+        warnings,
+    }
+}
+
+/// The legacy (and watched) connections of event lines, as callers and as connections.
+fn observe_events(
+    cfg: &Config,
+    text: &str,
+    rows: &mut BTreeMap<CallerKey, CallerRow>,
+    seen: &mut Vec<Seen>,
+) {
+    for line in text.lines() {
+        let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let Some((o, source_ip, at)) = observation(cfg, &e) else {
+            continue;
+        };
+        let row = CallerRow::from_observation(&o);
+        let key = row.key();
+        rows.entry(key.clone())
+            .and_modify(|x| x.merge(&row))
+            .or_insert(row);
+        let port = e
+            .get("source_port")
+            .and_then(|v| v.as_u64())
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(0);
+        seen.push(Seen {
+            key,
+            source_ip,
+            source_port: port,
+            at,
+            legacy: o.legacy,
+        });
+    }
+}
+
+/// An event line's connection as an inventory observation, when it is a legacy (or
+/// watched) hello; with its source address and time.
+fn observation(cfg: &Config, e: &serde_json::Value) -> Option<(Observation, IpAddr, f64)> {
+    let s = |k: &str| e.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    if !matches!(s("kind").as_deref(), Some("tls") | Some("sslv2")) {
+        return None;
+    }
+    let ip = s("source_ip")?;
+    let source_ip = ip.parse::<IpAddr>().ok()?.to_canonical();
+    let at = text::parse_time(&s("ts")?, DateOrder::Mdy)?;
+    let destination = s("sni").or_else(|| s("target_host")).unwrap_or_default();
+    let watched = crate::names::HostName::parse(&destination).is_some_and(|n| cfg.is_watched(&n));
+    let legacy = e.get("legacy").and_then(|v| v.as_bool()).unwrap_or(false);
+    if !legacy && !watched {
+        return None;
+    }
+    let tls_library = s("tls_library").unwrap_or_else(|| "unknown".into());
+    let lib = TlsLibrary::parse(&tls_library).unwrap_or(TlsLibrary::Unknown);
+    let o = Observation {
+        at: at as i64,
+        source: s("source").unwrap_or_else(|| ip.clone()),
+        source_ip: ip,
+        source_name: s("source_name"),
+        destination,
+        ja4: s("ja4").unwrap_or_default(),
+        ja3_hash: s("ja3_hash").unwrap_or_default(),
+        sni: s("sni"),
+        offered_version: s("max_version"),
+        negotiated_version: s("negotiated_version"),
+        negotiated_cipher: s("negotiated_cipher"),
+        legacy,
+        legacy_reasons: e
+            .get("legacy_reasons")
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        tls_library,
+        software: lib.display().to_string(),
+        software_confidence: match lib {
+            TlsLibrary::Unknown => "unknown",
+            _ => "structural",
+        }
+        .into(),
+        fix: SoftwareDb::embedded().library_fix(lib).to_string(),
+        user_agent: s("user_agent"),
+    };
+    Some((o, source_ip, at))
+}
+
+/// A process as logged: image, user, pid, host.
+type ProcessKey = (String, Option<String>, Option<u32>, Option<String>);
+/// Connections, first and last seen (Unix seconds).
+type Tally = (u64, f64, f64);
+
+fn join(
+    o: &Options,
+    rows: BTreeMap<CallerKey, CallerRow>,
+    seen: &[Seen],
+    logged: &[ProcessConn],
+    signs: Vec<SignIn>,
+) -> (Vec<Caller>, Vec<SignIn>) {
+    let mut procs = join_processes(o.window_secs, seen, logged);
+    let (mut joined, unmatched) = join_signins(o, seen, signs);
+    let mut callers: Vec<Caller> = rows
+        .into_iter()
+        .map(|(key, row)| Caller {
+            processes: procs
+                .remove(&key)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|((image, user, pid, host), (n, first, last))| Process {
+                    image,
+                    user,
+                    pid,
+                    host,
+                    connections: n,
+                    first_seen: report::rfc3339(first as i64),
+                    last_seen: report::rfc3339(last as i64),
+                })
+                .collect(),
+            signins: joined.remove(&key).unwrap_or_default(),
+            row,
+        })
+        .collect();
+    callers.sort_by_key(|c| std::cmp::Reverse(c.row.last_seen));
+    (callers, unmatched)
+}
+
+/// Processes logged on a connection's source address and port, within the window.
+fn join_processes(
+    window: f64,
+    seen: &[Seen],
+    logged: &[ProcessConn],
+) -> BTreeMap<CallerKey, BTreeMap<ProcessKey, Tally>> {
+    let mut procs: BTreeMap<CallerKey, BTreeMap<ProcessKey, Tally>> = BTreeMap::new();
+    for c in seen {
+        for p in logged.iter().filter(|p| {
+            p.source_ip.to_canonical() == c.source_ip
+                && p.source_port == c.source_port
+                && (p.at - c.at).abs() <= window
+        }) {
+            let k = (p.image.clone(), p.user.clone(), p.pid, p.host.clone());
+            let e = procs
+                .entry(c.key.clone())
+                .or_default()
+                .entry(k)
+                .or_insert((0, p.at, p.at));
+            e.0 += 1;
+            e.1 = e.1.min(p.at);
+            e.2 = e.2.max(p.at);
+        }
+    }
+    procs
+}
+
+/// Sign-ins from the egress addresses with a legacy connection within the window: joined
+/// to every caller that could explain them (`candidates`); the others unmatched.
+fn join_signins(
+    o: &Options,
+    seen: &[Seen],
+    signs: Vec<SignIn>,
+) -> (BTreeMap<CallerKey, Vec<SignIn>>, Vec<SignIn>) {
+    let mut joined: BTreeMap<CallerKey, Vec<SignIn>> = BTreeMap::new();
+    let mut unmatched = Vec::new();
+    for mut s in signs {
+        let from_egress = o.egress.is_empty()
+            || s.ip_address
+                .as_deref()
+                .and_then(|a| a.parse::<IpAddr>().ok())
+                .is_some_and(|a| o.egress.contains(&a));
+        let mut keys: Vec<&CallerKey> = seen
+            .iter()
+            .filter(|c| from_egress && c.legacy && (c.at - s.at).abs() <= o.window_secs)
+            .map(|c| &c.key)
+            .collect();
+        keys.sort();
+        keys.dedup();
+        s.candidates = keys.len();
+        if keys.is_empty() {
+            unmatched.push(s);
+            continue;
+        }
+        for k in keys {
+            joined.entry(k.clone()).or_default().push(s.clone());
+        }
+    }
+    (joined, unmatched)
+}
+
+/// The correlation as JSON (`{"callers": [...], "unmatched_signins": [...]}`), CSV or a
+/// table.
+pub fn render(c: &Correlation, format: Format) -> String {
+    match format {
+        Format::Json => {
+            let callers: Vec<CallerJson<'_>> = c
+                .callers
+                .iter()
+                .map(|x| CallerJson {
+                    row: report::json_row(&x.row),
+                    processes: &x.processes,
+                    signins: &x.signins,
+                })
+                .collect();
+            let v =
+                serde_json::json!({"callers": callers, "unmatched_signins": c.unmatched_signins});
+            let mut s = serde_json::to_string_pretty(&v).unwrap_or_else(|_| "{}".into());
+            s.push('\n');
+            s
+        }
+        Format::Csv => {
+            let rows: Vec<CallerRow> = c.callers.iter().map(|x| x.row.clone()).collect();
+            let base = report::to_csv(&rows);
+            let mut out = String::new();
+            for (i, line) in base.split("\r\n").filter(|l| !l.is_empty()).enumerate() {
+                let extra = match i {
+                    0 => "\"processes\",\"signins\"".to_string(),
+                    n => {
+                        let x = &c.callers[n - 1];
+                        let p: Vec<String> = x.processes.iter().map(process_text).collect();
+                        let s: Vec<String> = x.signins.iter().map(signin_text).collect();
+                        format!(
+                            "{},{}",
+                            report::csv_cell(&p.join("; ")),
+                            report::csv_cell(&s.join("; "))
+                        )
+                    }
+                };
+                out.push_str(&format!("{line},{extra}\r\n"));
+            }
+            out
+        }
+        Format::Table => {
+            let mut out = String::new();
+            for x in &c.callers {
+                out.push_str(
+                    &report::to_table(std::slice::from_ref(&x.row))
+                        .lines()
+                        .skip(1)
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                );
+                out.push('\n');
+                for p in &x.processes {
+                    out.push_str(&format!(
+                        "    process: {}\n",
+                        report::printable(&process_text(p))
+                    ));
+                }
+                for s in &x.signins {
+                    out.push_str(&format!(
+                        "    sign-in: {}\n",
+                        report::printable(&signin_text(s))
+                    ));
+                }
+            }
+            for s in &c.unmatched_signins {
+                out.push_str(&format!(
+                    "unmatched sign-in: {}\n",
+                    report::printable(&signin_text(s))
+                ));
+            }
+            out
+        }
+    }
+}
+
+fn process_text(p: &Process) -> String {
+    format!(
+        "{} user={} pid={} host={} ({} connections)",
+        p.image,
+        p.user.as_deref().unwrap_or("-"),
+        p.pid.map_or("-".into(), |x| x.to_string()),
+        p.host.as_deref().unwrap_or("-"),
+        p.connections
+    )
+}
+
+fn signin_text(s: &SignIn) -> String {
+    format!(
+        "{} {} app={} error={} from {} ({} candidate callers)",
+        s.time,
+        s.user_principal_name.as_deref().unwrap_or("-"),
+        s.app.as_deref().unwrap_or("-"),
+        s.error_code.as_deref().unwrap_or("-"),
+        s.ip_address.as_deref().unwrap_or("-"),
+        s.candidates
+    )
+}

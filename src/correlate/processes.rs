@@ -1,0 +1,171 @@
+//! Which process opened a connection, from Windows event logs: Sysmon Event ID 3
+//! (NetworkConnect) and Security Event ID 5156 (Windows Filtering Platform permitted a
+//! connection), as `wevtutil qe … /f:xml` or Event Viewer's "Save as XML" write them, or
+//! as Winlogbeat/Elastic JSON lines (ECS fields). The format is read from the content.
+
+use std::net::IpAddr;
+
+use super::text::{DateOrder, parse_time};
+
+/// One logged outbound connection and its process.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProcessConn {
+    /// Unix seconds.
+    pub at: f64,
+    pub source_ip: IpAddr,
+    pub source_port: u16,
+    pub image: String,
+    pub user: Option<String>,
+    pub pid: Option<u32>,
+    pub host: Option<String>,
+}
+
+/// Reads every connection event of one file's text; an error names what is damaged.
+pub fn parse(text: &str) -> Result<Vec<ProcessConn>, String> {
+    let t = text.trim_start();
+    if t.starts_with('<') {
+        parse_xml(t)
+    } else if t.starts_with('{') {
+        parse_ecs(t)
+    } else if t.is_empty() {
+        Ok(Vec::new())
+    } else {
+        Err("neither event XML nor Winlogbeat JSON lines".into())
+    }
+}
+
+fn parse_xml(text: &str) -> Result<Vec<ProcessConn>, String> {
+    // wevtutil writes <Event> elements one after another, without a root: give them one.
+    let body = text.trim_start_matches(|c| c != '<');
+    let body = match body.strip_prefix("<?xml") {
+        Some(rest) => rest.split_once("?>").map_or("", |(_, r)| r),
+        None => body,
+    };
+    let wrapped = format!("<Events>{body}</Events>");
+    let doc = roxmltree::Document::parse(&wrapped).map_err(|e| format!("damaged XML: {e}"))?;
+    let mut out = Vec::new();
+    for ev in doc.descendants().filter(|n| n.tag_name().name() == "Event") {
+        let child_text = |name: &str| {
+            ev.descendants()
+                .find(|n| n.tag_name().name() == name)
+                .and_then(|n| n.text())
+                .map(str::trim)
+        };
+        let data = |name: &str| {
+            ev.descendants()
+                .find(|n| n.tag_name().name() == "Data" && n.attribute("Name") == Some(name))
+                .and_then(|n| n.text())
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+        };
+        let id = child_text("EventID");
+        let created = ev
+            .descendants()
+            .find(|n| n.tag_name().name() == "TimeCreated")
+            .and_then(|n| n.attribute("SystemTime"));
+        let host = child_text("Computer").map(str::to_string);
+        let conn = match id {
+            Some("3") => (|| {
+                Some(ProcessConn {
+                    at: data("UtcTime")
+                        .or(created)
+                        .and_then(|t| parse_time(t, DateOrder::Mdy))?,
+                    source_ip: data("SourceIp")?.parse().ok()?,
+                    source_port: data("SourcePort")?.parse().ok()?,
+                    image: data("Image")?.to_string(),
+                    user: data("User").map(str::to_string),
+                    pid: data("ProcessId").and_then(|p| p.parse().ok()),
+                    host: host.clone(),
+                })
+            })(),
+            Some("5156") => (|| {
+                Some(ProcessConn {
+                    at: created.and_then(|t| parse_time(t, DateOrder::Mdy))?,
+                    source_ip: data("SourceAddress")?.parse().ok()?,
+                    source_port: data("SourcePort")?.parse().ok()?,
+                    image: data("Application")?.to_string(),
+                    user: None,
+                    pid: data("ProcessID").and_then(|p| p.parse().ok()),
+                    host: host.clone(),
+                })
+            })(),
+            _ => None,
+        };
+        out.extend(conn);
+    }
+    Ok(out)
+}
+
+fn parse_ecs(text: &str) -> Result<Vec<ProcessConn>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| format!("line {}: not a JSON object ({e})", i + 1))?;
+        let s = |path: &[&str]| {
+            let mut cur = &v;
+            for p in path {
+                cur = cur.get(p)?;
+            }
+            match cur {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            }
+        };
+        let conn = (|| {
+            Some(ProcessConn {
+                at: parse_time(&s(&["@timestamp"])?, DateOrder::Mdy)?,
+                source_ip: s(&["source", "ip"])?.parse().ok()?,
+                source_port: s(&["source", "port"])?.parse().ok()?,
+                image: s(&["process", "executable"]).or_else(|| s(&["process", "name"]))?,
+                user: s(&["user", "name"]).map(|u| match s(&["user", "domain"]) {
+                    Some(d) if !u.contains('\\') => format!("{d}\\{u}"),
+                    _ => u,
+                }),
+                pid: s(&["process", "pid"]).and_then(|p| p.parse().ok()),
+                host: s(&["host", "name"]),
+            })
+        })();
+        out.extend(conn);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SYSMON: &str = "<Event xmlns='http://schemas.microsoft.com/win/2004/08/events/event'><System><EventID>3</EventID><TimeCreated SystemTime='2026-12-01T09:14:07.100Z'/><Computer>APP01</Computer></System><EventData><Data Name='UtcTime'>2026-12-01 09:14:07.050</Data><Data Name='ProcessId'>4242</Data><Data Name='Image'>C:\\\\Windows\\\\powershell.exe</Data><Data Name='User'>CONTOSO\\\\svc</Data><Data Name='SourceIp'>10.0.0.7</Data><Data Name='SourcePort'>50123</Data></EventData></Event>";
+
+    #[test]
+    fn sysmon_5156_and_winlogbeat_give_the_same_fields() {
+        let s = parse(&format!("{SYSMON}\n{SYSMON}")).unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(
+            (s[0].source_port, s[0].pid, s[0].host.as_deref()),
+            (50123, Some(4242), Some("APP01"))
+        );
+        assert!(
+            s[0].image.ends_with("powershell.exe")
+                && s[0].user.as_deref() == Some("CONTOSO\\\\svc")
+        );
+        let wfp = "<Events><Event><System><EventID>5156</EventID><TimeCreated SystemTime='2026-12-01T09:14:07Z'/><Computer>APP02</Computer></System><EventData><Data Name='ProcessID'>88</Data><Data Name='Application'>\\\\device\\\\harddiskvolume2\\\\app.exe</Data><Data Name='SourceAddress'>10.0.0.8</Data><Data Name='SourcePort'>4000</Data></EventData></Event></Events>";
+        let w = parse(wfp).unwrap();
+        assert_eq!(
+            (w[0].pid, w[0].source_port, w[0].user.clone()),
+            (Some(88), 4000, None)
+        );
+        let ecs = r#"{"@timestamp":"2026-12-01T09:14:07.000Z","source":{"ip":"10.0.0.9","port":4001},"process":{"executable":"C:\\java.exe","pid":7},"user":{"name":"svc","domain":"CONTOSO"},"host":{"name":"APP03"}}"#;
+        let e = parse(ecs).unwrap();
+        assert_eq!(
+            (e[0].pid, e[0].user.as_deref(), e[0].host.as_deref()),
+            (Some(7), Some("CONTOSO\\svc"), Some("APP03"))
+        );
+        assert!(parse("<Event><System><EventID>3</Even").is_err());
+        assert!(parse("{not json").is_err());
+    }
+}

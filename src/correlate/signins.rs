@@ -1,0 +1,260 @@
+//! Entra ID sign-ins: the portal's CSV downloads (English or Japanese headers), the CSVs
+//! of the Graph script in Microsoft's TLS article (`Interactive_lowTls_<tenant>.csv`,
+//! `NonInteractive_lowTls_…`, `WorkloadIdentities_lowTls_…`), and the JSON of Graph
+//! `auditLogs/signIns`. Only sign-ins with the legacy-TLS error (1002016) or the legacy-TLS
+//! flag are kept: those are the ones a legacy connection explains.
+
+use serde::Serialize;
+
+use super::text::{DateOrder, parse_time};
+
+/// The Entra ID error for legacy TLS.
+pub const LEGACY_TLS_ERROR: &str = "1002016";
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SignIn {
+    /// RFC 3339 UTC.
+    pub time: String,
+    #[serde(skip)]
+    pub at: f64,
+    pub user_principal_name: Option<String>,
+    pub display_name: Option<String>,
+    pub app: Option<String>,
+    pub app_id: Option<String>,
+    pub resource: Option<String>,
+    pub error_code: Option<String>,
+    pub interactive: Option<bool>,
+    pub correlation_id: Option<String>,
+    /// The egress address the sign-in came from.
+    pub ip_address: Option<String>,
+    /// How many callers could explain it (filled in by the join).
+    pub candidates: usize,
+}
+
+/// Column names of each field, as the portal (English, Japanese) and the Graph script
+/// write them; compared without case, spaces, hyphens and underscores.
+const COLUMNS: &[(&str, &[&str])] = &[
+    (
+        "time",
+        &["createddatetime", "date(utc)", "date", "日付(utc)", "日付"],
+    ),
+    (
+        "upn",
+        &[
+            "userprincipalname",
+            "username",
+            "ユーザー名",
+            "serviceprincipalname",
+            "サービスプリンシパル名",
+        ],
+    ),
+    (
+        "display",
+        &[
+            "userdisplayname",
+            "user",
+            "ユーザー",
+            "servicePrincipalname",
+        ],
+    ),
+    (
+        "app",
+        &["appdisplayname", "application", "アプリケーション"],
+    ),
+    ("app_id", &["appid", "applicationid", "アプリケーションid"]),
+    ("ip", &["ipaddress", "ipアドレス"]),
+    ("resource", &["resourcedisplayname", "resource", "リソース"]),
+    (
+        "code",
+        &[
+            "errorcode",
+            "signinerrorcode",
+            "サインインのエラーコード",
+            "status.errorcode",
+        ],
+    ),
+    ("interactive", &["isinteractive", "interactive"]),
+    ("correlation", &["correlationid", "相関id"]),
+    (
+        "details",
+        &[
+            "additionaldetails",
+            "authenticationprocessingdetails",
+            "追加の詳細",
+        ],
+    ),
+];
+
+fn norm(h: &str) -> String {
+    h.trim()
+        .trim_matches('\u{feff}')
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-' | '_' | '\u{3000}'))
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// Reads one export's text (CSV or Graph JSON); returns the legacy-TLS sign-ins.
+pub fn parse(text: &str, order: DateOrder) -> Result<Vec<SignIn>, String> {
+    let t = text.trim_start_matches('\u{feff}').trim_start();
+    if t.starts_with('{') || t.starts_with('[') {
+        parse_graph_json(t)
+    } else {
+        parse_csv(t, order)
+    }
+}
+
+fn parse_csv(text: &str, order: DateOrder) -> Result<Vec<SignIn>, String> {
+    let mut r = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let headers: Vec<String> = r
+        .headers()
+        .map_err(|e| format!("CSV header: {e}"))?
+        .iter()
+        .map(norm)
+        .collect();
+    let col = |field: &str| {
+        let names = COLUMNS
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map_or(&[][..], |(_, n)| *n);
+        names
+            .iter()
+            .find_map(|n| headers.iter().position(|h| *h == norm(n)))
+    };
+    let Some(time_col) = col("time") else {
+        return Err("no sign-in time column (createdDateTime, Date (UTC), 日付 (UTC))".into());
+    };
+    let cols: Vec<(&str, Option<usize>)> = COLUMNS.iter().map(|(f, _)| (*f, col(f))).collect();
+    let mut out = Vec::new();
+    for (i, rec) in r.records().enumerate() {
+        let rec = rec.map_err(|e| format!("CSV row {}: {e}", i + 2))?;
+        let get = |f: &str| {
+            cols.iter()
+                .find(|(n, _)| *n == f)
+                .and_then(|(_, c)| *c)
+                .and_then(|c| rec.get(c))
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        let raw_time = rec.get(time_col).unwrap_or("");
+        let at = parse_time(raw_time, order)
+            .ok_or_else(|| format!("CSV row {}: unreadable time {raw_time:?}", i + 2))?;
+        let s = SignIn {
+            time: rfc3339(at),
+            at,
+            user_principal_name: get("upn"),
+            display_name: get("display"),
+            app: get("app"),
+            app_id: get("app_id"),
+            resource: get("resource"),
+            error_code: get("code"),
+            interactive: get("interactive").map(|v| v.eq_ignore_ascii_case("true")),
+            correlation_id: get("correlation"),
+            ip_address: get("ip"),
+            candidates: 0,
+        };
+        let legacy_detail = get("details").is_some_and(|d| d.contains("Legacy TLS"));
+        if s.error_code.as_deref() == Some(LEGACY_TLS_ERROR) || legacy_detail {
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
+fn parse_graph_json(text: &str) -> Result<Vec<SignIn>, String> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("JSON: {e}"))?;
+    let items = match &v {
+        serde_json::Value::Array(a) => a.as_slice(),
+        _ => v
+            .get("value")
+            .and_then(|x| x.as_array())
+            .map_or(&[][..], Vec::as_slice),
+    };
+    let mut out = Vec::new();
+    for it in items {
+        let s = |k: &str| it.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        let Some(at) = s("createdDateTime").and_then(|t| parse_time(&t, DateOrder::Mdy)) else {
+            return Err("a sign-in without a readable createdDateTime".into());
+        };
+        let code = it.pointer("/status/errorCode").map(|c| match c {
+            serde_json::Value::String(x) => x.clone(),
+            other => other.to_string(),
+        });
+        let flagged = it
+            .get("authenticationProcessingDetails")
+            .and_then(|d| d.as_array())
+            .is_some_and(|d| {
+                d.iter().any(|kv| {
+                    kv.get("key").and_then(|k| k.as_str())
+                        == Some("Legacy TLS (TLS 1.0, 1.1, 3DES)")
+                        && kv
+                            .get("value")
+                            .and_then(|x| x.as_str())
+                            .is_some_and(|x| x.eq_ignore_ascii_case("true"))
+                })
+            });
+        if code.as_deref() != Some(LEGACY_TLS_ERROR) && !flagged {
+            continue;
+        }
+        out.push(SignIn {
+            time: rfc3339(at),
+            at,
+            user_principal_name: s("userPrincipalName"),
+            display_name: s("userDisplayName"),
+            app: s("appDisplayName"),
+            app_id: s("appId"),
+            resource: s("resourceDisplayName"),
+            error_code: code,
+            interactive: it.get("isInteractive").and_then(|x| x.as_bool()),
+            correlation_id: s("correlationId"),
+            ip_address: s("ipAddress"),
+            candidates: 0,
+        });
+    }
+    Ok(out)
+}
+
+fn rfc3339(at: f64) -> String {
+    crate::inventory::report::rfc3339(at as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn graph_script_portal_and_graph_json_exports() {
+        let script = "\"CorrelationId\",\"createdDateTime\",\"userPrincipalName\",\"userId\",\"UserDisplayName\",\"AppDisplayName\",\"AppId\",\"IPAddress\",\"isInteractive\",\"ResourceDisplayName\",\"ResourceId\",\"UserAgent\",\"ErrorCode\",\"FailureReason\",\"AdditionalDetails\"\r\n\
+\"c1\",\"2026-12-01T09:14:09Z\",\"svc@contoso.com\",\"u\",\"svc\",\"Azure Active Directory PowerShell\",\"1b73\",\"203.0.113.7\",\"False\",\"Windows Azure Active Directory\",\"r\",\"\",\"1002016\",\"TLS\",\"\"\r\n\
+\"c2\",\"2026-12-01T09:15:00Z\",\"ok@contoso.com\",\"u\",\"ok\",\"Office\",\"x\",\"203.0.113.7\",\"True\",\"r\",\"r\",\"\",\"0\",\"\",\"\"\r\n";
+        let s = parse(script, DateOrder::Mdy).unwrap();
+        assert_eq!(s.len(), 1, "only the legacy-TLS sign-in");
+        assert_eq!(
+            s[0].app.as_deref(),
+            Some("Azure Active Directory PowerShell")
+        );
+        assert_eq!(
+            (s[0].interactive, s[0].ip_address.as_deref()),
+            (Some(false), Some("203.0.113.7"))
+        );
+        let ja = "日付 (UTC),ユーザー名,アプリケーション,IP アドレス,サインインのエラー コード\n2026/12/01 9:14:07,a@contoso.com,Outlook,203.0.113.7,1002016\n";
+        let j = parse(ja, DateOrder::Mdy).unwrap();
+        assert_eq!(
+            (j[0].user_principal_name.as_deref(), j[0].time.as_str()),
+            (Some("a@contoso.com"), "2026-12-01T09:14:07Z")
+        );
+        let en = "Date (UTC),Username,Application,IP address,Sign-in error code\n12/1/2026 9:14:07 AM,b@contoso.com,Teams,203.0.113.7,1002016\n";
+        assert_eq!(
+            parse(en, DateOrder::Mdy).unwrap()[0].time,
+            "2026-12-01T09:14:07Z"
+        );
+        let graph = r#"{"value":[{"createdDateTime":"2026-12-01T09:14:07Z","userPrincipalName":"c@contoso.com","appDisplayName":"App","ipAddress":"203.0.113.7","status":{"errorCode":0},"authenticationProcessingDetails":[{"key":"Legacy TLS (TLS 1.0, 1.1, 3DES)","value":"True"}]},{"createdDateTime":"2026-12-01T09:14:07Z","status":{"errorCode":0}}]}"#;
+        let g = parse(graph, DateOrder::Mdy).unwrap();
+        assert_eq!(g.len(), 1);
+        assert_eq!(g[0].user_principal_name.as_deref(), Some("c@contoso.com"));
+        assert!(parse("createdDateTime\nnot a time\n", DateOrder::Mdy).is_err());
+    }
+}

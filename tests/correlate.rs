@@ -1,0 +1,222 @@
+//! `tlspeek correlate` with a real legacy caller: curl TLS 1.0 through a real tlspeek from
+//! 127.0.0.7, joined with a Sysmon Event 3 record (wevtutil XML, saved as UTF-16 the way
+//! PowerShell writes it) on its source port, with Winlogbeat JSON, and with the Graph
+//! script's sign-in CSV on time and egress address.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+fn sysmon(utc: &str, port: u64, image: &str, user: &str, pid: u32, proxy: u16) -> String {
+    format!(
+        "<Event xmlns='http://schemas.microsoft.com/win/2004/08/events/event'><System><Provider Name='Microsoft-Windows-Sysmon'/><EventID>3</EventID><TimeCreated SystemTime='{utc}Z'/><Computer>APP01</Computer></System><EventData><Data Name='UtcTime'>{utc}</Data><Data Name='ProcessId'>{pid}</Data><Data Name='Image'>{image}</Data><Data Name='User'>{user}</Data><Data Name='SourceIp'>127.0.0.7</Data><Data Name='SourcePort'>{port}</Data><Data Name='DestinationIp'>127.0.0.1</Data><Data Name='DestinationPort'>{proxy}</Data></EventData></Event>\n"
+    )
+}
+
+fn utf16le(s: &str) -> Vec<u8> {
+    let mut v = vec![0xff, 0xfe];
+    v.extend(s.encode_utf16().flat_map(u16::to_le_bytes));
+    v
+}
+
+/// `ts` moved by `secs`, as `YYYY-MM-DD HH:MM:SS.mmm` (Sysmon) from an event's RFC 3339.
+fn shifted(ts: &str, secs: i64) -> String {
+    let t = humantime::parse_rfc3339(ts).unwrap();
+    let t = if secs >= 0 {
+        t + std::time::Duration::from_secs(secs as u64)
+    } else {
+        t - std::time::Duration::from_secs((-secs) as u64)
+    };
+    humantime::format_rfc3339_millis(t)
+        .to_string()
+        .replace('T', " ")
+        .trim_end_matches('Z')
+        .to_string()
+}
+
+fn correlate(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(exe())
+        .arg("correlate")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn a_legacy_caller_is_joined_with_its_process_and_its_sign_in() {
+    if !require(&["curl", "openssl"]) {
+        return;
+    }
+    let (_srv, up) = openssl_server(&[]);
+    let t = Tlspeek::start(&format!("allowed_ports = [{up}]\n"), "");
+    let mut args = vec!["--interface", "127.0.0.7"];
+    args.extend_from_slice(TLS10_ONLY);
+    assert_eq!(curl_via(t.proxy_port, up, LOGIN, &args).0, "200");
+    let ev = t.wait_events("the legacy caller", |ev| {
+        ev.iter()
+            .any(|e| e["source_ip"] == "127.0.0.7" && e["legacy"] == true)
+    });
+    let e = ev
+        .iter()
+        .find(|e| e["source_ip"] == "127.0.0.7" && e["legacy"] == true)
+        .unwrap();
+    let ts = e["ts"].as_str().unwrap();
+    let port = e["source_port"].as_u64().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let xml = dir.path().join("sysmon.xml");
+    let records = sysmon(
+        &shifted(ts, 0),
+        port,
+        r"C:\Windows\System32\WindowsPowerShell\v1.0\powershell.exe",
+        r"CONTOSO\svc-sync",
+        4242,
+        t.proxy_port,
+    ) + &sysmon(
+        &shifted(ts, -3 * 3600),
+        port,
+        r"C:\Windows\explorer.exe",
+        r"CONTOSO\someone",
+        77,
+        t.proxy_port,
+    );
+    std::fs::write(&xml, utf16le(&records)).unwrap();
+    let ecs = dir.path().join("winlogbeat.json");
+    let at = humantime::format_rfc3339_millis(humantime::parse_rfc3339(ts).unwrap()).to_string();
+    std::fs::write(
+        &ecs,
+        format!("{{\"@timestamp\":\"{at}\",\"source\":{{\"ip\":\"127.0.0.7\",\"port\":{port}}},\"process\":{{\"executable\":\"C:\\\\svc\\\\sync.exe\",\"pid\":99}},\"user\":{{\"name\":\"svc-sync\",\"domain\":\"CONTOSO\"}},\"host\":{{\"name\":\"APP01\"}}}}\n"),
+    )
+    .unwrap();
+    let sign_at = |secs: i64| {
+        let t = humantime::parse_rfc3339(ts).unwrap() + std::time::Duration::from_secs(secs as u64);
+        humantime::format_rfc3339_seconds(t).to_string()
+    };
+    let csv = dir.path().join("NonInteractive_lowTls_tenant.csv");
+    let header = "\"CorrelationId\",\"createdDateTime\",\"userPrincipalName\",\"userId\",\"UserDisplayName\",\"AppDisplayName\",\"AppId\",\"IPAddress\",\"isInteractive\",\"ResourceDisplayName\",\"ResourceId\",\"UserAgent\",\"ErrorCode\",\"FailureReason\",\"AdditionalDetails\"";
+    let row = |when: String, upn: &str, ip: &str| {
+        format!(
+            "\"c\",\"{when}\",\"{upn}\",\"u\",\"n\",\"Azure Active Directory PowerShell\",\"a\",\"{ip}\",\"False\",\"r\",\"r\",\"\",\"1002016\",\"TLS\",\"\""
+        )
+    };
+    std::fs::write(
+        &csv,
+        format!(
+            "{header}\r\n{}\r\n{}\r\n{}\r\n",
+            row(sign_at(2), "svc-sync@contoso.com", "203.0.113.7"),
+            row(sign_at(7200), "nobody@contoso.com", "203.0.113.7"),
+            row(sign_at(1), "other-site@contoso.com", "198.51.100.9")
+        ),
+    )
+    .unwrap();
+    let events = t.events_path.to_str().unwrap().to_string();
+    let (code, out, err) = correlate(&[
+        "--events",
+        &events,
+        "--sysmon",
+        xml.to_str().unwrap(),
+        "--sysmon",
+        ecs.to_str().unwrap(),
+        "--signins",
+        csv.to_str().unwrap(),
+        "--egress-ip",
+        "203.0.113.7",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let c = v["callers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["source_ip"] == "127.0.0.7")
+        .unwrap();
+    let procs = c["processes"].as_array().unwrap();
+    assert!(
+        procs
+            .iter()
+            .any(|p| p["image"].as_str().unwrap().ends_with("powershell.exe")
+                && p["user"] == r"CONTOSO\svc-sync"
+                && p["pid"] == 4242
+                && p["host"] == "APP01"),
+        "{procs:#?}"
+    );
+    assert!(
+        procs
+            .iter()
+            .any(|p| p["image"] == r"C:\svc\sync.exe" && p["user"] == r"CONTOSO\svc-sync"),
+        "{procs:#?}"
+    );
+    assert!(
+        !procs
+            .iter()
+            .any(|p| p["image"].as_str().unwrap().contains("explorer")),
+        "hours earlier: not joined"
+    );
+    let sis = c["signins"].as_array().unwrap();
+    assert_eq!(sis.len(), 1, "{sis:#?}");
+    assert_eq!(
+        (
+            sis[0]["user_principal_name"].as_str(),
+            sis[0]["candidates"].as_u64()
+        ),
+        (Some("svc-sync@contoso.com"), Some(1))
+    );
+    assert_eq!(sis[0]["error_code"], "1002016");
+    let um = v["unmatched_signins"].to_string();
+    assert!(
+        um.contains("nobody@contoso.com") && um.contains("other-site@contoso.com"),
+        "{um}"
+    );
+    assert_eq!(c["tls_library"], "openssl");
+
+    // A damaged file: named, exit 1, the rest still joined; table and CSV render.
+    let bad = dir.path().join("damaged.xml");
+    std::fs::write(&bad, "<Event><System><EventID>3</Even").unwrap();
+    let (code, out, err) = correlate(&[
+        "--events",
+        &events,
+        "--sysmon",
+        bad.to_str().unwrap(),
+        "--sysmon",
+        xml.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("damaged.xml"), "{err}");
+    assert!(
+        out.contains("process: C:\\Windows\\System32\\WindowsPowerShell"),
+        "{out}"
+    );
+    let (code, out, _) = correlate(&[
+        "--events",
+        &events,
+        "--sysmon",
+        xml.to_str().unwrap(),
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(code, 0);
+    assert!(
+        out.lines()
+            .next()
+            .unwrap()
+            .ends_with("\"processes\",\"signins\""),
+        "{out}"
+    );
+    let (code, _, err) = correlate(&["--events", "/nonexistent/events.jsonl"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("/nonexistent/events.jsonl"), "{err}");
+    // An inventory has callers, not connections: said so.
+    let (_, _, err) = correlate(&["--db", t.inventory_path().to_str().unwrap()]);
+    assert!(err.contains("cannot be joined"), "{err}");
+}
