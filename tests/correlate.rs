@@ -216,7 +216,34 @@ fn a_legacy_caller_is_joined_with_its_process_and_its_sign_in() {
     let (code, _, err) = correlate(&["--events", "/nonexistent/events.jsonl"]);
     assert_eq!(code, 1);
     assert!(err.contains("/nonexistent/events.jsonl"), "{err}");
-    // An inventory has callers, not connections: said so.
-    let (_, _, err) = correlate(&["--db", t.inventory_path().to_str().unwrap()]);
-    assert!(err.contains("cannot be joined"), "{err}");
+    // The inventory keeps the recent legacy connections: the same join from it.
+    let db = t.inventory_path();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (code, out, err) = correlate(&[
+            "--db",
+            db.to_str().unwrap(),
+            "--sysmon",
+            xml.to_str().unwrap(),
+            "--format",
+            "json",
+        ]);
+        let v: Value = serde_json::from_str(&out).unwrap_or_default();
+        let joined = v["callers"].as_array().is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c["source_ip"] == "127.0.0.7"
+                    && c["processes"].to_string().contains("powershell.exe")
+            })
+        });
+        if joined {
+            assert_eq!(code, 0, "{err}");
+            assert!(!err.contains("cannot be joined"), "{err}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "not joined from the inventory: {out}\n{err}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }

@@ -325,11 +325,17 @@ impl AnalyzeError {
 struct Rows {
     rows: HashMap<CallerKey, CallerRow>,
     dropped: u64,
+    /// The legacy connections, for `tlspeek correlate` (written with `--db`).
+    connections: Vec<crate::inventory::ConnectionSeen>,
 }
 
 impl Rows {
     fn add(&mut self, c: &Connection) {
         let Some(o) = &c.observation else { return };
+        if o.legacy && self.connections.len() < crate::inventory::store::MAX_CONNECTIONS {
+            self.connections
+                .push(crate::inventory::ConnectionSeen::of(o));
+        }
         let row = CallerRow::from_observation(o);
         let key = row.key();
         if let Some(r) = self.rows.get_mut(&key) {
@@ -450,8 +456,9 @@ pub fn run(opts: &Options) -> Result<Summary, AnalyzeError> {
         ..Summary::default()
     };
     summary.rows_dropped = rows.dropped;
+    let connections = std::mem::take(&mut rows.connections);
     summary.rows = rows.sorted();
-    keep_rows(opts, &an.agents, &mut summary.rows)?;
+    keep_rows(opts, &an.agents, &connections, &mut summary.rows)?;
     summary.stats = an.stats;
     summary.table = an.table_stats();
     summary.bytes = done_before;
@@ -464,12 +471,14 @@ pub fn run(opts: &Options) -> Result<Summary, AnalyzeError> {
 fn keep_rows(
     opts: &Options,
     agents: &crate::inventory::agents::AgentBook,
+    connections: &[crate::inventory::ConnectionSeen],
     rows: &mut [CallerRow],
 ) -> Result<(), AnalyzeError> {
     if let Some(db) = &opts.db {
         let mut store = Store::open(db)?;
         store.apply_agents(agents.all())?;
         store.apply(rows.iter())?;
+        store.apply_connections(connections)?;
     }
     for row in rows.iter_mut() {
         let seen = agents.of(&row.source_ip).to_vec();

@@ -101,17 +101,12 @@ pub fn run(o: &Options) -> Correlation {
         }
     }
     for path in &o.db {
-        let loaded = Store::open_read_only(path).and_then(|s| s.query(&Filter::default()));
-        match loaded {
-            Ok(found) => {
-                warnings.push(format!(
-                    "{}: the inventory keeps callers, not connections: processes and sign-ins cannot be joined to its rows",
-                    path.display()
-                ));
-                for r in found {
-                    rows.entry(r.key()).and_modify(|x| x.merge(&r)).or_insert(r);
-                }
-            }
+        match read_inventory(path, &mut rows, &mut seen) {
+            Ok(true) => {}
+            Ok(false) => warnings.push(format!(
+                "{}: this inventory keeps no per-connection records (written by an older tlspeek): processes and sign-ins cannot be joined to its rows",
+                path.display()
+            )),
             Err(e) => problems.push(format!("{}: {e}", path.display())),
         }
     }
@@ -142,6 +137,34 @@ pub fn run(o: &Options) -> Correlation {
     }
 }
 
+/// An inventory's caller rows, and its recent connections; `false` when it keeps none.
+fn read_inventory(
+    path: &std::path::Path,
+    rows: &mut BTreeMap<CallerKey, CallerRow>,
+    seen: &mut Vec<Seen>,
+) -> Result<bool, crate::inventory::store::StoreError> {
+    let store = Store::open_read_only(path)?;
+    for r in store.query(&Filter::default())? {
+        rows.entry(r.key()).and_modify(|x| x.merge(&r)).or_insert(r);
+    }
+    let Some(conns) = store.connections()? else {
+        return Ok(false);
+    };
+    for c in conns {
+        let Ok(ip) = c.source_ip.parse::<IpAddr>() else {
+            continue;
+        };
+        seen.push(Seen {
+            key: c.key(),
+            source_ip: ip.to_canonical(),
+            source_port: c.source_port,
+            at: c.at as f64,
+            legacy: c.legacy,
+        });
+    }
+    Ok(true)
+}
+
 /// The legacy (and watched) connections of event lines, as callers and as connections.
 fn observe_events(
     cfg: &Config,
@@ -161,15 +184,10 @@ fn observe_events(
         rows.entry(key.clone())
             .and_modify(|x| x.merge(&row))
             .or_insert(row);
-        let port = e
-            .get("source_port")
-            .and_then(|v| v.as_u64())
-            .and_then(|p| u16::try_from(p).ok())
-            .unwrap_or(0);
         seen.push(Seen {
             key,
             source_ip,
-            source_port: port,
+            source_port: o.source_port,
             at,
             legacy: o.legacy,
         });
@@ -198,6 +216,11 @@ fn observation(cfg: &Config, e: &serde_json::Value) -> Option<(Observation, IpAd
         at: at as i64,
         source: s("source").unwrap_or_else(|| ip.clone()),
         source_ip: ip,
+        source_port: e
+            .get("source_port")
+            .and_then(|v| v.as_u64())
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(0),
         source_name: s("source_name"),
         destination,
         ja4: s("ja4").unwrap_or_default(),

@@ -21,6 +21,8 @@ pub struct Observation {
     /// Unix seconds.
     pub at: i64,
     pub source_ip: String,
+    /// The client's source port (what a join with process logs needs).
+    pub source_port: u16,
     pub source: String,
     pub source_name: Option<String>,
     /// The connection's name (SNI, else CONNECT host) or the target address.
@@ -54,6 +56,7 @@ impl Observation {
         Observation {
             at,
             source_ip: rec.source_ip.clone(),
+            source_port: rec.source_port,
             source: source.to_string(),
             source_name: None,
             destination,
@@ -157,6 +160,41 @@ pub struct CallerRow {
     /// What the source's own plain-HTTP User-Agents say (filled in when read).
     pub source_os: Option<agents::Named>,
     pub source_runtime: Option<agents::Named>,
+}
+
+/// One recent legacy or watched connection, kept so that `tlspeek correlate` can join it
+/// with process logs (by source address and port) and sign-ins (by time).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionSeen {
+    pub source_ip: String,
+    pub source_port: u16,
+    /// Unix seconds.
+    pub at: i64,
+    pub destination: String,
+    pub ja4: String,
+    pub legacy: bool,
+}
+
+impl ConnectionSeen {
+    pub fn of(o: &Observation) -> ConnectionSeen {
+        ConnectionSeen {
+            source_ip: o.source_ip.clone(),
+            source_port: o.source_port,
+            at: o.at,
+            destination: o.destination.clone(),
+            ja4: o.ja4.clone(),
+            legacy: o.legacy,
+        }
+    }
+
+    /// The caller row it belongs to.
+    pub fn key(&self) -> CallerKey {
+        (
+            self.source_ip.clone(),
+            self.destination.clone(),
+            self.ja4.clone(),
+        )
+    }
 }
 
 /// The primary key of a row.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::agents::{self, SeenAgent};
-use super::{CallerKey, CallerRow};
+use super::{CallerKey, CallerRow, ConnectionSeen};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -28,6 +28,9 @@ pub enum StoreError {
 /// others may not read it; the group may (a report run by an operators' group). SQLite
 /// gives its `-wal` and `-shm` files the database's mode.
 const DB_MODE: u32 = 0o640;
+
+/// Recent connections kept for `tlspeek correlate` at most.
+pub const MAX_CONNECTIONS: usize = 1_000_000;
 
 /// Creates an empty database file with `DB_MODE` when none exists.
 fn create_private(path: &Path) -> Result<(), std::io::Error> {
@@ -78,6 +81,15 @@ CREATE TABLE IF NOT EXISTS source_agents (
     last_seen INTEGER NOT NULL,
     PRIMARY KEY (source_ip, user_agent)
 );
+CREATE TABLE IF NOT EXISTS connections (
+    source_ip TEXT NOT NULL,
+    source_port INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    destination TEXT NOT NULL,
+    ja4 TEXT NOT NULL,
+    legacy INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS connections_at ON connections (at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '2');
 ";
@@ -351,6 +363,9 @@ impl Store {
             )
             .map_err(|e| self.err(e))?;
         self.conn
+            .execute("DELETE FROM connections WHERE at < ?1", params![before])
+            .map_err(|e| self.err(e))?;
+        self.conn
             .execute(
                 "DELETE FROM source_agents WHERE source_ip IN (SELECT source_ip FROM source_agents \
                  GROUP BY source_ip ORDER BY MAX(last_seen) DESC LIMIT -1 OFFSET ?1)",
@@ -358,6 +373,78 @@ impl Store {
             )
             .map_err(|e| self.err(e))?;
         Ok(n)
+    }
+
+    /// Records recent connections for joins, keeping at most `MAX_CONNECTIONS` (the oldest
+    /// go first); returns how many older ones were dropped for room.
+    pub fn apply_connections<'a>(
+        &mut self,
+        seen: impl IntoIterator<Item = &'a ConnectionSeen>,
+    ) -> Result<usize, StoreError> {
+        let path = self.path.clone();
+        let e = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(e)?;
+        let dropped = {
+            let mut put = tx
+                .prepare(
+                    "INSERT INTO connections (source_ip, source_port, at, destination, ja4, legacy) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(e)?;
+            for c in seen {
+                put.execute(params![
+                    c.source_ip,
+                    c.source_port,
+                    c.at,
+                    c.destination,
+                    c.ja4,
+                    i64::from(c.legacy)
+                ])
+                .map_err(e)?;
+            }
+            tx.execute(
+                "DELETE FROM connections WHERE rowid IN (SELECT rowid FROM connections \
+                 ORDER BY at DESC LIMIT -1 OFFSET ?1)",
+                params![i64::try_from(MAX_CONNECTIONS).unwrap_or(i64::MAX)],
+            )
+            .map_err(e)?
+        };
+        tx.commit().map_err(e)?;
+        Ok(dropped)
+    }
+
+    /// The recent connections kept for joins; `None` in an inventory older than them.
+    pub fn connections(&self) -> Result<Option<Vec<ConnectionSeen>>, StoreError> {
+        let exists = self
+            .conn
+            .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'connections'")
+            .and_then(|mut s| s.exists([]))
+            .map_err(|e| self.err(e))?;
+        if !exists {
+            return Ok(None);
+        }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT source_ip, source_port, at, destination, ja4, legacy FROM connections ORDER BY at")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(ConnectionSeen {
+                    source_ip: r.get(0)?,
+                    source_port: r.get(1)?,
+                    at: r.get(2)?,
+                    destination: r.get(3)?,
+                    ja4: r.get(4)?,
+                    legacy: r.get::<_, i64>(5)? != 0,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map(Some)
+            .map_err(|e| self.err(e))
     }
 
     /// Records User-Agents seen from sources (`(source_ip, user_agent, unix)`), keeping the
@@ -536,6 +623,32 @@ mod tests {
             tls_library: "openssl".into(),
             ..Observation::default()
         })
+    }
+
+    #[test]
+    fn recent_connections_are_kept_for_joins_and_pruned_with_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("c.sqlite")).unwrap();
+        let c = |port: u16, at: i64| ConnectionSeen {
+            source_ip: "10.0.0.7".into(),
+            source_port: port,
+            at,
+            destination: "login.microsoftonline.com".into(),
+            ja4: "j".into(),
+            legacy: true,
+        };
+        assert_eq!(
+            s.apply_connections(&[c(50001, 100), c(50002, 200)])
+                .unwrap(),
+            0
+        );
+        let kept = s.connections().unwrap().unwrap();
+        assert_eq!(
+            kept.iter().map(|x| x.source_port).collect::<Vec<_>>(),
+            [50001, 50002]
+        );
+        s.prune(150).unwrap();
+        assert_eq!(s.connections().unwrap().unwrap(), [c(50002, 200)]);
     }
 
     #[test]

@@ -57,6 +57,7 @@ impl Inventory {
             store: None,
             pending: HashMap::new(),
             pending_agents: HashMap::new(),
+            pending_connections: Vec::new(),
             flush_interval: cfg.flush_interval,
             retention: cfg.retention,
             last_retention: None,
@@ -115,6 +116,7 @@ struct Writer {
     store: Option<Store>,
     pending: HashMap<CallerKey, CallerRow>,
     pending_agents: HashMap<(String, String), i64>,
+    pending_connections: Vec<super::ConnectionSeen>,
     flush_interval: Duration,
     retention: Duration,
     last_retention: Option<Instant>,
@@ -146,6 +148,11 @@ impl Writer {
     }
 
     fn observe(&mut self, o: &Observation) {
+        if self.pending_connections.len() < MAX_PENDING {
+            self.pending_connections.push(super::ConnectionSeen::of(o));
+        } else {
+            self.metrics.inventory_dropped.inc();
+        }
         let row = CallerRow::from_observation(o);
         let full = self.pending.len() >= MAX_PENDING;
         match self.pending.entry(row.key()) {
@@ -169,7 +176,10 @@ impl Writer {
     }
 
     fn flush(&mut self) {
-        if self.pending.is_empty() && self.pending_agents.is_empty() {
+        if self.pending.is_empty()
+            && self.pending_agents.is_empty()
+            && self.pending_connections.is_empty()
+        {
             return;
         }
         if self.store.is_none() {
@@ -187,10 +197,17 @@ impl Writer {
         let written = store
             .apply_agents(agents)
             .and_then(|_| store.apply(self.pending.values()));
-        match written {
-            Ok(_) => {
-                self.pending.clear();
-                self.pending_agents.clear();
+        // The connections kept for joins: written on their own, so that a failure there
+        // never makes the rows count twice.
+        let connections = written.and_then(|_| {
+            self.pending.clear();
+            self.pending_agents.clear();
+            store.apply_connections(self.pending_connections.iter())
+        });
+        match connections {
+            Ok(dropped) => {
+                self.pending_connections.clear();
+                self.metrics.inventory_dropped.inc_by(dropped as u64);
                 if self.failing {
                     tracing::info!(path = %self.path.display(), "inventory database writable again");
                     self.failing = false;
