@@ -123,6 +123,11 @@ struct CorrelateArgs {
     /// Culture dates such as 1/12/2026: month first (mdy) or day first (dmy).
     #[arg(long = "date-order", value_name = "ORDER", default_value = "mdy")]
     date_order: String,
+    /// Sign-in CSV headers that differ from the portal's and the Graph script's:
+    /// field=Header,… (fields: time, upn, display, app, app_id, ip, resource, code,
+    /// interactive, correlation, details).
+    #[arg(long, value_name = "MAP")]
+    columns: Option<String>,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
 }
@@ -299,6 +304,12 @@ fn correlate(args: CorrelateArgs) -> anyhow::Result<ExitCode> {
         "dmy" => DateOrder::Dmy,
         other => anyhow::bail!("--date-order {other:?}: mdy or dmy"),
     };
+    let columns = match &args.columns {
+        Some(m) => {
+            correlate::signins::parse_columns(m).map_err(|e| anyhow::anyhow!("--columns: {e}"))?
+        }
+        None => Vec::new(),
+    };
     let mut db = args.db;
     if args.events.is_empty() && db.is_empty() {
         db.extend(config.inventory.path.clone());
@@ -312,6 +323,7 @@ fn correlate(args: CorrelateArgs) -> anyhow::Result<ExitCode> {
         egress: args.egress_ip,
         window_secs: window.as_secs_f64(),
         date_order,
+        columns,
     };
     let c = correlate::run(&opts);
     print!("{}", correlate::render(&c, args.format));

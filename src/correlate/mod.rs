@@ -36,6 +36,8 @@ pub struct Options {
     pub egress: Vec<IpAddr>,
     pub window_secs: f64,
     pub date_order: DateOrder,
+    /// `--columns`: CSV headers for sign-in fields, beyond the known ones.
+    pub columns: Vec<(String, String)>,
 }
 
 /// One connection tlspeek saw, with what a join needs.
@@ -122,7 +124,8 @@ pub fn run(o: &Options) -> Correlation {
     let mut signs: Vec<SignIn> = Vec::new();
     for path in &o.signins {
         match read(path).and_then(|t| {
-            signins::parse(&t, o.date_order).map_err(|e| format!("{}: {e}", path.display()))
+            signins::parse(&t, o.date_order, &o.columns)
+                .map_err(|e| format!("{}: {e}", path.display()))
         }) {
             Ok(s) => signs.extend(s),
             Err(e) => problems.push(e),

@@ -94,17 +94,59 @@ fn norm(h: &str) -> String {
         .collect()
 }
 
+/// The fields a CSV column can be named for with `--columns field=Header,…`.
+pub const FIELDS: [&str; 11] = [
+    "time",
+    "upn",
+    "display",
+    "app",
+    "app_id",
+    "ip",
+    "resource",
+    "code",
+    "interactive",
+    "correlation",
+    "details",
+];
+
+/// `--columns time=When,upn=Who`: the headers of a CSV whose names differ from the
+/// portal's and the Graph script's.
+pub fn parse_columns(map: &str) -> Result<Vec<(String, String)>, String> {
+    map.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| {
+            let (f, h) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("{pair:?}: write field=Header"))?;
+            let f = f.trim();
+            if !FIELDS.contains(&f) {
+                return Err(format!("{f:?}: the fields are {}", FIELDS.join(", ")));
+            }
+            Ok((f.to_string(), h.trim().to_string()))
+        })
+        .collect()
+}
+
 /// Reads one export's text (CSV or Graph JSON); returns the legacy-TLS sign-ins.
-pub fn parse(text: &str, order: DateOrder) -> Result<Vec<SignIn>, String> {
+/// `columns` names CSV headers that differ from the known ones.
+pub fn parse(
+    text: &str,
+    order: DateOrder,
+    columns: &[(String, String)],
+) -> Result<Vec<SignIn>, String> {
     let t = text.trim_start_matches('\u{feff}').trim_start();
     if t.starts_with('{') || t.starts_with('[') {
         parse_graph_json(t)
     } else {
-        parse_csv(t, order)
+        parse_csv(t, order, columns)
     }
 }
 
-fn parse_csv(text: &str, order: DateOrder) -> Result<Vec<SignIn>, String> {
+fn parse_csv(
+    text: &str,
+    order: DateOrder,
+    columns: &[(String, String)],
+) -> Result<Vec<SignIn>, String> {
     let mut r = csv::ReaderBuilder::new()
         .flexible(true)
         .from_reader(text.as_bytes());
@@ -115,12 +157,18 @@ fn parse_csv(text: &str, order: DateOrder) -> Result<Vec<SignIn>, String> {
         .map(norm)
         .collect();
     let col = |field: &str| {
-        let names = COLUMNS
+        let given = columns
+            .iter()
+            .filter(|(f, _)| f == field)
+            .map(|(_, h)| h.as_str());
+        let known = COLUMNS
             .iter()
             .find(|(f, _)| *f == field)
-            .map_or(&[][..], |(_, n)| *n);
-        names
+            .map_or(&[][..], |(_, n)| *n)
             .iter()
+            .copied();
+        given
+            .chain(known)
             .find_map(|n| headers.iter().position(|h| *h == norm(n)))
     };
     let Some(time_col) = col("time") else {
@@ -230,7 +278,7 @@ mod tests {
         let script = "\"CorrelationId\",\"createdDateTime\",\"userPrincipalName\",\"userId\",\"UserDisplayName\",\"AppDisplayName\",\"AppId\",\"IPAddress\",\"isInteractive\",\"ResourceDisplayName\",\"ResourceId\",\"UserAgent\",\"ErrorCode\",\"FailureReason\",\"AdditionalDetails\"\r\n\
 \"c1\",\"2026-12-01T09:14:09Z\",\"svc@contoso.com\",\"u\",\"svc\",\"Azure Active Directory PowerShell\",\"1b73\",\"203.0.113.7\",\"False\",\"Windows Azure Active Directory\",\"r\",\"\",\"1002016\",\"TLS\",\"\"\r\n\
 \"c2\",\"2026-12-01T09:15:00Z\",\"ok@contoso.com\",\"u\",\"ok\",\"Office\",\"x\",\"203.0.113.7\",\"True\",\"r\",\"r\",\"\",\"0\",\"\",\"\"\r\n";
-        let s = parse(script, DateOrder::Mdy).unwrap();
+        let s = parse(script, DateOrder::Mdy, &[]).unwrap();
         assert_eq!(s.len(), 1, "only the legacy-TLS sign-in");
         assert_eq!(
             s[0].app.as_deref(),
@@ -241,20 +289,33 @@ mod tests {
             (Some(false), Some("203.0.113.7"))
         );
         let ja = "日付 (UTC),ユーザー名,アプリケーション,IP アドレス,サインインのエラー コード\n2026/12/01 9:14:07,a@contoso.com,Outlook,203.0.113.7,1002016\n";
-        let j = parse(ja, DateOrder::Mdy).unwrap();
+        let j = parse(ja, DateOrder::Mdy, &[]).unwrap();
         assert_eq!(
             (j[0].user_principal_name.as_deref(), j[0].time.as_str()),
             (Some("a@contoso.com"), "2026-12-01T09:14:07Z")
         );
         let en = "Date (UTC),Username,Application,IP address,Sign-in error code\n12/1/2026 9:14:07 AM,b@contoso.com,Teams,203.0.113.7,1002016\n";
         assert_eq!(
-            parse(en, DateOrder::Mdy).unwrap()[0].time,
+            parse(en, DateOrder::Mdy, &[]).unwrap()[0].time,
             "2026-12-01T09:14:07Z"
         );
         let graph = r#"{"value":[{"createdDateTime":"2026-12-01T09:14:07Z","userPrincipalName":"c@contoso.com","appDisplayName":"App","ipAddress":"203.0.113.7","status":{"errorCode":0},"authenticationProcessingDetails":[{"key":"Legacy TLS (TLS 1.0, 1.1, 3DES)","value":"True"}]},{"createdDateTime":"2026-12-01T09:14:07Z","status":{"errorCode":0}}]}"#;
-        let g = parse(graph, DateOrder::Mdy).unwrap();
+        let g = parse(graph, DateOrder::Mdy, &[]).unwrap();
         assert_eq!(g.len(), 1);
         assert_eq!(g[0].user_principal_name.as_deref(), Some("c@contoso.com"));
-        assert!(parse("createdDateTime\nnot a time\n", DateOrder::Mdy).is_err());
+        assert!(parse("createdDateTime\nnot a time\n", DateOrder::Mdy, &[]).is_err());
+        let own = "When,Who,Code\n2026-12-01 09:14:07,d@contoso.com,1002016\n";
+        assert!(
+            parse(own, DateOrder::Mdy, &[]).is_err(),
+            "no known time column"
+        );
+        let cols = parse_columns("time=When, upn=Who,code=Code").unwrap();
+        assert_eq!(
+            parse(own, DateOrder::Mdy, &cols).unwrap()[0]
+                .user_principal_name
+                .as_deref(),
+            Some("d@contoso.com")
+        );
+        assert!(parse_columns("when=When").is_err());
     }
 }
