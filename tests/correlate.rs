@@ -213,6 +213,17 @@ fn a_legacy_caller_is_joined_with_its_process_and_its_sign_in() {
             .ends_with("\"processes\",\"signins\""),
         "{out}"
     );
+    // A binary .evtx file is read too (the sample's unreadable chunks are reported).
+    let evtx = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/evtx/sysmon.evtx"
+    );
+    let (code, _, err) = correlate(&["--events", &events, "--sysmon", evtx]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("sysmon.evtx: 8 damaged records skipped"),
+        "{err}"
+    );
     let (code, _, err) = correlate(&["--events", "/nonexistent/events.jsonl"]);
     assert_eq!(code, 1);
     assert!(err.contains("/nonexistent/events.jsonl"), "{err}");

@@ -85,6 +85,16 @@ pub struct Correlation {
     pub warnings: Vec<String>,
 }
 
+/// A process log in any of its formats: `.evtx`, event XML, Winlogbeat JSON lines.
+fn read_processes(path: &PathBuf) -> Result<(Vec<ProcessConn>, usize), String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    if bytes.starts_with(processes::EVTX_MAGIC) {
+        return processes::parse_evtx(bytes);
+    }
+    let text = text::decode(&bytes)?;
+    processes::parse(&text).map(|p| (p, 0))
+}
+
 fn read(path: &PathBuf) -> Result<String, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     text::decode(&bytes).map_err(|e| format!("{}: {e}", path.display()))
@@ -114,11 +124,16 @@ pub fn run(o: &Options) -> Correlation {
     }
     let mut logged: Vec<ProcessConn> = Vec::new();
     for path in &o.sysmon {
-        match read(path)
-            .and_then(|t| processes::parse(&t).map_err(|e| format!("{}: {e}", path.display())))
-        {
-            Ok(p) => logged.extend(p),
-            Err(e) => problems.push(e),
+        match read_processes(path) {
+            Ok((p, 0)) => logged.extend(p),
+            Ok((p, damaged)) => {
+                logged.extend(p);
+                problems.push(format!(
+                    "{}: {damaged} damaged records skipped",
+                    path.display()
+                ));
+            }
+            Err(e) => problems.push(format!("{}: {e}", path.display())),
         }
     }
     let mut signs: Vec<SignIn> = Vec::new();
