@@ -146,6 +146,12 @@ pub fn run(o: &Options) -> Correlation {
             Err(e) => problems.push(e),
         }
     }
+    if o.egress.is_empty() && !signs.is_empty() {
+        warnings.push(
+            "no --egress-ip: sign-ins from every address are joined (give the site's public address to join only its own)"
+                .into(),
+        );
+    }
     let (callers, unmatched_signins) = join(o, rows, &seen, &logged, signs);
     Correlation {
         callers,
@@ -360,6 +366,11 @@ fn join_signins(
         keys.dedup();
         s.candidates = keys.len();
         if keys.is_empty() {
+            s.reason = Some(if from_egress {
+                "no legacy connection in the window"
+            } else {
+                "another egress address"
+            });
             unmatched.push(s);
             continue;
         }

@@ -29,6 +29,9 @@ pub struct SignIn {
     pub ip_address: Option<String>,
     /// How many callers could explain it (filled in by the join).
     pub candidates: usize,
+    /// Why it matched no caller (unmatched sign-ins only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
 }
 
 /// Column names of each field, as the portal (English, Japanese) and the Graph script
@@ -142,12 +145,23 @@ pub fn parse(
     }
 }
 
+/// The separator of a CSV: `,`, `;` (Excel in many locales) or tab (Excel's "Unicode
+/// text"), whichever the header line has most of.
+fn delimiter(text: &str) -> u8 {
+    let header = text.lines().next().unwrap_or("");
+    [b',', b';', b'\t']
+        .into_iter()
+        .max_by_key(|d| header.bytes().filter(|b| b == d).count())
+        .unwrap_or(b',')
+}
+
 fn parse_csv(
     text: &str,
     order: DateOrder,
     columns: &[(String, String)],
 ) -> Result<Vec<SignIn>, String> {
     let mut r = csv::ReaderBuilder::new()
+        .delimiter(delimiter(text))
         .flexible(true)
         .from_reader(text.as_bytes());
     let headers: Vec<String> = r
@@ -172,8 +186,22 @@ fn parse_csv(
             .find_map(|n| headers.iter().position(|h| *h == norm(n)))
     };
     let Some(time_col) = col("time") else {
-        return Err("no sign-in time column (createdDateTime, Date (UTC), 日付 (UTC))".into());
+        return Err(format!(
+            "unrecognised sign-in CSV: no time column (expected one of createdDateTime, \
+             \"Date (UTC)\", \"日付 (UTC)\", or --columns time=…); its columns are: {}",
+            headers.join(", ")
+        ));
     };
+    // The Graph script of Microsoft's TLS article writes only legacy-TLS sign-ins: its
+    // CSVs are recognised by their columns, and every row counts.
+    let graph_script = [
+        "correlationid",
+        "createddatetime",
+        "failurereason",
+        "additionaldetails",
+    ]
+    .iter()
+    .all(|c| headers.iter().any(|h| h == c));
     let cols: Vec<(&str, Option<usize>)> = COLUMNS.iter().map(|(f, _)| (*f, col(f))).collect();
     let mut out = Vec::new();
     for (i, rec) in r.records().enumerate() {
@@ -203,9 +231,10 @@ fn parse_csv(
             correlation_id: get("correlation"),
             ip_address: get("ip"),
             candidates: 0,
+            reason: None,
         };
         let legacy_detail = get("details").is_some_and(|d| d.contains("Legacy TLS"));
-        if s.error_code.as_deref() == Some(LEGACY_TLS_ERROR) || legacy_detail {
+        if graph_script || s.error_code.as_deref() == Some(LEGACY_TLS_ERROR) || legacy_detail {
             out.push(s);
         }
     }
@@ -260,6 +289,7 @@ fn parse_graph_json(text: &str) -> Result<Vec<SignIn>, String> {
             correlation_id: s("correlationId"),
             ip_address: s("ipAddress"),
             candidates: 0,
+            reason: None,
         });
     }
     Ok(out)
@@ -278,8 +308,18 @@ mod tests {
         let script = "\"CorrelationId\",\"createdDateTime\",\"userPrincipalName\",\"userId\",\"UserDisplayName\",\"AppDisplayName\",\"AppId\",\"IPAddress\",\"isInteractive\",\"ResourceDisplayName\",\"ResourceId\",\"UserAgent\",\"ErrorCode\",\"FailureReason\",\"AdditionalDetails\"\r\n\
 \"c1\",\"2026-12-01T09:14:09Z\",\"svc@contoso.com\",\"u\",\"svc\",\"Azure Active Directory PowerShell\",\"1b73\",\"203.0.113.7\",\"False\",\"Windows Azure Active Directory\",\"r\",\"\",\"1002016\",\"TLS\",\"\"\r\n\
 \"c2\",\"2026-12-01T09:15:00Z\",\"ok@contoso.com\",\"u\",\"ok\",\"Office\",\"x\",\"203.0.113.7\",\"True\",\"r\",\"r\",\"\",\"0\",\"\",\"\"\r\n";
+        assert_eq!(
+            parse(script, DateOrder::Mdy, &[]).unwrap().len(),
+            2,
+            "every row of the Graph script counts"
+        );
+        let portal = "Date (UTC);Username;Application;IP address;Sign-in error code\n2026-12-01T09:14:07Z;a@x;App;203.0.113.7;1002016\n2026-12-01T09:15:07Z;b@x;App;203.0.113.7;50126\n";
+        assert_eq!(
+            parse(portal, DateOrder::Mdy, &[]).unwrap().len(),
+            1,
+            "semicolons; only 1002016 counts"
+        );
         let s = parse(script, DateOrder::Mdy, &[]).unwrap();
-        assert_eq!(s.len(), 1, "only the legacy-TLS sign-in");
         assert_eq!(
             s[0].app.as_deref(),
             Some("Azure Active Directory PowerShell")
