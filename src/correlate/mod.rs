@@ -342,7 +342,8 @@ fn join_processes(
     procs
 }
 
-/// Sign-ins from the egress addresses with a legacy connection within the window: joined
+/// Sign-ins from the egress addresses with a legacy connection to an Entra ID (watched)
+/// host within the window: joined
 /// to every caller that could explain them (`candidates`); the others unmatched.
 fn join_signins(
     o: &Options,
@@ -359,7 +360,12 @@ fn join_signins(
                 .is_some_and(|a| o.egress.contains(&a));
         let mut keys: Vec<&CallerKey> = seen
             .iter()
-            .filter(|c| from_egress && c.legacy && (c.at - s.at).abs() <= o.window_secs)
+            .filter(|c| {
+                from_egress
+                    && c.legacy
+                    && (c.at - s.at).abs() <= o.window_secs
+                    && to_identity_host(&o.config, &c.key.1)
+            })
             .map(|c| &c.key)
             .collect();
         keys.sort();
@@ -379,6 +385,11 @@ fn join_signins(
         }
     }
     (joined, unmatched)
+}
+
+/// A sign-in is explained only by a connection to an Entra ID host: a watched destination.
+fn to_identity_host(cfg: &Config, destination: &str) -> bool {
+    crate::names::HostName::parse(destination).is_some_and(|n| cfg.is_watched(&n))
 }
 
 /// The correlation as JSON (`{"callers": [...], "unmatched_signins": [...]}`), CSV or a
