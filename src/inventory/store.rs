@@ -261,6 +261,30 @@ impl Store {
         })
     }
 
+    /// Does this database have the table `name` (an older inventory may not)?
+    fn has_table(&self, name: &str) -> Result<bool, StoreError> {
+        self.conn
+            .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")
+            .and_then(|mut s| s.exists(params![name]))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Runs `f` in one transaction, committed when it succeeds.
+    fn transaction<T>(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let path = self.path.clone();
+        let e = |source| StoreError::Sqlite { path, source };
+        let run = || {
+            let tx = self.conn.transaction()?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        };
+        run().map_err(e)
+    }
+
     /// Opens an existing inventory for reading only.
     pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
         let shown = path.display().to_string();
@@ -284,32 +308,27 @@ impl Store {
         &mut self,
         rows: impl IntoIterator<Item = &'a CallerRow>,
     ) -> Result<usize, StoreError> {
-        let path = self.path.clone();
-        let e = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(e)?;
+        let select = self.select.clone();
+        self.transaction(|tx| {
         let mut n = 0;
         {
             let mut get = tx
                 .prepare_cached(&format!(
-                    "SELECT {} FROM callers WHERE source_ip = ?1 AND destination = ?2 AND ja4 = ?3",
-                    self.select
+                    "SELECT {select} FROM callers WHERE source_ip = ?1 AND destination = ?2 AND ja4 = ?3"
                 ))
-                .map_err(e)?;
+                ?;
             let mut put = tx
                 .prepare_cached(&format!(
                     "INSERT OR REPLACE INTO callers ({COLUMNS}, tls_library) VALUES \
                      (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
                 ))
-                .map_err(e)?;
+                ?;
             for row in rows {
                 let (ip, dest, ja4) = row.key();
                 let stored = get
                     .query_row(params![ip, dest, ja4], row_from)
                     .optional()
-                    .map_err(e)?;
+                    ?;
                 let merged = match stored {
                     Some(mut s) => {
                         s.merge(row);
@@ -341,12 +360,12 @@ impl Store {
                     merged.user_agent,
                     merged.tls_library,
                 ])
-                .map_err(e)?;
+                ?;
                 n += 1;
             }
         }
-        tx.commit().map_err(e)?;
         Ok(n)
+        })
     }
 
     /// Deletes rows last seen before `before` (Unix seconds); returns how many. User-Agents
@@ -381,19 +400,14 @@ impl Store {
         &mut self,
         seen: impl IntoIterator<Item = &'a ConnectionSeen>,
     ) -> Result<usize, StoreError> {
-        let path = self.path.clone();
-        let e = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(e)?;
+        self.transaction(|tx| {
         let dropped = {
             let mut put = tx
                 .prepare(
                     "INSERT INTO connections (source_ip, source_port, at, destination, ja4, legacy) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
-                .map_err(e)?;
+                ?;
             for c in seen {
                 put.execute(params![
                     c.source_ip,
@@ -403,27 +417,21 @@ impl Store {
                     c.ja4,
                     i64::from(c.legacy)
                 ])
-                .map_err(e)?;
+                ?;
             }
             tx.execute(
                 "DELETE FROM connections WHERE rowid IN (SELECT rowid FROM connections \
                  ORDER BY at DESC LIMIT -1 OFFSET ?1)",
                 params![i64::try_from(MAX_CONNECTIONS).unwrap_or(i64::MAX)],
-            )
-            .map_err(e)?
+            )?
         };
-        tx.commit().map_err(e)?;
         Ok(dropped)
+        })
     }
 
     /// The recent connections kept for joins; `None` in an inventory older than them.
     pub fn connections(&self) -> Result<Option<Vec<ConnectionSeen>>, StoreError> {
-        let exists = self
-            .conn
-            .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'connections'")
-            .and_then(|mut s| s.exists([]))
-            .map_err(|e| self.err(e))?;
-        if !exists {
+        if !self.has_table("connections")? {
             return Ok(None);
         }
         let mut stmt = self
@@ -453,48 +461,34 @@ impl Store {
         &mut self,
         seen: impl IntoIterator<Item = (&'a str, &'a str, i64)>,
     ) -> Result<usize, StoreError> {
-        let path = self.path.clone();
-        let e = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(e)?;
-        let mut n = 0;
-        {
-            let mut put = tx
-                .prepare(
+        self.transaction(|tx| {
+            let mut n = 0;
+            {
+                let mut put = tx.prepare(
                     "INSERT INTO source_agents (source_ip, user_agent, first_seen, last_seen) \
                      VALUES (?1, ?2, ?3, ?3) ON CONFLICT (source_ip, user_agent) DO UPDATE SET \
                      last_seen = MAX(last_seen, excluded.last_seen), \
                      first_seen = MIN(first_seen, excluded.first_seen)",
-                )
-                .map_err(e)?;
-            let mut cap = tx
-                .prepare(
+                )?;
+                let mut cap = tx.prepare(
                     "DELETE FROM source_agents WHERE source_ip = ?1 AND user_agent NOT IN \
                      (SELECT user_agent FROM source_agents WHERE source_ip = ?1 \
                       ORDER BY last_seen DESC LIMIT ?2)",
-                )
-                .map_err(e)?;
-            let keep = i64::try_from(agents::MAX_PER_SOURCE).unwrap_or(8);
-            for (ip, ua, at) in seen {
-                put.execute(params![ip, ua, at]).map_err(e)?;
-                cap.execute(params![ip, keep]).map_err(e)?;
-                n += 1;
+                )?;
+                let keep = i64::try_from(agents::MAX_PER_SOURCE).unwrap_or(8);
+                for (ip, ua, at) in seen {
+                    put.execute(params![ip, ua, at])?;
+                    cap.execute(params![ip, keep])?;
+                    n += 1;
+                }
             }
-        }
-        tx.commit().map_err(e)?;
-        Ok(n)
+            Ok(n)
+        })
     }
 
     /// The User-Agents kept for `source_ip` (none in an inventory older than them).
     pub fn agents_of(&self, source_ip: &str) -> Result<Vec<SeenAgent>, StoreError> {
-        let exists = self
-            .conn
-            .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'source_agents'")
-            .and_then(|mut s| s.exists([]))
-            .map_err(|e| self.err(e))?;
-        if !exists {
+        if !self.has_table("source_agents")? {
             return Ok(Vec::new());
         }
         let mut stmt = self
