@@ -121,8 +121,9 @@ struct CorrelateArgs {
     #[arg(long, value_name = "DURATION", default_value = "2m")]
     window: String,
     /// Culture dates such as 1/12/2026: month first (mdy) or day first (dmy).
-    #[arg(long = "date-order", value_name = "ORDER", default_value = "mdy")]
-    date_order: String,
+    /// Without it, a date whose day and month cannot be told apart is refused.
+    #[arg(long = "date-order", value_name = "ORDER")]
+    date_order: Option<String>,
     /// Sign-in CSV headers that differ from the portal's and the Graph script's:
     /// field=Header,… (fields: time, upn, display, app, app_id, ip, resource, code,
     /// interactive, correlation, details).
@@ -299,7 +300,8 @@ fn correlate(args: CorrelateArgs) -> anyhow::Result<ExitCode> {
     let config = commands::load_config(args.config.as_deref())?;
     let window = humantime::parse_duration(&args.window)
         .with_context(|| format!("--window {:?}: use e.g. 2m, 30s", args.window))?;
-    let date_order = match args.date_order.as_str() {
+    let date_order = match args.date_order.as_deref().unwrap_or("") {
+        "" => DateOrder::Unsure,
         "mdy" => DateOrder::Mdy,
         "dmy" => DateOrder::Dmy,
         other => anyhow::bail!("--date-order {other:?}: mdy or dmy"),

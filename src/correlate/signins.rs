@@ -216,8 +216,16 @@ fn parse_csv(
                 .map(str::to_string)
         };
         let raw_time = rec.get(time_col).unwrap_or("");
-        let at = parse_time(raw_time, order)
-            .ok_or_else(|| format!("CSV row {}: unreadable time {raw_time:?}", i + 2))?;
+        let at = parse_time(raw_time, order).ok_or_else(|| {
+            if super::text::ambiguous(raw_time) {
+                format!(
+                    "CSV row {}: {raw_time:?}: day and month cannot be told apart; give --date-order mdy or dmy",
+                    i + 2
+                )
+            } else {
+                format!("CSV row {}: unreadable time {raw_time:?}", i + 2)
+            }
+        })?;
         let s = SignIn {
             time: rfc3339(at),
             at,
@@ -357,5 +365,12 @@ mod tests {
             Some("d@contoso.com")
         );
         assert!(parse_columns("when=When").is_err());
+        let amb = "Date (UTC),Username,Sign-in error code\n1/12/2026 9:14:07 AM,e@x,1002016\n";
+        let e = parse(amb, DateOrder::Unsure, &[]).unwrap_err();
+        assert!(e.contains("--date-order"), "{e}");
+        assert_eq!(
+            parse(amb, DateOrder::Dmy, &[]).unwrap()[0].time,
+            "2026-12-01T09:14:07Z"
+        );
     }
 }

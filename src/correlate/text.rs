@@ -6,10 +6,20 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum DateOrder {
     /// en-US: month/day/year.
-    #[default]
     Mdy,
     /// en-GB and most others: day/month/year.
     Dmy,
+    /// Not given: a date whose day and month cannot be told apart (both 12 or less, and
+    /// different) is refused, never guessed.
+    #[default]
+    Unsure,
+}
+
+/// Is `s` a culture date whose day and month cannot be told apart without `--date-order`?
+pub fn ambiguous(s: &str) -> bool {
+    parse_time(s, DateOrder::Unsure).is_none()
+        && parse_time(s, DateOrder::Mdy).is_some()
+        && parse_time(s, DateOrder::Dmy).is_some()
 }
 
 /// The file's text, its encoding found from its BOM (UTF-8 without one).
@@ -79,9 +89,13 @@ pub fn parse_time(s: &str, order: DateOrder) -> Option<f64> {
         if a.len() == 4 {
             (num(a)?, num(b)?, num(c)?)
         } else {
+            let (x, y) = (num(a)?, num(b)?);
             match order {
-                DateOrder::Mdy => (num(c)?, num(a)?, num(b)?),
-                DateOrder::Dmy => (num(c)?, num(b)?, num(a)?),
+                DateOrder::Mdy => (num(c)?, x, y),
+                DateOrder::Dmy => (num(c)?, y, x),
+                DateOrder::Unsure if x > 12 || x == y => (num(c)?, y, x),
+                DateOrder::Unsure if y > 12 => (num(c)?, x, y),
+                DateOrder::Unsure => return None,
             }
         }
     };
@@ -121,6 +135,21 @@ mod tests {
         );
         assert_eq!(parse_time("yesterday", DateOrder::Mdy), None);
         assert_eq!(parse_time("13/13/2026 9:14:07", DateOrder::Mdy), None);
+        // Without --date-order: told apart when one part is above 12, else refused.
+        assert_eq!(
+            parse_time("12/13/2026 9:14:07", DateOrder::Unsure),
+            parse_time("12/13/2026 9:14:07", DateOrder::Mdy)
+        );
+        assert_eq!(
+            parse_time("13/12/2026 9:14:07", DateOrder::Unsure),
+            parse_time("13/12/2026 9:14:07", DateOrder::Dmy)
+        );
+        assert_eq!(parse_time("1/12/2026 9:14:07", DateOrder::Unsure), None);
+        assert!(ambiguous("1/12/2026 9:14:07") && !ambiguous("2026-12-01T09:14:07Z"));
+        assert_eq!(
+            parse_time("2026-12-01T09:14:07Z", DateOrder::Unsure),
+            Some(iso)
+        );
     }
 
     #[test]
