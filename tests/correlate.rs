@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use serde_json::Value;
 
@@ -39,16 +37,9 @@ fn shifted(ts: &str, secs: i64) -> String {
 }
 
 fn correlate(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(exe())
-        .arg("correlate")
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    let mut all = vec!["correlate"];
+    all.extend_from_slice(args);
+    tlspeek_cmd(&all)
 }
 
 #[test]

@@ -11,16 +11,9 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn report(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(exe())
-        .arg("report")
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    let mut all = vec!["report"];
+    all.extend_from_slice(args);
+    tlspeek_cmd(&all)
 }
 
 fn legacy_json(t: &Tlspeek, query: &str) -> Vec<Value> {

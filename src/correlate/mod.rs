@@ -413,24 +413,21 @@ pub fn render(c: &Correlation, format: Format) -> String {
             s
         }
         Format::Csv => {
-            let rows: Vec<CallerRow> = c.callers.iter().map(|x| x.row.clone()).collect();
-            let base = report::to_csv(&rows);
-            let mut out = String::new();
-            for (i, line) in base.split("\r\n").filter(|l| !l.is_empty()).enumerate() {
-                let extra = match i {
-                    0 => "\"processes\",\"signins\"".to_string(),
-                    n => {
-                        let x = &c.callers[n - 1];
-                        let p: Vec<String> = x.processes.iter().map(process_text).collect();
-                        let s: Vec<String> = x.signins.iter().map(signin_text).collect();
-                        format!(
-                            "{},{}",
-                            report::csv_cell(&p.join("; ")),
-                            report::csv_cell(&s.join("; "))
-                        )
-                    }
-                };
-                out.push_str(&format!("{line},{extra}\r\n"));
+            // Row by row from the report's own CSV, so that a cell holding a line break
+            // (any text of an input file) never shifts a caller's extra columns.
+            let mut out = report::CSV_HEADER.join(",");
+            out.push_str(",\"processes\",\"signins\"\r\n");
+            for x in &c.callers {
+                let one = report::to_csv(std::slice::from_ref(&x.row));
+                let row = one.split_once("\r\n").map_or("", |(_, r)| r);
+                let p: Vec<String> = x.processes.iter().map(process_text).collect();
+                let s: Vec<String> = x.signins.iter().map(signin_text).collect();
+                out.push_str(row.trim_end_matches("\r\n"));
+                out.push_str(&format!(
+                    ",{},{}\r\n",
+                    report::csv_cell(&p.join("; ")),
+                    report::csv_cell(&s.join("; "))
+                ));
             }
             out
         }

@@ -60,7 +60,9 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 }
 
 fn unix(y: i64, mo: i64, d: i64, h: i64, mi: i64, s: f64) -> Option<f64> {
-    let ok = (1..=12).contains(&mo)
+    // Years outside 1..=9999 are not dates an export writes (and keep the arithmetic small).
+    let ok = (1..=9999).contains(&y)
+        && (1..=12).contains(&mo)
         && (1..=31).contains(&d)
         && (0..24).contains(&h)
         && (0..60).contains(&mi)
@@ -134,6 +136,10 @@ mod tests {
             Some(iso + 43_200.0)
         );
         assert_eq!(parse_time("yesterday", DateOrder::Mdy), None);
+        assert_eq!(
+            parse_time("9223372036854775807-12-01T09:14:07Z", DateOrder::Mdy),
+            None
+        );
         assert_eq!(parse_time("13/13/2026 9:14:07", DateOrder::Mdy), None);
         // Without --date-order: told apart when one part is above 12, else refused.
         assert_eq!(

@@ -95,6 +95,8 @@ impl TlsLibrary {
 
 /// GREASE values (RFC 8701) all count as this one.
 const GREASE: u16 = 0x0a0a;
+/// Values of one list a hello is compared on, at most.
+pub const MAX_COMPARED: usize = 128;
 /// The padding extension: its presence depends on the hello's length, not the library.
 const PADDING: u16 = 0x0015;
 
@@ -132,7 +134,7 @@ impl Shape {
     pub fn of(h: &ClientHelloSummary) -> Shape {
         // SSLv2-format suites (3 bytes) keep their low 16 bits: their order still counts.
         let ciphers: Vec<u16> = h.cipher_suites.iter().map(|&c| c as u16).collect();
-        Shape {
+        let mut shape = Shape {
             ciphers: with_grease(&ciphers, &h.grease.ciphers),
             extensions: with_grease(&h.extensions, &h.grease.extensions)
                 .into_iter()
@@ -140,6 +142,22 @@ impl Shape {
                 .collect(),
             groups: with_grease(&h.groups, &h.grease.groups),
             sig_algs: h.signature_algorithms.iter().map(|&s| norm(s)).collect(),
+        };
+        shape.truncate();
+        shape
+    }
+
+    /// A peer may offer thousands of values; comparing orders costs the product of two
+    /// lengths, so only the first `MAX_COMPARED` of each list count (real hellos have
+    /// fewer), in the table as on the wire.
+    fn truncate(&mut self) {
+        for list in [
+            &mut self.ciphers,
+            &mut self.extensions,
+            &mut self.groups,
+            &mut self.sig_algs,
+        ] {
+            list.truncate(MAX_COMPARED);
         }
     }
 
@@ -326,7 +344,7 @@ impl StackTable {
                 return Err(err(format!("{} fields, 8 wanted", f.len())));
             };
             let library = TlsLibrary::parse(lib).ok_or_else(|| err(format!("library {lib:?}")))?;
-            let shape = Shape {
+            let mut shape = Shape {
                 ciphers: hex_list(ciphers).map_err(err)?,
                 extensions: hex_list(exts)
                     .map_err(err)?
@@ -336,6 +354,7 @@ impl StackTable {
                 groups: hex_list(groups).map_err(err)?,
                 sig_algs: hex_list(sigs).map_err(err)?,
             };
+            shape.truncate();
             let max_version = u16::from_str_radix(max_version, 16)
                 .map_err(|_| err(format!("max_version {max_version:?}")))?;
             entries.push(Entry {
@@ -508,6 +527,21 @@ pub fn similarity(a: &Shape, b: &Shape) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hello_with_thousands_of_values_is_compared_on_its_first_ones() {
+        let bytes = include_bytes!("../../tests/fixtures/curl_tls10.bin");
+        let super::super::Detection::Hello(mut h) =
+            super::super::detect_client_hello(bytes, 1 << 16)
+        else {
+            panic!("fixture");
+        };
+        h.cipher_suites = (1..=5000).collect();
+        let shape = Shape::of(&h);
+        assert_eq!(shape.ciphers.len(), MAX_COMPARED);
+        let t = StackTable::parse(TLS_STACKS_TSV).unwrap();
+        let _ = t.classify(&shape);
+    }
 
     #[test]
     fn grease_goes_back_where_it_was_sent() {

@@ -241,23 +241,16 @@ pub fn to_table(rows: &[CallerRow]) -> String {
             printable(&r.software),
             heuristic_note(&r.software_confidence),
         );
-        if let Some(os) = &r.source_os {
-            let _ = writeln!(
-                out,
-                "    source OS: {} (User-Agent {:?}, {})",
-                printable(&os.name),
-                printable(&os.user_agent),
-                os.seen
-            );
-        }
-        if let Some(rt) = &r.source_runtime {
-            let _ = writeln!(
-                out,
-                "    source runtime: {} (User-Agent {:?}, {})",
-                printable(&rt.name),
-                printable(&rt.user_agent),
-                rt.seen
-            );
+        for (what, n) in [("OS", &r.source_os), ("runtime", &r.source_runtime)] {
+            if let Some(n) = n {
+                let _ = writeln!(
+                    out,
+                    "    source {what}: {} (User-Agent {:?}, {})",
+                    printable(&n.name),
+                    printable(&n.user_agent),
+                    n.seen
+                );
+            }
         }
         if r.legacy {
             let _ = writeln!(out, "    fix: {}", printable(&r.fix));

@@ -1279,3 +1279,13 @@ pub fn client_hello_record(version: u16, ciphers: &[u16], exts: &[(u16, Vec<u8>)
     rec.extend(hs);
     rec
 }
+
+/// Runs `tlspeek ARGS`: (exit code, stdout, stderr).
+pub fn tlspeek_cmd(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(exe()).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
