@@ -125,8 +125,8 @@ struct CorrelateArgs {
     #[arg(long = "date-order", value_name = "ORDER")]
     date_order: Option<String>,
     /// Sign-in CSV headers that differ from the portal's and the Graph script's:
-    /// field=Header,… (fields: time, upn, display, app, app_id, ip, resource, code,
-    /// interactive, correlation, details).
+    /// field=Header,… (fields: time, upn or user, display, app, app_id, ip, resource,
+    /// code or error, interactive, correlation, details).
     #[arg(long, value_name = "MAP")]
     columns: Option<String>,
     #[arg(long, value_enum, default_value_t = Format::Table)]

@@ -18,7 +18,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -118,76 +117,6 @@ fn pick(e: &Value, fields: &[&str]) -> BTreeMap<String, Value> {
 fn by_ts(mut v: Vec<Value>) -> Vec<Value> {
     v.sort_by(|a, b| a["ts"].as_str().cmp(&b["ts"].as_str()));
     v
-}
-
-// ---------------------------------------------------------------------------------------
-// tcpdump on loopback
-
-struct Tcpdump {
-    child: std::process::Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Tcpdump {
-    /// Starts tcpdump and returns once it is capturing.
-    fn start(path: &Path, filter: &str) -> Tcpdump {
-        let mut child = Command::new("tcpdump")
-            .args([
-                "-i",
-                "lo",
-                "-n",
-                "--immediate-mode",
-                "-U",
-                "-Z",
-                "root",
-                "-w",
-            ])
-            .arg(path)
-            .arg(filter)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let end = Instant::now() + Duration::from_secs(10);
-        loop {
-            match lines.recv_timeout(Duration::from_millis(100)) {
-                Ok(l) if l.contains("listening on") => break,
-                Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(e) => panic!("tcpdump ended: {e}"),
-            }
-            assert!(Instant::now() < end, "tcpdump did not start capturing");
-        }
-        Tcpdump { child, lines }
-    }
-
-    /// SIGINT, then waits for tcpdump to write its last packets and exit.
-    fn stop(mut self) -> String {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let end = Instant::now() + Duration::from_secs(10);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < end, "tcpdump did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-        self.lines.try_iter().collect::<Vec<_>>().join("\n")
-    }
-}
-
-impl Drop for Tcpdump {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 // ---------------------------------------------------------------------------------------

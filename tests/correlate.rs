@@ -211,9 +211,10 @@ fn a_legacy_caller_is_joined_with_its_process_and_its_sign_in() {
     );
     let (code, _, err) = correlate(&["--events", &events, "--sysmon", evtx]);
     assert_eq!(code, 1);
-    assert!(
-        err.contains("sysmon.evtx: 8 damaged records skipped"),
-        "{err}"
+    assert_eq!(
+        err.matches("sysmon.evtx: record ").count(),
+        8,
+        "each unreadable record by its position: {err}"
     );
     let (code, _, err) = correlate(&["--events", "/nonexistent/events.jsonl"]);
     assert_eq!(code, 1);
@@ -248,4 +249,263 @@ fn a_legacy_caller_is_joined_with_its_process_and_its_sign_in() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+}
+
+/// A legacy event line's time and source port, for the caller from `source`.
+fn legacy_event(t: &Tlspeek, source: &str) -> (String, u64) {
+    let ev = t.wait_events("the legacy caller", |ev| {
+        ev.iter()
+            .any(|e| e["source_ip"] == source && e["legacy"] == true)
+    });
+    let e = ev
+        .iter()
+        .find(|e| e["source_ip"] == source && e["legacy"] == true)
+        .unwrap();
+    (
+        e["ts"].as_str().unwrap().to_string(),
+        e["source_port"].as_u64().unwrap(),
+    )
+}
+
+/// `ts` moved by `secs` (whole seconds, truncated), as the Japanese portal writes it:
+/// `2026/12/01 9:14:07` (UTC).
+fn ja_time(ts: &str, secs: i64) -> String {
+    let s = shifted(ts, secs);
+    let (date, time) = s.split_once(' ').unwrap();
+    let time = time.split('.').next().unwrap();
+    let (h, rest) = time.split_once(':').unwrap();
+    format!(
+        "{} {}:{rest}",
+        date.replace('-', "/"),
+        h.parse::<u32>().unwrap()
+    )
+}
+
+const JA_HEADERS: [&str; 18] = [
+    "日付 (UTC)",
+    "要求 ID",
+    "ユーザー エージェント",
+    "相関 ID",
+    "ユーザー ID",
+    "ユーザー",
+    "ユーザー名",
+    "ユーザーの種類",
+    "アプリケーション",
+    "アプリケーション ID",
+    "リソース",
+    "リソース ID",
+    "IP アドレス",
+    "場所",
+    "状態",
+    "サインインのエラー コード",
+    "失敗の理由",
+    "クライアント アプリ",
+];
+
+fn ja_row(when: &str, upn: &str, code: &str) -> [String; 18] {
+    [
+        when,
+        "r1",
+        "",
+        "corr-1",
+        "u1",
+        "サービス",
+        upn,
+        "Member",
+        "Azure Active Directory PowerShell",
+        "1b730954",
+        "Windows Azure Active Directory",
+        "res",
+        "203.0.113.7",
+        "\"Tokyo, JP\"",
+        "失敗",
+        code,
+        "TLS",
+        "Mobile Apps and Desktop clients",
+    ]
+    .map(str::to_string)
+}
+
+#[test]
+fn japanese_portal_exports_and_two_callers_at_once() {
+    if !require(&["curl", "openssl"]) {
+        return;
+    }
+    let (_srv, up) = openssl_server(&[]);
+    let t = Tlspeek::start(&format!("allowed_ports = [{up}]\n"), "");
+    let mut args = vec!["--interface", "127.0.0.7"];
+    args.extend_from_slice(TLS10_ONLY);
+    assert_eq!(curl_via(t.proxy_port, up, LOGIN, &args).0, "200");
+    let (ts7, _) = legacy_event(&t, "127.0.0.7");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    args[1] = "127.0.0.8";
+    assert_eq!(curl_via(t.proxy_port, up, LOGIN, &args).0, "200");
+    legacy_event(&t, "127.0.0.8");
+
+    let dir = tempfile::tempdir().unwrap();
+    // Japanese Excel's "CSV": CP932, commas. One legacy sign-in, one other error, one
+    // damaged row.
+    let lines = [
+        JA_HEADERS.join(","),
+        ja_row(&ja_time(&ts7, -5), "svc-ja@contoso.com", "1002016").join(","),
+        ja_row(&ja_time(&ts7, -4), "fine@contoso.com", "50126").join(","),
+        ja_row("壊れた日付", "lost@contoso.com", "1002016").join(","),
+    ];
+    let text = lines.join("\r\n") + "\r\n";
+    let (cp932, _, unmappable) = encoding_rs::SHIFT_JIS.encode(&text);
+    assert!(!unmappable);
+    let ja = dir.path().join("NonInteractiveSignIns_ja.csv");
+    std::fs::write(&ja, &cp932).unwrap();
+    // Excel's "Unicode text": UTF-16 with a BOM, tabs.
+    let tabbed = [
+        JA_HEADERS.join("\t"),
+        ja_row(&ja_time(&ts7, -5), "svc-utf16@contoso.com", "1002016").join("\t"),
+    ]
+    .join("\r\n");
+    let u16 = dir.path().join("InteractiveSignIns_ja.txt");
+    std::fs::write(&u16, utf16le(&tabbed)).unwrap();
+
+    // Event lines large enough for progress on stderr: the proxy's own, then plain-HTTP
+    // lines (not TLS: not callers).
+    let big = dir.path().join("events.jsonl");
+    let mut text = std::fs::read_to_string(&t.events_path).unwrap();
+    let filler = format!(
+        "{{\"kind\":\"http\",\"ts\":\"{ts7}\",\"source_ip\":\"127.0.0.9\",\"note\":\"{}\"}}\n",
+        "x".repeat(200)
+    );
+    while text.len() < (9 << 20) {
+        text.push_str(&filler);
+    }
+    std::fs::write(&big, text).unwrap();
+
+    let (code, out, err) = correlate(&[
+        "--events",
+        big.to_str().unwrap(),
+        "--signins",
+        ja.to_str().unwrap(),
+        "--signins",
+        u16.to_str().unwrap(),
+        "--egress-ip",
+        "203.0.113.7",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 1, "a damaged row makes the exit code 1: {err}");
+    assert!(
+        err.contains("NonInteractiveSignIns_ja.csv: row 4: unreadable time"),
+        "the damaged row by its position: {err}"
+    );
+    assert!(
+        err.contains("reading event lines") && err.contains("legacy or watched connections"),
+        "progress for a large input: {err}"
+    );
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let caller = |ip: &str| {
+        v["callers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["source_ip"] == ip)
+            .unwrap_or_else(|| panic!("no caller {ip}: {out}"))
+            .clone()
+    };
+    let (c7, c8) = (caller("127.0.0.7"), caller("127.0.0.8"));
+    for (c, rank) in [(&c7, 1), (&c8, 2)] {
+        let sis = c["signins"].as_array().unwrap();
+        let upns: Vec<&str> = sis
+            .iter()
+            .map(|s| s["user_principal_name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            upns,
+            ["svc-ja@contoso.com", "svc-utf16@contoso.com"],
+            "CP932 and UTF-16 rows, the 50126 row left out: {sis:#?}"
+        );
+        for s in sis {
+            assert_eq!(s["candidates"], 2, "both callers were active: {s}");
+            assert_eq!(s["rank"], rank, "ranked by time distance: {s}");
+            assert_eq!(s["app"], "Azure Active Directory PowerShell");
+            assert_eq!(s["correlation_id"], "corr-1");
+            assert_eq!(s["resource"], "Windows Azure Active Directory");
+        }
+    }
+    let d = |c: &Value| c["signins"][0]["time_distance_seconds"].as_f64().unwrap();
+    assert!(d(&c7) >= 5.0 && d(&c8) >= d(&c7) + 1.0, "{c7} {c8}");
+    assert!(!out.contains("lost@contoso.com") && !out.contains("fine@contoso.com"));
+}
+
+#[test]
+fn a_captured_caller_is_joined_with_its_process() {
+    if !require(&["curl", "openssl", "tcpdump"]) {
+        return;
+    }
+    let (_srv, up) = openssl_server(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("egress.pcap");
+    let cap = Tcpdump::start(&pcap, &format!("tcp port {up}"));
+    let local_port = free_port();
+    let out = std::process::Command::new("curl")
+        .args(["-sSk", "-m", "10", "--interface", "127.0.0.9"])
+        .args(["--local-port", &local_port.to_string()])
+        .args(["--resolve", &format!("{LOGIN}:{up}:127.0.0.1")])
+        .args(TLS10_ONLY)
+        .arg(format!("https://{LOGIN}:{up}/"))
+        .args(["-o", "/dev/null", "-w", "%{http_code}"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    cap.stop();
+    let config = dir.path().join("analyze.toml");
+    std::fs::write(&config, format!("[proxy]\nallowed_ports = [{up}]\n")).unwrap();
+    let events = dir.path().join("captured.jsonl");
+    let (code, _, err) = tlspeek_cmd(&[
+        "analyze",
+        pcap.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--events",
+        events.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let line = std::fs::read_to_string(&events).unwrap();
+    let e: Value = line
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|e| e["source_port"] == local_port && e["legacy"] == true)
+        .unwrap_or_else(|| panic!("no legacy line from port {local_port}: {line}"));
+    let ts = e["ts"].as_str().unwrap();
+    let xml = dir.path().join("sysmon.xml");
+    let record = sysmon(
+        &shifted(ts, 1),
+        local_port.into(),
+        r"C:\Program Files\Legacy\agent.exe",
+        r"CONTOSO\svc-agent",
+        5150,
+        up,
+    )
+    .replace("127.0.0.7", "127.0.0.9");
+    std::fs::write(&xml, record).unwrap();
+    let (code, out, err) = correlate(&[
+        "--events",
+        events.to_str().unwrap(),
+        "--sysmon",
+        xml.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let c = v["callers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["source_ip"] == "127.0.0.9")
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(
+        c["processes"][0]["image"],
+        r"C:\Program Files\Legacy\agent.exe"
+    );
+    assert_eq!(c["processes"][0]["user"], r"CONTOSO\svc-agent");
+    assert_eq!(c["processes"][0]["pid"], 5150);
 }

@@ -9,9 +9,9 @@ pub mod processes;
 pub mod signins;
 pub mod text;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -86,18 +86,69 @@ pub struct Correlation {
 }
 
 /// A process log in any of its formats: `.evtx`, event XML, Winlogbeat JSON lines.
-fn read_processes(path: &PathBuf) -> Result<(Vec<ProcessConn>, usize), String> {
+fn read_processes(path: &Path) -> Result<processes::Read, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     if bytes.starts_with(processes::EVTX_MAGIC) {
         return processes::parse_evtx(bytes);
     }
-    let text = text::decode(&bytes)?;
-    processes::parse(&text).map(|p| (p, 0))
+    processes::parse(&text::decode(&bytes)?)
 }
 
-fn read(path: &PathBuf) -> Result<String, String> {
+fn read(path: &Path) -> Result<String, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     text::decode(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Inputs at least this large get progress lines on stderr.
+pub const LARGE_INPUT: u64 = 8 << 20;
+
+/// Progress on stderr for a large input: when it starts, and what it gave.
+struct Progress {
+    shown: bool,
+    started: std::time::Instant,
+}
+
+impl Progress {
+    fn start(path: &Path, what: &str) -> Progress {
+        let size = std::fs::metadata(path).map_or(0, |m| m.len());
+        let shown = size >= LARGE_INPUT;
+        if shown {
+            eprintln!(
+                "tlspeek: correlate: reading {what} {} ({} MiB)",
+                path.display(),
+                size >> 20
+            );
+        }
+        Progress {
+            shown,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn done(&self, path: &Path, records: usize, kind: &str) {
+        if self.shown {
+            eprintln!(
+                "tlspeek: correlate: {}: {records} {kind} in {:.1} s",
+                path.display(),
+                self.started.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
+
+/// Each damaged record of one input, by its position (the first few, then a count).
+fn report_damage(problems: &mut Vec<String>, path: &Path, damaged: &[String]) {
+    const SHOWN: usize = 20;
+    for d in damaged.iter().take(SHOWN) {
+        problems.push(format!("{}: {d} (skipped)", path.display()));
+    }
+    if damaged.len() > SHOWN {
+        problems.push(format!(
+            "{}: {} more damaged records skipped",
+            path.display(),
+            damaged.len() - SHOWN
+        ));
+    }
 }
 
 /// Reads every input and joins them.
@@ -107,8 +158,14 @@ pub fn run(o: &Options) -> Correlation {
     let mut rows: BTreeMap<CallerKey, CallerRow> = BTreeMap::new();
     let mut seen = Vec::new();
     for path in &o.events {
+        let progress = Progress::start(path, "event lines");
         match read(path) {
-            Ok(t) => observe_events(&o.config, &t, &mut rows, &mut seen),
+            Ok(t) => {
+                let before = seen.len();
+                let damaged = observe_events(&o.config, &t, &mut rows, &mut seen);
+                report_damage(&mut problems, path, &damaged);
+                progress.done(path, seen.len() - before, "legacy or watched connections");
+            }
             Err(e) => problems.push(e),
         }
     }
@@ -124,25 +181,28 @@ pub fn run(o: &Options) -> Correlation {
     }
     let mut logged: Vec<ProcessConn> = Vec::new();
     for path in &o.sysmon {
+        let progress = Progress::start(path, "process log");
         match read_processes(path) {
-            Ok((p, 0)) => logged.extend(p),
-            Ok((p, damaged)) => {
-                logged.extend(p);
-                problems.push(format!(
-                    "{}: {damaged} damaged records skipped",
-                    path.display()
-                ));
+            Ok(r) => {
+                progress.done(path, r.conns.len(), "connection events");
+                report_damage(&mut problems, path, &r.damaged);
+                logged.extend(r.conns);
             }
             Err(e) => problems.push(format!("{}: {e}", path.display())),
         }
     }
     let mut signs: Vec<SignIn> = Vec::new();
     for path in &o.signins {
+        let progress = Progress::start(path, "sign-ins");
         match read(path).and_then(|t| {
             signins::parse(&t, o.date_order, &o.columns)
                 .map_err(|e| format!("{}: {e}", path.display()))
         }) {
-            Ok(s) => signs.extend(s),
+            Ok(r) => {
+                progress.done(path, r.signins.len(), "legacy-TLS sign-ins");
+                report_damage(&mut problems, path, &r.damaged);
+                signs.extend(r.signins);
+            }
             Err(e) => problems.push(e),
         }
     }
@@ -189,15 +249,21 @@ fn read_inventory(
     Ok(true)
 }
 
-/// The legacy (and watched) connections of event lines, as callers and as connections.
+/// The legacy (and watched) connections of event lines, as callers and as connections;
+/// returns the lines that are not event lines (a line cut short when a writer stopped).
 fn observe_events(
     cfg: &Config,
     text: &str,
     rows: &mut BTreeMap<CallerKey, CallerRow>,
     seen: &mut Vec<Seen>,
-) {
-    for line in text.lines() {
+) -> Vec<String> {
+    let mut damaged = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
         let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else {
+            damaged.push(format!("line {}: not a JSON event line", i + 1));
             continue;
         };
         let Some((o, source_ip, at)) = observation(cfg, &e) else {
@@ -216,6 +282,7 @@ fn observe_events(
             legacy: o.legacy,
         });
     }
+    damaged
 }
 
 /// An event line's connection as an inventory observation, when it is a legacy (or
@@ -321,13 +388,21 @@ fn join_processes(
     seen: &[Seen],
     logged: &[ProcessConn],
 ) -> BTreeMap<CallerKey, BTreeMap<ProcessKey, Tally>> {
+    // Indexed on (address, port): a join of a million connections with a million log
+    // records looks at the few records of each connection's own port.
+    let mut by_port: HashMap<(IpAddr, u16), Vec<&ProcessConn>> = HashMap::new();
+    for p in logged {
+        by_port
+            .entry((p.source_ip.to_canonical(), p.source_port))
+            .or_default()
+            .push(p);
+    }
     let mut procs: BTreeMap<CallerKey, BTreeMap<ProcessKey, Tally>> = BTreeMap::new();
     for c in seen {
-        for p in logged.iter().filter(|p| {
-            p.source_ip.to_canonical() == c.source_ip
-                && p.source_port == c.source_port
-                && (p.at - c.at).abs() <= window
-        }) {
+        let Some(candidates) = by_port.get(&(c.source_ip, c.source_port)) else {
+            continue;
+        };
+        for p in candidates.iter().filter(|p| (p.at - c.at).abs() <= window) {
             let k = (p.image.clone(), p.user.clone(), p.pid, p.host.clone());
             let e = procs
                 .entry(c.key.clone())
@@ -358,20 +433,22 @@ fn join_signins(
                 .as_deref()
                 .and_then(|a| a.parse::<IpAddr>().ok())
                 .is_some_and(|a| o.egress.contains(&a));
-        let mut keys: Vec<&CallerKey> = seen
-            .iter()
-            .filter(|c| {
-                from_egress
-                    && c.legacy
-                    && (c.at - s.at).abs() <= o.window_secs
-                    && to_identity_host(&o.config, &c.key.1)
-            })
-            .map(|c| &c.key)
-            .collect();
-        keys.sort();
-        keys.dedup();
-        s.candidates = keys.len();
-        if keys.is_empty() {
+        // Each caller that could explain it, with its nearest such connection.
+        let mut nearest: BTreeMap<&CallerKey, f64> = BTreeMap::new();
+        for c in seen.iter().filter(|c| {
+            from_egress
+                && c.legacy
+                && (c.at - s.at).abs() <= o.window_secs
+                && to_identity_host(&o.config, &c.key.1)
+        }) {
+            let d = (c.at - s.at).abs();
+            nearest
+                .entry(&c.key)
+                .and_modify(|x| *x = x.min(d))
+                .or_insert(d);
+        }
+        s.candidates = nearest.len();
+        if nearest.is_empty() {
             s.reason = Some(if from_egress {
                 "no legacy connection in the window"
             } else {
@@ -380,8 +457,13 @@ fn join_signins(
             unmatched.push(s);
             continue;
         }
-        for k in keys {
-            joined.entry(k.clone()).or_default().push(s.clone());
+        let mut ranked: Vec<(&CallerKey, f64)> = nearest.into_iter().collect();
+        ranked.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(b.0)));
+        for (rank, (k, d)) in ranked.into_iter().enumerate() {
+            let mut one = s.clone();
+            one.time_distance_seconds = Some((d * 1000.0).round() / 1000.0);
+            one.rank = Some(rank + 1);
+            joined.entry(k.clone()).or_default().push(one);
         }
     }
     (joined, unmatched)
@@ -478,8 +560,12 @@ fn process_text(p: &Process) -> String {
 }
 
 fn signin_text(s: &SignIn) -> String {
+    let rank = match (s.rank, s.time_distance_seconds) {
+        (Some(r), Some(d)) if s.candidates > 1 => format!(", nearest #{r} at {d:.0} s"),
+        _ => String::new(),
+    };
     format!(
-        "{} {} app={} error={} from {} ({} candidate callers)",
+        "{} {} app={} error={} from {} ({} candidate callers{rank})",
         s.time,
         s.user_principal_name.as_deref().unwrap_or("-"),
         s.app.as_deref().unwrap_or("-"),

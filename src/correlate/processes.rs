@@ -20,17 +20,26 @@ pub struct ProcessConn {
     pub host: Option<String>,
 }
 
-/// Reads every connection event of one file's text; an error names what is damaged.
-pub fn parse(text: &str) -> Result<Vec<ProcessConn>, String> {
+/// What one file gave: its connection events, and where it is damaged ("record 7: …",
+/// "line 12: …"); damaged parts are skipped, the rest is kept.
+#[derive(Debug, Default)]
+pub struct Read {
+    pub conns: Vec<ProcessConn>,
+    pub damaged: Vec<String>,
+}
+
+/// Reads every connection event of one file's text. An error: the file is not a process
+/// log at all.
+pub fn parse(text: &str) -> Result<Read, String> {
     let t = text.trim_start();
     if t.starts_with('<') {
-        parse_xml(t)
+        Ok(parse_xml_events(t))
     } else if t.starts_with('{') {
-        parse_ecs(t)
+        Ok(parse_ecs(t))
     } else if t.is_empty() {
-        Ok(Vec::new())
+        Ok(Read::default())
     } else {
-        Err("neither event XML nor Winlogbeat JSON lines".into())
+        Err("neither event XML, an .evtx file nor Winlogbeat JSON lines".into())
     }
 }
 
@@ -38,26 +47,77 @@ pub fn parse(text: &str) -> Result<Vec<ProcessConn>, String> {
 pub const EVTX_MAGIC: &[u8] = b"ElfFile\0";
 
 /// Reads an `.evtx` file (as `wevtutil epl` or Event Viewer's "Save All Events As" write
-/// it). Returns its connection events and how many records were damaged (skipped).
-pub fn parse_evtx(bytes: Vec<u8>) -> Result<(Vec<ProcessConn>, usize), String> {
+/// it): its connection events, and each damaged record (skipped) by its position.
+pub fn parse_evtx(bytes: Vec<u8>) -> Result<Read, String> {
     let settings = evtx::ParserSettings::new().num_threads(1);
     let mut parser = evtx::EvtxParser::from_buffer(bytes)
         .map_err(|e| format!("damaged EVTX file: {e}"))?
         .with_configuration(settings);
-    let (mut out, mut damaged) = (Vec::new(), 0);
-    for record in parser.records() {
+    let mut out = Read::default();
+    for (i, record) in parser.records().enumerate() {
         match record
             .map_err(|e| e.to_string())
             .and_then(|r| parse_xml(&r.data))
         {
-            Ok(conns) => out.extend(conns),
-            Err(e) => {
-                tracing::debug!(error = %e, "EVTX record skipped");
-                damaged += 1
-            }
+            Ok(conns) => out.conns.extend(conns),
+            Err(e) => out.damaged.push(format!(
+                "record {}: {}",
+                i + 1,
+                e.lines().next().unwrap_or("unreadable")
+            )),
         }
     }
-    Ok((out, damaged))
+    Ok(out)
+}
+
+/// Event XML as a whole; when it does not parse, event by event, so that one damaged
+/// `<Event>` loses only itself.
+fn parse_xml_events(text: &str) -> Read {
+    if let Ok(conns) = parse_xml(text) {
+        return Read {
+            conns,
+            damaged: Vec::new(),
+        };
+    }
+    let mut out = Read::default();
+    let mut rest = text;
+    let mut line = 1;
+    let mut n = 0;
+    while let Some(start) = find_event_start(rest) {
+        line += rest[..start].matches('\n').count();
+        let body = &rest[start..];
+        let next = find_event_start(&body[1..]).map_or(body.len(), |i| i + 1);
+        let one = &body[..next];
+        n += 1;
+        // Up to its own end tag: a closing `</Events>` after the last one is not its own.
+        let own = one
+            .rfind("</Event>")
+            .map_or(one, |e| &one[..e + "</Event>".len()]);
+        match parse_xml(own) {
+            Ok(c) => out.conns.extend(c),
+            Err(e) => out.damaged.push(format!("event {n} (line {line}): {e}")),
+        }
+        line += one.matches('\n').count();
+        rest = &body[next..];
+    }
+    if n == 0 {
+        out.damaged
+            .push("line 1: damaged XML, no <Event> found".into());
+    }
+    out
+}
+
+/// Where the next `<Event>` or `<Event …>` element opens (not `<Events>`, `<EventData>`).
+fn find_event_start(s: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = s[from..].find("<Event") {
+        let at = from + i;
+        match s.as_bytes().get(at + 6) {
+            Some(b'>' | b' ' | b'\t' | b'\r' | b'\n' | b'/') => return Some(at),
+            _ => from = at + 6,
+        }
+    }
+    None
 }
 
 fn parse_xml(text: &str) -> Result<Vec<ProcessConn>, String> {
@@ -122,15 +182,21 @@ fn parse_xml(text: &str) -> Result<Vec<ProcessConn>, String> {
     Ok(out)
 }
 
-fn parse_ecs(text: &str) -> Result<Vec<ProcessConn>, String> {
-    let mut out = Vec::new();
+fn parse_ecs(text: &str) -> Read {
+    let mut out = Read::default();
     for (i, line) in text
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
     {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| format!("line {}: not a JSON object ({e})", i + 1))?;
+        let v: serde_json::Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(e) => {
+                out.damaged
+                    .push(format!("line {}: not a JSON object ({e})", i + 1));
+                continue;
+            }
+        };
         let s = |path: &[&str]| {
             let mut cur = &v;
             for p in path {
@@ -156,9 +222,9 @@ fn parse_ecs(text: &str) -> Result<Vec<ProcessConn>, String> {
                 host: s(&["host", "name"]),
             })
         })();
-        out.extend(conn);
+        out.conns.extend(conn);
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
@@ -169,7 +235,7 @@ mod tests {
 
     #[test]
     fn sysmon_5156_and_winlogbeat_give_the_same_fields() {
-        let s = parse(&format!("{SYSMON}\n{SYSMON}")).unwrap();
+        let s = parse(&format!("{SYSMON}\n{SYSMON}")).unwrap().conns;
         assert_eq!(s.len(), 2);
         assert_eq!(
             (s[0].source_port, s[0].pid, s[0].host.as_deref()),
@@ -180,19 +246,38 @@ mod tests {
                 && s[0].user.as_deref() == Some("CONTOSO\\\\svc")
         );
         let wfp = "<Events><Event><System><EventID>5156</EventID><TimeCreated SystemTime='2026-12-01T09:14:07Z'/><Computer>APP02</Computer></System><EventData><Data Name='ProcessID'>88</Data><Data Name='Application'>\\\\device\\\\harddiskvolume2\\\\app.exe</Data><Data Name='SourceAddress'>10.0.0.8</Data><Data Name='SourcePort'>4000</Data></EventData></Event></Events>";
-        let w = parse(wfp).unwrap();
+        let w = parse(wfp).unwrap().conns;
         assert_eq!(
             (w[0].pid, w[0].source_port, w[0].user.clone()),
             (Some(88), 4000, None)
         );
         let ecs = r#"{"@timestamp":"2026-12-01T09:14:07.000Z","source":{"ip":"10.0.0.9","port":4001},"process":{"executable":"C:\\java.exe","pid":7},"user":{"name":"svc","domain":"CONTOSO"},"host":{"name":"APP03"}}"#;
-        let e = parse(ecs).unwrap();
+        let e = parse(ecs).unwrap().conns;
         assert_eq!(
             (e[0].pid, e[0].user.as_deref(), e[0].host.as_deref()),
             (Some(7), Some("CONTOSO\\svc"), Some("APP03"))
         );
-        assert!(parse("<Event><System><EventID>3</Even").is_err());
-        assert!(parse("{not json").is_err());
+        assert_eq!(
+            parse("<Event><System><EventID>3</Even")
+                .unwrap()
+                .damaged
+                .len(),
+            1
+        );
+        assert!(parse("garbage").is_err());
+        // One damaged event or line loses only itself, and says where it is.
+        let broken = format!("{SYSMON}\n<Event><System><EventID>3</Even\n{SYSMON}\n");
+        let r = parse(&broken).unwrap();
+        assert_eq!(r.conns.len(), 2);
+        assert_eq!(r.damaged.len(), 1);
+        assert!(
+            r.damaged[0].starts_with("event 2 (line 2)"),
+            "{:?}",
+            r.damaged
+        );
+        let r = parse(&format!("{ecs}\n{{not json\n{ecs}\n")).unwrap();
+        assert_eq!((r.conns.len(), r.damaged.len()), (2, 1));
+        assert!(r.damaged[0].starts_with("line 2:"), "{:?}", r.damaged);
     }
 }
 
@@ -207,9 +292,15 @@ mod evtx_tests {
             "/tests/fixtures/evtx/sysmon.evtx"
         ))
         .unwrap();
-        let (conns, damaged) = parse_evtx(bytes).unwrap();
+        let r = parse_evtx(bytes).unwrap();
+        let conns = r.conns;
         // The sample has two network connections; its last chunks are not readable.
-        assert_eq!((conns.len(), damaged), (2, 8));
+        assert_eq!((conns.len(), r.damaged.len()), (2, 8));
+        assert!(
+            r.damaged.iter().all(|d| d.starts_with("record ")),
+            "{:?}",
+            r.damaged
+        );
         assert_eq!((conns[0].source_port, conns[0].pid), (59344, Some(4280)));
         assert_eq!(conns[0].user.as_deref(), Some("NT AUTHORITY\\SYSTEM"));
         assert!(

@@ -29,17 +29,35 @@ pub struct SignIn {
     pub ip_address: Option<String>,
     /// How many callers could explain it (filled in by the join).
     pub candidates: usize,
+    /// Under a caller: how far (seconds) its nearest legacy connection to an Entra ID host
+    /// was from the sign-in, and its rank among the candidates by that distance (1 =
+    /// nearest).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_distance_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rank: Option<usize>,
     /// Why it matched no caller (unmatched sign-ins only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
 }
 
 /// Column names of each field, as the portal (English, Japanese) and the Graph script
-/// write them; compared without case, spaces, hyphens and underscores.
+/// write them; compared without case, spaces, hyphens and underscores. The Japanese names
+/// are the portal's and those of Microsoft's Japanese documentation of the sign-in log
+/// (learn.microsoft.com/ja-jp: the sign-in log's activity details, and the Azure Monitor
+/// SigninLogs table reference).
 const COLUMNS: &[(&str, &[&str])] = &[
     (
         "time",
-        &["createddatetime", "date(utc)", "date", "日付(utc)", "日付"],
+        &[
+            "createddatetime",
+            "date(utc)",
+            "date",
+            "日付(utc)",
+            "日付",
+            "作成日時",
+            "日時",
+        ],
     ),
     (
         "upn",
@@ -47,6 +65,7 @@ const COLUMNS: &[(&str, &[&str])] = &[
             "userprincipalname",
             "username",
             "ユーザー名",
+            "ユーザープリンシパル名",
             "serviceprincipalname",
             "サービスプリンシパル名",
         ],
@@ -57,26 +76,55 @@ const COLUMNS: &[(&str, &[&str])] = &[
             "userdisplayname",
             "user",
             "ユーザー",
-            "servicePrincipalname",
+            "ユーザー表示名",
+            "ユーザーの表示名",
         ],
     ),
     (
         "app",
-        &["appdisplayname", "application", "アプリケーション"],
+        &[
+            "appdisplayname",
+            "application",
+            "アプリケーション",
+            "アプリ表示名",
+            "アプリケーション名",
+        ],
     ),
-    ("app_id", &["appid", "applicationid", "アプリケーションid"]),
+    (
+        "app_id",
+        &[
+            "appid",
+            "applicationid",
+            "アプリケーションid",
+            "アプリid",
+            "serviceprincipalid",
+        ],
+    ),
     ("ip", &["ipaddress", "ipアドレス"]),
-    ("resource", &["resourcedisplayname", "resource", "リソース"]),
+    (
+        "resource",
+        &[
+            "resourcedisplayname",
+            "resource",
+            "リソース",
+            "リソース表示名",
+            "リソース名",
+        ],
+    ),
     (
         "code",
         &[
             "errorcode",
             "signinerrorcode",
             "サインインのエラーコード",
+            "エラーコード",
             "status.errorcode",
         ],
     ),
-    ("interactive", &["isinteractive", "interactive"]),
+    (
+        "interactive",
+        &["isinteractive", "interactive", "対話型", "対話型かどうか"],
+    ),
     ("correlation", &["correlationid", "相関id"]),
     (
         "details",
@@ -84,6 +132,8 @@ const COLUMNS: &[(&str, &[&str])] = &[
             "additionaldetails",
             "authenticationprocessingdetails",
             "追加の詳細",
+            "認証処理の詳細",
+            "認証処理詳細",
         ],
     ),
 ];
@@ -112,8 +162,11 @@ pub const FIELDS: [&str; 11] = [
     "details",
 ];
 
-/// `--columns time=When,upn=Who`: the headers of a CSV whose names differ from the
-/// portal's and the Graph script's.
+/// Other names of fields in `--columns`: `user` is the account (`upn`), `error` the code.
+const FIELD_ALIASES: [(&str, &str); 3] = [("user", "upn"), ("error", "code"), ("account", "upn")];
+
+/// `--columns time=When,user=Who,error=Code`: the headers of a CSV whose names differ from
+/// the portal's and the Graph script's.
 pub fn parse_columns(map: &str) -> Result<Vec<(String, String)>, String> {
     map.split(',')
         .filter(|p| !p.trim().is_empty())
@@ -122,21 +175,33 @@ pub fn parse_columns(map: &str) -> Result<Vec<(String, String)>, String> {
                 .split_once('=')
                 .ok_or_else(|| format!("{pair:?}: write field=Header"))?;
             let f = f.trim();
+            let f = FIELD_ALIASES
+                .iter()
+                .find(|(alias, _)| *alias == f)
+                .map_or(f, |(_, field)| field);
             if !FIELDS.contains(&f) {
-                return Err(format!("{f:?}: the fields are {}", FIELDS.join(", ")));
+                return Err(format!(
+                    "{f:?}: the fields are {} (user = upn, error = code)",
+                    FIELDS.join(", ")
+                ));
             }
             Ok((f.to_string(), h.trim().to_string()))
         })
         .collect()
 }
 
-/// Reads one export's text (CSV or Graph JSON); returns the legacy-TLS sign-ins.
-/// `columns` names CSV headers that differ from the known ones.
-pub fn parse(
-    text: &str,
-    order: DateOrder,
-    columns: &[(String, String)],
-) -> Result<Vec<SignIn>, String> {
+/// What one export gave: its legacy-TLS sign-ins, and where it is damaged ("row 7: …");
+/// a damaged row is skipped, the others kept.
+#[derive(Debug, Default)]
+pub struct Read {
+    pub signins: Vec<SignIn>,
+    pub damaged: Vec<String>,
+}
+
+/// Reads one export's text (CSV or Graph JSON). `columns` names CSV headers that differ
+/// from the known ones. An error: the file as a whole cannot be read (no time column,
+/// dates whose order is unknown, not JSON).
+pub fn parse(text: &str, order: DateOrder, columns: &[(String, String)]) -> Result<Read, String> {
     let t = text.trim_start_matches('\u{feff}').trim_start();
     if t.starts_with('{') || t.starts_with('[') {
         parse_graph_json(t)
@@ -155,11 +220,7 @@ fn delimiter(text: &str) -> u8 {
         .unwrap_or(b',')
 }
 
-fn parse_csv(
-    text: &str,
-    order: DateOrder,
-    columns: &[(String, String)],
-) -> Result<Vec<SignIn>, String> {
+fn parse_csv(text: &str, order: DateOrder, columns: &[(String, String)]) -> Result<Read, String> {
     let mut r = csv::ReaderBuilder::new()
         .delimiter(delimiter(text))
         .flexible(true)
@@ -203,9 +264,15 @@ fn parse_csv(
     .iter()
     .all(|c| headers.iter().any(|h| h == c));
     let cols: Vec<(&str, Option<usize>)> = COLUMNS.iter().map(|(f, _)| (*f, col(f))).collect();
-    let mut out = Vec::new();
+    let mut out = Read::default();
     for (i, rec) in r.records().enumerate() {
-        let rec = rec.map_err(|e| format!("CSV row {}: {e}", i + 2))?;
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                out.damaged.push(format!("row {}: {e}", i + 2));
+                continue;
+            }
+        };
         let get = |f: &str| {
             cols.iter()
                 .find(|(n, _)| *n == f)
@@ -216,16 +283,19 @@ fn parse_csv(
                 .map(str::to_string)
         };
         let raw_time = rec.get(time_col).unwrap_or("");
-        let at = parse_time(raw_time, order).ok_or_else(|| {
+        let Some(at) = parse_time(raw_time, order) else {
             if super::text::ambiguous(raw_time) {
-                format!(
-                    "CSV row {}: {raw_time:?}: day and month cannot be told apart; give --date-order mdy or dmy",
+                // Every date of the file is written the same way: a guess would be wrong
+                // for all of them, so the file is refused as a whole.
+                return Err(format!(
+                    "row {}: {raw_time:?}: day and month cannot be told apart; give --date-order mdy or dmy",
                     i + 2
-                )
-            } else {
-                format!("CSV row {}: unreadable time {raw_time:?}", i + 2)
+                ));
             }
-        })?;
+            out.damaged
+                .push(format!("row {}: unreadable time {raw_time:?}", i + 2));
+            continue;
+        };
         let s = SignIn {
             time: rfc3339(at),
             at,
@@ -239,17 +309,19 @@ fn parse_csv(
             correlation_id: get("correlation"),
             ip_address: get("ip"),
             candidates: 0,
+            time_distance_seconds: None,
+            rank: None,
             reason: None,
         };
         let legacy_detail = get("details").is_some_and(|d| d.contains("Legacy TLS"));
         if graph_script || s.error_code.as_deref() == Some(LEGACY_TLS_ERROR) || legacy_detail {
-            out.push(s);
+            out.signins.push(s);
         }
     }
     Ok(out)
 }
 
-fn parse_graph_json(text: &str) -> Result<Vec<SignIn>, String> {
+fn parse_graph_json(text: &str) -> Result<Read, String> {
     let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("JSON: {e}"))?;
     let items = match &v {
         serde_json::Value::Array(a) => a.as_slice(),
@@ -258,11 +330,15 @@ fn parse_graph_json(text: &str) -> Result<Vec<SignIn>, String> {
             .and_then(|x| x.as_array())
             .map_or(&[][..], Vec::as_slice),
     };
-    let mut out = Vec::new();
-    for it in items {
+    let mut out = Read::default();
+    for (i, it) in items.iter().enumerate() {
         let s = |k: &str| it.get(k).and_then(|x| x.as_str()).map(str::to_string);
         let Some(at) = s("createdDateTime").and_then(|t| parse_time(&t, DateOrder::Mdy)) else {
-            return Err("a sign-in without a readable createdDateTime".into());
+            out.damaged.push(format!(
+                "sign-in {} of value[]: no readable createdDateTime",
+                i + 1
+            ));
+            continue;
         };
         let code = it.pointer("/status/errorCode").map(|c| match c {
             serde_json::Value::String(x) => x.clone(),
@@ -284,7 +360,7 @@ fn parse_graph_json(text: &str) -> Result<Vec<SignIn>, String> {
         if code.as_deref() != Some(LEGACY_TLS_ERROR) && !flagged {
             continue;
         }
-        out.push(SignIn {
+        out.signins.push(SignIn {
             time: rfc3339(at),
             at,
             user_principal_name: s("userPrincipalName"),
@@ -297,6 +373,8 @@ fn parse_graph_json(text: &str) -> Result<Vec<SignIn>, String> {
             correlation_id: s("correlationId"),
             ip_address: s("ipAddress"),
             candidates: 0,
+            time_distance_seconds: None,
+            rank: None,
             reason: None,
         });
     }
@@ -317,17 +395,17 @@ mod tests {
 \"c1\",\"2026-12-01T09:14:09Z\",\"svc@contoso.com\",\"u\",\"svc\",\"Azure Active Directory PowerShell\",\"1b73\",\"203.0.113.7\",\"False\",\"Windows Azure Active Directory\",\"r\",\"\",\"1002016\",\"TLS\",\"\"\r\n\
 \"c2\",\"2026-12-01T09:15:00Z\",\"ok@contoso.com\",\"u\",\"ok\",\"Office\",\"x\",\"203.0.113.7\",\"True\",\"r\",\"r\",\"\",\"0\",\"\",\"\"\r\n";
         assert_eq!(
-            parse(script, DateOrder::Mdy, &[]).unwrap().len(),
+            parse(script, DateOrder::Mdy, &[]).unwrap().signins.len(),
             2,
             "every row of the Graph script counts"
         );
         let portal = "Date (UTC);Username;Application;IP address;Sign-in error code\n2026-12-01T09:14:07Z;a@x;App;203.0.113.7;1002016\n2026-12-01T09:15:07Z;b@x;App;203.0.113.7;50126\n";
         assert_eq!(
-            parse(portal, DateOrder::Mdy, &[]).unwrap().len(),
+            parse(portal, DateOrder::Mdy, &[]).unwrap().signins.len(),
             1,
             "semicolons; only 1002016 counts"
         );
-        let s = parse(script, DateOrder::Mdy, &[]).unwrap();
+        let s = parse(script, DateOrder::Mdy, &[]).unwrap().signins;
         assert_eq!(
             s[0].app.as_deref(),
             Some("Azure Active Directory PowerShell")
@@ -337,29 +415,39 @@ mod tests {
             (Some(false), Some("203.0.113.7"))
         );
         let ja = "日付 (UTC),ユーザー名,アプリケーション,IP アドレス,サインインのエラー コード\n2026/12/01 9:14:07,a@contoso.com,Outlook,203.0.113.7,1002016\n";
-        let j = parse(ja, DateOrder::Mdy, &[]).unwrap();
+        let j = parse(ja, DateOrder::Mdy, &[]).unwrap().signins;
         assert_eq!(
             (j[0].user_principal_name.as_deref(), j[0].time.as_str()),
             (Some("a@contoso.com"), "2026-12-01T09:14:07Z")
         );
         let en = "Date (UTC),Username,Application,IP address,Sign-in error code\n12/1/2026 9:14:07 AM,b@contoso.com,Teams,203.0.113.7,1002016\n";
         assert_eq!(
-            parse(en, DateOrder::Mdy, &[]).unwrap()[0].time,
+            parse(en, DateOrder::Mdy, &[]).unwrap().signins[0].time,
             "2026-12-01T09:14:07Z"
         );
         let graph = r#"{"value":[{"createdDateTime":"2026-12-01T09:14:07Z","userPrincipalName":"c@contoso.com","appDisplayName":"App","ipAddress":"203.0.113.7","status":{"errorCode":0},"authenticationProcessingDetails":[{"key":"Legacy TLS (TLS 1.0, 1.1, 3DES)","value":"True"}]},{"createdDateTime":"2026-12-01T09:14:07Z","status":{"errorCode":0}}]}"#;
-        let g = parse(graph, DateOrder::Mdy, &[]).unwrap();
+        let g = parse(graph, DateOrder::Mdy, &[]).unwrap().signins;
         assert_eq!(g.len(), 1);
         assert_eq!(g[0].user_principal_name.as_deref(), Some("c@contoso.com"));
-        assert!(parse("createdDateTime\nnot a time\n", DateOrder::Mdy, &[]).is_err());
+        let bad = parse(
+            "createdDateTime,ErrorCode\nnot a time,1002016\n2026-12-01T09:14:07Z,1002016\n",
+            DateOrder::Mdy,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(bad.signins.len(), 1, "the damaged row loses only itself");
+        assert_eq!(
+            bad.damaged,
+            vec!["row 2: unreadable time \"not a time\"".to_string()]
+        );
         let own = "When,Who,Code\n2026-12-01 09:14:07,d@contoso.com,1002016\n";
         assert!(
             parse(own, DateOrder::Mdy, &[]).is_err(),
             "no known time column"
         );
-        let cols = parse_columns("time=When, upn=Who,code=Code").unwrap();
+        let cols = parse_columns("time=When, user=Who,error=Code").unwrap();
         assert_eq!(
-            parse(own, DateOrder::Mdy, &cols).unwrap()[0]
+            parse(own, DateOrder::Mdy, &cols).unwrap().signins[0]
                 .user_principal_name
                 .as_deref(),
             Some("d@contoso.com")
@@ -369,7 +457,7 @@ mod tests {
         let e = parse(amb, DateOrder::Unsure, &[]).unwrap_err();
         assert!(e.contains("--date-order"), "{e}");
         assert_eq!(
-            parse(amb, DateOrder::Dmy, &[]).unwrap()[0].time,
+            parse(amb, DateOrder::Dmy, &[]).unwrap().signins[0].time,
             "2026-12-01T09:14:07Z"
         );
     }

@@ -1,5 +1,5 @@
 //! Text as Windows tools write it: UTF-8 with or without BOM, UTF-16 with BOM (PowerShell,
-//! Excel); times as ISO 8601 or PowerShell's culture formats (`12/1/2026 9:14:07 AM`,
+//! Excel), CP932 without BOM (Japanese Excel's "CSV"); times as ISO 8601 or PowerShell's culture formats (`12/1/2026 9:14:07 AM`,
 //! `2026/12/01 9:14:07`), all UTC.
 
 /// Day and month order of a culture date such as `1/12/2026`.
@@ -43,8 +43,14 @@ pub fn decode(bytes: &[u8]) -> Result<String, String> {
         }
         [0xff, 0xfe, rest @ ..] => utf16(rest, false),
         [0xfe, 0xff, rest @ ..] => utf16(rest, true),
-        _ => String::from_utf8(bytes.to_vec())
-            .map_err(|_| "invalid UTF-8 (and no UTF-16 BOM)".into()),
+        _ => match std::str::from_utf8(bytes) {
+            Ok(s) => Ok(s.to_string()),
+            // Japanese Excel saves "CSV" in CP932 (WHATWG's Shift_JIS is Windows-31J).
+            Err(_) => encoding_rs::SHIFT_JIS
+                .decode_without_bom_handling_and_without_replacement(bytes)
+                .map(|s| s.into_owned())
+                .ok_or_else(|| "neither UTF-8, UTF-16 with a BOM, nor CP932 (Shift_JIS)".into()),
+        },
     }
 }
 
@@ -172,5 +178,14 @@ mod tests {
             .collect();
         assert_eq!(decode(&be).unwrap(), "ja");
         assert!(decode(b"\xff\x00\x01").is_err());
+        // CP932 as Japanese Excel writes it: 日付 (UTC),ユーザー名
+        let (cp932, _, bad) =
+            encoding_rs::SHIFT_JIS.encode("日付 (UTC),ユーザー名,サインインのエラー コード");
+        assert!(!bad);
+        assert_eq!(
+            decode(&cp932).unwrap(),
+            "日付 (UTC),ユーザー名,サインインのエラー コード"
+        );
+        assert!(decode(b"\x82\xff\xfd").is_err(), "neither UTF-8 nor CP932");
     }
 }
