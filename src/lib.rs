@@ -17,6 +17,7 @@ pub mod correlate;
 pub mod dns;
 pub mod hello;
 pub mod inventory;
+pub mod local_process;
 pub mod names;
 pub mod net;
 pub mod policy;

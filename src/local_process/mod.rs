@@ -1,0 +1,182 @@
+//! Which process of this host opened a caller's connection, when the caller runs on the
+//! same Linux host as tlspeek (an explicit proxy on 127.0.0.1, or transparent mode with an
+//! `iptables -t nat -A OUTPUT -m owner …` redirect). At accept, for loopback and local
+//! sources only: the kernel names the socket's inode and uid (`sock_diag`), and a cached
+//! inode → pid map of `/proc/*/fd` names the process (its exe, comm, and the user).
+//!
+//! Cost: a cache hit is one netlink round trip and a look at one process's descriptors.
+//! A miss walks `/proc` newest process first and stops at the owner (a new client is
+//! among the newest), remembering every socket seen on the way; non-local sources never
+//! get here.
+
+pub mod sock_diag;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A local caller's process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalProcess {
+    pub pid: u32,
+    /// `/proc/PID/exe` (empty when unreadable), else its `comm`.
+    pub exe: String,
+    pub comm: String,
+    /// The socket owner's user name (its uid when it has no name).
+    pub user: String,
+}
+
+/// The inode → pid map, bounded.
+const MAX_CACHED: usize = 65_536;
+
+/// The process namer: one per proxy.
+#[derive(Default)]
+pub struct LocalProcesses {
+    by_inode: Mutex<HashMap<u64, u32>>,
+    scans: AtomicU64,
+}
+
+/// Is the source on this host: loopback, or the address it reached us on?
+pub fn is_local(peer: SocketAddr, accepted_on: SocketAddr) -> bool {
+    let ip = peer.ip().to_canonical();
+    ip.is_loopback() || ip == accepted_on.ip().to_canonical()
+}
+
+/// `socket:[12345]` → 12345.
+fn socket_inode(link: &std::path::Path) -> Option<u64> {
+    let s = link.to_str()?;
+    s.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// The socket inodes a process holds; calls `seen` for each and stops when it says so.
+fn for_each_socket(pid: u32, mut seen: impl FnMut(u64) -> bool) -> bool {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    for entry in dir.flatten() {
+        if let Some(inode) = std::fs::read_link(entry.path())
+            .ok()
+            .and_then(|l| socket_inode(&l))
+            && seen(inode)
+        {
+            return true;
+        }
+    }
+    false
+}
+
+fn user_name(uid: u32) -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map_or_else(|| uid.to_string(), |u| u.name)
+}
+
+fn describe(pid: u32, uid: u32) -> LocalProcess {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim_end().to_string())
+        .unwrap_or_default();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| comm.clone());
+    LocalProcess {
+        pid,
+        exe,
+        comm,
+        user: user_name(uid),
+    }
+}
+
+impl LocalProcesses {
+    /// The process that owns the TCP socket `local` ↔ `remote` (as that socket sees them:
+    /// the caller's own address, and where it connected to). Blocking: call it off the
+    /// async workers.
+    pub fn name(&self, local: SocketAddr, remote: SocketAddr) -> Option<LocalProcess> {
+        let owner = match sock_diag::lookup(local, remote) {
+            Ok(Some(o)) => o,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::debug!(error = %e, "sock_diag lookup failed");
+                return None;
+            }
+        };
+        let pid = self.pid_of(owner.inode)?;
+        Some(describe(pid, owner.uid))
+    }
+
+    /// Full walks of `/proc` so far (cache misses).
+    pub fn scans(&self) -> u64 {
+        self.scans.load(Ordering::Relaxed)
+    }
+
+    fn pid_of(&self, inode: u64) -> Option<u32> {
+        let mut map = self.by_inode.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(&pid) = map.get(&inode) {
+            if for_each_socket(pid, |i| i == inode) {
+                return Some(pid);
+            }
+            map.remove(&inode);
+        }
+        self.scans.fetch_add(1, Ordering::Relaxed);
+        if map.len() >= MAX_CACHED {
+            map.clear();
+        }
+        let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        // Newest first: pids grow until they wrap, and a caller is usually a new process.
+        pids.sort_unstable_by(|a, b| b.cmp(a));
+        let me = std::process::id();
+        for pid in pids.into_iter().filter(|p| *p != me) {
+            let found = for_each_socket(pid, |i| {
+                if map.len() < MAX_CACHED {
+                    map.insert(i, pid);
+                }
+                i == inode
+            });
+            if found {
+                return Some(pid);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_process_is_named_by_its_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // A real other process (bash's /dev/tcp) holds the client socket.
+        let mut child = std::process::Command::new("bash")
+            .args([
+                "-c",
+                &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; read -t 10 <&3"),
+            ])
+            .spawn()
+            .unwrap();
+        let (_conn, peer) = listener.accept().unwrap();
+        let names = LocalProcesses::default();
+        let accepted_on = listener.local_addr().unwrap();
+        assert!(is_local(peer, accepted_on));
+        let p = names.name(peer, accepted_on).expect("named");
+        assert_eq!(p.pid, child.id());
+        assert_eq!((p.comm.as_str(), p.exe.as_str()), ("bash", "/usr/bin/bash"));
+        assert_eq!(p.user, user_name(nix::unistd::getuid().as_raw()));
+        let scans = names.scans();
+        assert_eq!(names.name(peer, accepted_on), Some(p), "again, from the cache");
+        assert_eq!(names.scans(), scans, "a cache hit walks nothing");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(!is_local(
+            "192.0.2.1:5".parse().unwrap(),
+            "127.0.0.1:3128".parse().unwrap()
+        ));
+    }
+}
