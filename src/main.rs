@@ -131,6 +131,10 @@ struct CorrelateArgs {
     columns: Option<String>,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+    /// Store who each joined caller is (process, Windows user, account, app) in this
+    /// inventory; `tlspeek report`, `/legacy` and `/legacy.csv` then show it.
+    #[arg(long = "write-db", value_name = "FILE")]
+    write_db: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -327,7 +331,16 @@ fn correlate(args: CorrelateArgs) -> anyhow::Result<ExitCode> {
         date_order,
         columns,
     };
-    let c = correlate::run(&opts);
+    let mut c = correlate::run(&opts);
+    if let Some(path) = &args.write_db {
+        match correlate::write_db(&c, path) {
+            Ok((updated, added)) => eprintln!(
+                "tlspeek: correlate: {}: who is who stored for {updated} callers already there, {added} added",
+                path.display()
+            ),
+            Err(e) => c.problems.push(e.to_string()),
+        }
+    }
     print!("{}", correlate::render(&c, args.format));
     for w in &c.warnings {
         eprintln!("tlspeek: warning: {w}");

@@ -77,6 +77,8 @@ pub struct Shared {
     pub tunnels: Registry,
     /// JA4 → User-Agent pairs learned in upgrade mode.
     pub learned_agents: crate::inventory::agents::Learned,
+    /// Names the processes of callers on this host.
+    pub local_processes: Arc<crate::local_process::LocalProcesses>,
     pub next_id: AtomicU64,
     /// Every connection task, so shutdown can wait for them.
     pub tracker: TaskTracker,

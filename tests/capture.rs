@@ -516,11 +516,23 @@ fn transparent_mode_sees_clients_that_ignore_proxies() {
         (legacy["max_version"].as_str(), legacy["legacy"].as_bool()),
         (Some("TLS1.0"), Some(true))
     );
+    // The redirected caller runs on tlspeek's host, as another user: named by its
+    // executable and that user.
+    assert_eq!(
+        (legacy["process"].as_str(), legacy["process_user"].as_str()),
+        (Some("/usr/bin/curl"), Some("nobody")),
+        "{legacy}"
+    );
     let nosni = ev
         .iter()
         .find(|e| e["sni"].is_null() && e["kind"] == "tls")
         .unwrap_or_else(|| panic!("{ev:#?}"));
     assert_eq!(nosni["name_inferred"], true, "{nosni}");
+    assert_eq!(
+        (nosni["process"].as_str(), nosni["process_user"].as_str()),
+        (Some("/usr/bin/openssl"), Some("nobody")),
+        "{nosni}"
+    );
     let looped = ev
         .iter()
         .find(|e| e["outcome"] == "refused_destination")
@@ -539,6 +551,16 @@ fn transparent_mode_sees_clients_that_ignore_proxies() {
     );
     assert!(
         sample(&m, "tlspeek_connections_total", &[("mode", "transparent")]).unwrap_or(0.0) >= 3.0
+    );
+    assert!(
+        sample(
+            &m,
+            "tlspeek_local_process_lookups_total",
+            &[("result", "named")]
+        )
+        .unwrap_or(0.0)
+            >= 2.0,
+        "{m}"
     );
 }
 
@@ -766,6 +788,13 @@ fn transparent_mode_with_tproxy() {
     assert_eq!(ev.len(), 1, "{ev:#?}");
     let e = &ev[0];
     assert_eq!(e["source_ip"], "10.77.0.2", "{e}");
+    // A caller on another host: no process lookup at all.
+    assert!(e["process"].is_null() && e["process_user"].is_null(), "{e}");
+    let m = router.metrics(admin);
+    assert!(
+        !m.contains("tlspeek_local_process_lookups_total{"),
+        "no lookup for a non-local source: {m}"
+    );
     assert_eq!(e["upstream_ip"], server_ip, "{e}");
     assert_eq!(e["target_port"], up, "{e}");
     assert_eq!(e["sni"], LOGIN, "{e}");

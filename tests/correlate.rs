@@ -62,6 +62,10 @@ fn a_legacy_caller_is_joined_with_its_process_and_its_sign_in() {
         .unwrap();
     let ts = e["ts"].as_str().unwrap();
     let port = e["source_port"].as_u64().unwrap();
+    // curl runs on this host: tlspeek names its process and user itself.
+    assert_eq!(e["process"], "/usr/bin/curl", "{e}");
+    assert_eq!(e["process_user"].as_str(), Some(whoami().as_str()), "{e}");
+    assert!(e["process_pid"].as_u64().is_some_and(|p| p > 1), "{e}");
 
     let dir = tempfile::tempdir().unwrap();
     let xml = dir.path().join("sysmon.xml");
@@ -249,6 +253,112 @@ fn a_legacy_caller_is_joined_with_its_process_and_its_sign_in() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    // The live inventory shows the local process; --write-db stores who the caller is
+    // (the running proxy's inventory), and the report and /legacy(.csv) show it.
+    let db_s = db.to_str().unwrap();
+    let report = |extra: &[&str]| {
+        let mut a = vec!["report", "--db", db_s, "--format", "json"];
+        a.extend_from_slice(extra);
+        let (code, out, err) = tlspeek_cmd(&a);
+        assert_eq!(code, 0, "{err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["source_ip"] == "127.0.0.7")
+            .cloned()
+            .unwrap_or_else(|| panic!("{out}"))
+    };
+    let live = report(&[]);
+    assert_eq!(live["process"], "/usr/bin/curl", "{live}");
+    let (code, _, err) = correlate(&[
+        "--db",
+        db_s,
+        "--sysmon",
+        xml.to_str().unwrap(),
+        "--signins",
+        csv.to_str().unwrap(),
+        "--egress-ip",
+        "203.0.113.7",
+        "--write-db",
+        db_s,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("stored for 1 callers already there, 0 added"),
+        "{err}"
+    );
+    let row = report(&[]);
+    assert_eq!(
+        (
+            row["process"].as_str(),
+            row["process_user"].as_str(),
+            row["account"].as_str(),
+            row["app"].as_str()
+        ),
+        (
+            Some(r"C:\Windows\System32\WindowsPowerShell\v1.0\powershell.exe"),
+            Some(r"CONTOSO\svc-sync"),
+            Some("svc-sync@contoso.com"),
+            Some("Azure Active Directory PowerShell")
+        ),
+        "{row}"
+    );
+    assert_eq!(
+        row["connections"], live["connections"],
+        "counts stay the proxy's"
+    );
+    let (status, csv_out) = t.admin_get("/legacy.csv");
+    assert_eq!(status, 200);
+    let header = csv_out.lines().next().unwrap();
+    assert!(
+        header.ends_with(",fix,process,process_user,account,app"),
+        "{header}"
+    );
+    let line = csv_out.lines().find(|l| l.contains("127.0.0.7")).unwrap();
+    assert!(
+        line.contains("svc-sync@contoso.com") && line.contains("powershell.exe"),
+        "{line}"
+    );
+    let (status, json_out) = t.admin_get("/legacy");
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&json_out).unwrap();
+    let rows = v.as_array().unwrap();
+    assert!(
+        rows.iter().any(|r| r["source_ip"] == "127.0.0.7"
+            && r["account"] == "svc-sync@contoso.com"
+            && r["process_user"] == r"CONTOSO\svc-sync"),
+        "{json_out}"
+    );
+    let (_, table, _) = tlspeek_cmd(&["report", "--db", db_s]);
+    assert!(
+        table.contains("    account: svc-sync@contoso.com (app Azure Active Directory PowerShell)"),
+        "{table}"
+    );
+    // Into a new file: the caller is added whole, with who it is.
+    let fresh = dir.path().join("attributed.sqlite");
+    let (code, _, err) = correlate(&[
+        "--events",
+        &events,
+        "--sysmon",
+        xml.to_str().unwrap(),
+        "--write-db",
+        fresh.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = tlspeek_cmd(&["report", "--db", fresh.to_str().unwrap(), "--format", "csv"]);
+    assert!(
+        out.contains("powershell.exe") && out.contains("127.0.0.7"),
+        "{out}"
+    );
+}
+
+fn whoami() -> String {
+    let out = std::process::Command::new("id")
+        .arg("-un")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// A legacy event line's time and source port, for the caller from `source`.

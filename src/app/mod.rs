@@ -146,6 +146,7 @@ fn build_shared(
         config: ArcSwap::from_pointee(cfg),
         metrics,
         events,
+        local_processes: Default::default(),
         next_id: AtomicU64::new(1),
         tracker: TaskTracker::new(),
         hard_stop: CancellationToken::new(),

@@ -19,8 +19,8 @@ use crate::config::Config;
 use crate::hello::TlsLibrary;
 use crate::inventory::report::{self, Format};
 use crate::inventory::software::SoftwareDb;
-use crate::inventory::store::{Filter, Store};
-use crate::inventory::{CallerKey, CallerRow, Observation};
+use crate::inventory::store::{Filter, Store, StoreError};
+use crate::inventory::{Attribution, CallerKey, CallerRow, Observation};
 use processes::ProcessConn;
 use signins::SignIn;
 use text::DateOrder;
@@ -339,6 +339,8 @@ fn observation(cfg: &Config, e: &serde_json::Value) -> Option<(Observation, IpAd
         .into(),
         fix: SoftwareDb::embedded().library_fix(lib).to_string(),
         user_agent: s("user_agent"),
+        process: s("process"),
+        process_user: s("process_user"),
     };
     Some((o, source_ip, at))
 }
@@ -467,6 +469,46 @@ fn join_signins(
         }
     }
     (joined, unmatched)
+}
+
+/// Who a joined caller is, in one line of the inventory: the process seen on most of its
+/// connections (and its Windows user), and the account and app of the sign-ins it is the
+/// nearest candidate for (the most frequent). `None` when nothing was joined.
+pub fn attribution(c: &Caller) -> Option<Attribution> {
+    let process = c
+        .processes
+        .iter()
+        .max_by(|a, b| (a.connections, &a.last_seen).cmp(&(b.connections, &b.last_seen)));
+    let mut accounts: BTreeMap<(&str, Option<&str>), usize> = BTreeMap::new();
+    for s in c.signins.iter().filter(|s| s.rank.unwrap_or(1) == 1) {
+        if let Some(upn) = s.user_principal_name.as_deref() {
+            *accounts.entry((upn, s.app.as_deref())).or_default() += 1;
+        }
+    }
+    let account = accounts.into_iter().max_by_key(|(_, n)| *n).map(|(k, _)| k);
+    let who = Attribution {
+        process: process.map(|p| p.image.clone()),
+        process_user: process.and_then(|p| p.user.clone()),
+        account: account.map(|(upn, _)| upn.to_string()),
+        app: account.and_then(|(_, app)| app.map(str::to_string)),
+    };
+    (!who.is_empty()).then_some(who)
+}
+
+/// Stores who each joined caller is in the inventory at `path` (created if needed): shown
+/// by `tlspeek report`, `/legacy` and `/legacy.csv`. Returns (rows updated, rows added).
+pub fn write_db(c: &Correlation, path: &Path) -> Result<(usize, usize), StoreError> {
+    let rows: Vec<CallerRow> = c
+        .callers
+        .iter()
+        .filter_map(|x| {
+            let who = attribution(x)?;
+            let mut row = x.row.clone();
+            row.who = who;
+            Some(row)
+        })
+        .collect();
+    Store::open(path)?.attribute(&rows)
 }
 
 /// A sign-in is explained only by a connection to an Entra ID host: a watched destination.

@@ -40,6 +40,9 @@ pub struct Observation {
     pub software_confidence: String,
     pub fix: String,
     pub user_agent: Option<String>,
+    /// A caller on tlspeek's own host: its process's executable and user.
+    pub process: Option<String>,
+    pub process_user: Option<String>,
 }
 
 impl Observation {
@@ -64,6 +67,8 @@ impl Observation {
             ja3_hash: rec.ja3_hash.clone().unwrap_or_default(),
             sni: rec.sni.clone(),
             offered_version: rec.max_version.map(str::to_string),
+            process: rec.process.clone(),
+            process_user: rec.process_user.clone(),
             ..Observation::default()
         }
     }
@@ -160,6 +165,40 @@ pub struct CallerRow {
     /// What the source's own plain-HTTP User-Agents say (filled in when read).
     pub source_os: Option<agents::Named>,
     pub source_runtime: Option<agents::Named>,
+    /// Who the caller is: the process and its user (named live for callers on tlspeek's
+    /// own host, or from Windows event logs by `tlspeek correlate --write-db`), and the
+    /// Entra ID account and app of the sign-ins it explains (`--write-db`).
+    #[serde(flatten)]
+    pub who: Attribution,
+}
+
+/// Who a caller is, beyond its address. Personal data: never a metric label.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Attribution {
+    pub process: Option<String>,
+    pub process_user: Option<String>,
+    pub account: Option<String>,
+    pub app: Option<String>,
+}
+
+impl Attribution {
+    /// Each field `newer` knows replaces this one's.
+    pub fn update(&mut self, newer: &Attribution) {
+        for (mine, theirs) in [
+            (&mut self.process, &newer.process),
+            (&mut self.process_user, &newer.process_user),
+            (&mut self.account, &newer.account),
+            (&mut self.app, &newer.app),
+        ] {
+            if theirs.is_some() {
+                *mine = theirs.clone();
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Attribution::default()
+    }
 }
 
 /// One recent legacy or watched connection, kept so that `tlspeek correlate` can join it
@@ -266,6 +305,11 @@ impl CallerRow {
             user_agent: o.user_agent.clone(),
             source_os: None,
             source_runtime: None,
+            who: Attribution {
+                process: o.process.clone(),
+                process_user: o.process_user.clone(),
+                ..Attribution::default()
+            },
         };
         union_reasons(&mut row.legacy_reasons, &o.legacy_reasons);
         row
@@ -318,6 +362,13 @@ impl CallerRow {
         }
         if other.source_runtime.is_some() && (newer || self.source_runtime.is_none()) {
             self.source_runtime = other.source_runtime.clone();
+        }
+        if newer {
+            self.who.update(&other.who);
+        } else {
+            let mut who = other.who.clone();
+            who.update(&self.who);
+            self.who = who;
         }
     }
 }

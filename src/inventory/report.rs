@@ -61,6 +61,10 @@ pub struct JsonRow<'a> {
     user_agent: Option<&'a str>,
     source_os: Option<&'a super::agents::Named>,
     source_runtime: Option<&'a super::agents::Named>,
+    process: Option<&'a str>,
+    process_user: Option<&'a str>,
+    account: Option<&'a str>,
+    app: Option<&'a str>,
 }
 
 pub fn json_row(r: &CallerRow) -> JsonRow<'_> {
@@ -89,6 +93,10 @@ pub fn json_row(r: &CallerRow) -> JsonRow<'_> {
         user_agent: r.user_agent.as_deref(),
         source_os: r.source_os.as_ref(),
         source_runtime: r.source_runtime.as_ref(),
+        process: r.who.process.as_deref(),
+        process_user: r.who.process_user.as_deref(),
+        account: r.who.account.as_deref(),
+        app: r.who.app.as_deref(),
     }
 }
 
@@ -125,6 +133,10 @@ pub const CSV_HEADER: &[&str] = &[
     "source_runtime_user_agent",
     "source_runtime_seen",
     "fix",
+    "process",
+    "process_user",
+    "account",
+    "app",
 ];
 
 /// One CSV cell: formula-looking text is defused (OWASP: a leading `=`, `+`, `-`, `@`, TAB
@@ -176,6 +188,10 @@ pub fn to_csv(rows: &[CallerRow]) -> String {
             named(&r.source_runtime, |n| &n.user_agent),
             named(&r.source_runtime, |n| &n.seen),
             r.fix.clone(),
+            r.who.process.clone().unwrap_or_default(),
+            r.who.process_user.clone().unwrap_or_default(),
+            r.who.account.clone().unwrap_or_default(),
+            r.who.app.clone().unwrap_or_default(),
         ];
         let line: Vec<String> = cells.iter().map(|c| csv_cell(c)).collect();
         out.push_str(&line.join(","));
@@ -252,6 +268,23 @@ pub fn to_table(rows: &[CallerRow]) -> String {
                 );
             }
         }
+        let who = &r.who;
+        if let Some(p) = &who.process {
+            let _ = writeln!(
+                out,
+                "    process: {} (user {})",
+                printable(p),
+                printable(who.process_user.as_deref().unwrap_or("-"))
+            );
+        }
+        if let Some(a) = &who.account {
+            let _ = writeln!(
+                out,
+                "    account: {} (app {})",
+                printable(a),
+                printable(who.app.as_deref().unwrap_or("-"))
+            );
+        }
         if r.legacy {
             let _ = writeln!(out, "    fix: {}", printable(&r.fix));
         }
@@ -305,6 +338,8 @@ mod tests {
             software_confidence: "heuristic".into(),
             fix: "Set SchUseStrongCrypto=1, then restart".into(),
             user_agent: Some("@evil".into()),
+            process: Some("/usr/bin/curl".into()),
+            process_user: Some("nobody".into()),
             ..Observation::default()
         })
     }
@@ -336,6 +371,10 @@ mod tests {
         assert!(t.contains("10.1.2.3 (agent7.corp[31m)"), "{t}");
         assert!(t.contains("Windows SChannel (heuristic)"));
         assert!(t.contains("    fix: Set SchUseStrongCrypto=1"));
+        assert!(
+            t.contains("    process: /usr/bin/curl (user nobody)"),
+            "{t}"
+        );
     }
 
     #[test]
@@ -347,5 +386,9 @@ mod tests {
             "JSON escapes, keeps the value"
         );
         assert_eq!(v[0]["legacy_reasons"][0], "negotiated_tls10");
+        assert_eq!(
+            (v[0]["process"].as_str(), v[0]["account"].as_str()),
+            (Some("/usr/bin/curl"), None)
+        );
     }
 }

@@ -91,17 +91,25 @@ CREATE TABLE IF NOT EXISTS connections (
 );
 CREATE INDEX IF NOT EXISTS connections_at ON connections (at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '2');
+INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '3');
 ";
 
 /// Columns added since the first schema, with their definition: an older inventory gets
 /// them in place when opened for writing (existing rows start as `unknown`), and reads
 /// them as that default when opened read-only.
-const ADDED_COLUMNS: &[(&str, &str, &str)] = &[(
-    "tls_library",
-    "TEXT NOT NULL DEFAULT 'unknown'",
-    "'unknown'",
-)];
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    // Schema 2.
+    (
+        "tls_library",
+        "TEXT NOT NULL DEFAULT 'unknown'",
+        "'unknown'",
+    ),
+    // Schema 3: who the caller is.
+    ("process", "TEXT", "NULL"),
+    ("process_user", "TEXT", "NULL"),
+    ("account", "TEXT", "NULL"),
+    ("app", "TEXT", "NULL"),
+];
 
 /// Does `callers` have `column`?
 fn has_column(conn: &Connection, column: &str) -> rusqlite::Result<bool> {
@@ -117,7 +125,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         }
     }
     conn.execute(
-        "UPDATE meta SET value = '2' WHERE key = 'schema_version' AND value = '1'",
+        "UPDATE meta SET value = '3' WHERE key = 'schema_version' AND value IN ('1', '2')",
         [],
     )?;
     Ok(())
@@ -218,6 +226,12 @@ fn row_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<CallerRow> {
         tls_library: r.get(21)?,
         source_os: None,
         source_runtime: None,
+        who: super::Attribution {
+            process: r.get(22)?,
+            process_user: r.get(23)?,
+            account: r.get(24)?,
+            app: r.get(25)?,
+        },
     })
 }
 
@@ -319,8 +333,8 @@ impl Store {
                 ?;
             let mut put = tx
                 .prepare_cached(&format!(
-                    "INSERT OR REPLACE INTO callers ({COLUMNS}, tls_library) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
+                    "INSERT OR REPLACE INTO callers ({COLUMNS}, tls_library, process, process_user, account, app) VALUES \
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)"
                 ))
                 ?;
             for row in rows {
@@ -359,6 +373,10 @@ impl Store {
                     merged.last_sni,
                     merged.user_agent,
                     merged.tls_library,
+                    merged.who.process,
+                    merged.who.process_user,
+                    merged.who.account,
+                    merged.who.app,
                 ])
                 ?;
                 n += 1;
@@ -366,6 +384,38 @@ impl Store {
         }
         Ok(n)
         })
+    }
+
+    /// Stores who each caller is (`tlspeek correlate --write-db`): a row already stored
+    /// gets the fields of its attribution that are known, nothing else (its counts stay
+    /// the proxy's); a caller not stored yet is added whole. Returns (updated, added).
+    pub fn attribute(&mut self, rows: &[CallerRow]) -> Result<(usize, usize), StoreError> {
+        let missing: Vec<CallerRow> = self.transaction(|tx| {
+            let mut set = tx.prepare_cached(
+                "UPDATE callers SET process = coalesce(?4, process), \
+                 process_user = coalesce(?5, process_user), account = coalesce(?6, account), \
+                 app = coalesce(?7, app) WHERE source_ip = ?1 AND destination = ?2 AND ja4 = ?3",
+            )?;
+            let mut missing = Vec::new();
+            for r in rows {
+                let w = &r.who;
+                let n = set.execute(params![
+                    r.source_ip,
+                    r.destination,
+                    r.ja4,
+                    w.process,
+                    w.process_user,
+                    w.account,
+                    w.app
+                ])?;
+                if n == 0 {
+                    missing.push(r.clone());
+                }
+            }
+            Ok(missing)
+        })?;
+        let added = self.apply(&missing)?;
+        Ok((rows.len() - missing.len(), added))
     }
 
     /// Deletes rows last seen before `before` (Unix seconds); returns how many. User-Agents
@@ -652,7 +702,7 @@ mod tests {
         {
             let old = SCHEMA
                 .replace("    tls_library TEXT NOT NULL DEFAULT 'unknown',\n", "")
-                .replace("'schema_version', '2'", "'schema_version', '1'");
+                .replace("'schema_version', '3'", "'schema_version', '1'");
             assert!(!old.contains("tls_library"));
             let c = Connection::open(&path).unwrap();
             c.execute_batch(&old).unwrap();
@@ -666,6 +716,7 @@ mod tests {
         let ro = Store::open_read_only(&path).unwrap();
         let rows = ro.query(&Filter::default()).unwrap();
         assert_eq!((rows.len(), rows[0].tls_library.as_str()), (1, "unknown"));
+        assert!(rows[0].who.is_empty(), "no attribution in an old file");
         drop(ro);
         // Opened for writing: migrated in place, old rows unknown, new rows as written.
         let mut rw = Store::open(&path).unwrap();
@@ -682,7 +733,22 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(v, "2");
+        assert_eq!(v, "3");
+        // Schema 3: who a caller is, stored by `correlate --write-db`; counts untouched.
+        let mut attributed = rows[1].clone();
+        attributed.who.account = Some("svc@contoso.com".into());
+        attributed.connections = 999;
+        let mut unseen = row("10.0.0.3", 6, true);
+        unseen.who.process = Some("/usr/bin/java".into());
+        assert_eq!(rw.attribute(&[attributed, unseen]).unwrap(), (1, 1));
+        let rows = rw.query(&Filter::default()).unwrap();
+        let of = |ip: &str| rows.iter().find(|r| r.source_ip == ip).unwrap();
+        assert_eq!(
+            of("10.0.0.2").who.account.as_deref(),
+            Some("svc@contoso.com")
+        );
+        assert_eq!(of("10.0.0.2").connections, 1);
+        assert_eq!(of("10.0.0.3").who.process.as_deref(), Some("/usr/bin/java"));
     }
 
     #[test]

@@ -5,13 +5,15 @@
 //! inode → pid map of `/proc/*/fd` names the process (its exe, comm, and the user).
 //!
 //! Cost: a cache hit is one netlink round trip and a look at one process's descriptors.
-//! A miss walks `/proc` newest process first and stops at the owner (a new client is
-//! among the newest), remembering every socket seen on the way; non-local sources never
-//! get here.
+//! A new socket of a process that called recently is found among that process's
+//! descriptors (the last few owners are looked at first), so a busy local client does not
+//! cost a walk per connection. Otherwise `/proc` is walked newest process first, stopping
+//! at the owner (a new client is among the newest) and remembering every socket seen on
+//! the way. Non-local sources never get here.
 
 pub mod sock_diag;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,10 +32,29 @@ pub struct LocalProcess {
 /// The inode → pid map, bounded.
 const MAX_CACHED: usize = 65_536;
 
+/// How many recent owners are looked at before walking `/proc`.
+const RECENT_OWNERS: usize = 16;
+
+#[derive(Default)]
+struct Cache {
+    by_inode: HashMap<u64, u32>,
+    /// The last owners found, most recent first.
+    recent: VecDeque<u32>,
+}
+
+impl Cache {
+    fn owner_found(&mut self, pid: u32) -> Option<u32> {
+        self.recent.retain(|p| *p != pid);
+        self.recent.push_front(pid);
+        self.recent.truncate(RECENT_OWNERS);
+        Some(pid)
+    }
+}
+
 /// The process namer: one per proxy.
 #[derive(Default)]
 pub struct LocalProcesses {
-    by_inode: Mutex<HashMap<u64, u32>>,
+    cache: Mutex<Cache>,
     scans: AtomicU64,
 }
 
@@ -111,14 +132,21 @@ impl LocalProcesses {
     }
 
     fn pid_of(&self, inode: u64) -> Option<u32> {
-        let mut map = self.by_inode.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(&pid) = map.get(&inode) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(&pid) = cache.by_inode.get(&inode) {
             if for_each_socket(pid, |i| i == inode) {
-                return Some(pid);
+                return cache.owner_found(pid);
             }
-            map.remove(&inode);
+            cache.by_inode.remove(&inode);
+        }
+        let recent: Vec<u32> = cache.recent.iter().copied().collect();
+        for pid in recent {
+            if for_each_socket(pid, |i| i == inode) {
+                return cache.owner_found(pid);
+            }
         }
         self.scans.fetch_add(1, Ordering::Relaxed);
+        let map = &mut cache.by_inode;
         if map.len() >= MAX_CACHED {
             map.clear();
         }
@@ -138,7 +166,7 @@ impl LocalProcesses {
                 i == inode
             });
             if found {
-                return Some(pid);
+                return cache.owner_found(pid);
             }
         }
         None
@@ -157,8 +185,12 @@ mod tests {
         let mut child = std::process::Command::new("bash")
             .args([
                 "-c",
-                &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; read -t 10 <&3"),
+                &format!(
+                    "exec 3<>/dev/tcp/127.0.0.1/{port}; read -t 10 go; \
+                     exec 4<>/dev/tcp/127.0.0.1/{port}; read -t 10 <&3"
+                ),
             ])
+            .stdin(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         let (_conn, peer) = listener.accept().unwrap();
@@ -170,8 +202,25 @@ mod tests {
         assert_eq!((p.comm.as_str(), p.exe.as_str()), ("bash", "/usr/bin/bash"));
         assert_eq!(p.user, user_name(nix::unistd::getuid().as_raw()));
         let scans = names.scans();
-        assert_eq!(names.name(peer, accepted_on), Some(p), "again, from the cache");
+        assert_eq!(
+            names.name(peer, accepted_on),
+            Some(p),
+            "again, from the cache"
+        );
         assert_eq!(names.scans(), scans, "a cache hit walks nothing");
+        // A second connection of the same process: found among its descriptors, no walk.
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let (_conn2, peer2) = listener.accept().unwrap();
+        assert_eq!(
+            names.name(peer2, accepted_on).map(|p| p.pid),
+            Some(child.id())
+        );
+        assert_eq!(
+            names.scans(),
+            scans,
+            "a recent owner's new socket walks nothing"
+        );
         let _ = child.kill();
         let _ = child.wait();
         assert!(!is_local(

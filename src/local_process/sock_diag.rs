@@ -205,8 +205,7 @@ mod tests {
         assert_eq!(owner.uid, nix::unistd::getuid().as_raw());
         let link = format!("socket:[{}]", owner.inode);
         let ours = std::fs::read_dir("/proc/self/fd").unwrap().any(|e| {
-            std::fs::read_link(e.unwrap().path())
-                .is_ok_and(|p| p.to_string_lossy() == link)
+            std::fs::read_link(e.unwrap().path()).is_ok_and(|p| p.to_string_lossy() == link)
         });
         assert!(ours, "the inode is one of this process's sockets");
         let gone: SocketAddr = "127.0.0.1:1".parse().unwrap();

@@ -9,12 +9,13 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::proxy_protocol;
 use super::refusal::Refusal;
 use super::session::Session;
 use super::{connect, transparent};
+use super::{original_dst, proxy_protocol};
 use crate::access::limits::Permit;
 use crate::config::Config;
+use crate::local_process::{self, LocalProcess};
 use crate::shared::Shared;
 use crate::telemetry::Mode;
 
@@ -47,11 +48,18 @@ pub async fn handle(
     mode: Mode,
 ) {
     let started = Instant::now();
+    let behind = matches!(at_accept, AtAccept::AfterProxyHeader);
     let (peer, admission, header_error) = match at_accept {
         AtAccept::AfterProxyHeader => behind_balancer(&shared, &cfg, &client, peer, started).await,
         AtAccept::Decided(a) => (peer, a, None),
     };
-    let session = Session::new(&shared, &cfg, &client, peer, mode, started);
+    let process = if header_error.is_none() && !behind {
+        local_process(&shared, &cfg, &client, peer, mode).await
+    } else {
+        None
+    };
+    let mut session = Session::new(&shared, &cfg, &client, peer, mode, started);
+    session.process = process;
     match mode {
         Mode::Transparent => transparent::serve(&session, id, admission, header_error).await,
         _ => connect::serve(&session, id, admission, header_error).await,
@@ -79,4 +87,42 @@ async fn behind_balancer(
             (balancer, Err(refusal), Some(e.to_string()))
         }
     }
+}
+
+/// The process of a caller on this host (loopback, or the address it reached us on);
+/// `None` for every other source, which costs nothing. The caller's socket sees the proxy
+/// as its peer, or (transparent mode) the destination it meant.
+async fn local_process(
+    shared: &Arc<Shared>,
+    cfg: &Config,
+    client: &TcpStream,
+    peer: SocketAddr,
+    mode: Mode,
+) -> Option<LocalProcess> {
+    let accepted_on = client.local_addr().ok()?;
+    if !local_process::is_local(peer, accepted_on) {
+        return None;
+    }
+    let remote = match mode {
+        Mode::Transparent => {
+            original_dst::original_destination(client, cfg.transparent_tproxy)
+                .ok()?
+                .destination
+        }
+        _ => accepted_on,
+    };
+    let names = shared.local_processes.clone();
+    let found = tokio::task::spawn_blocking(move || names.name(peer, remote))
+        .await
+        .ok()
+        .flatten();
+    shared
+        .metrics
+        .local_process_lookups
+        .with_label_values(&[if found.is_some() { "named" } else { "unknown" }])
+        .inc();
+    if let Some(p) = &found {
+        debug!(process = %p.exe, process_user = %p.user, pid = p.pid, "local caller");
+    }
+    found
 }

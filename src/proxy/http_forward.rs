@@ -45,6 +45,7 @@ pub struct HttpClient {
     pub cfg: Arc<Config>,
     pub peer: SocketAddr,
     pub src: SourceLabel,
+    pub process: Option<crate::local_process::LocalProcess>,
 }
 
 /// Serves the client connection (its first head already read) as an HTTP/1.1 proxy.
@@ -54,6 +55,7 @@ pub async fn serve(s: &Session<'_>, head_and_rest: Vec<u8>) -> Result<Outcome, C
         cfg: s.cfg.clone(),
         peer: s.peer,
         src: s.src.clone(),
+        process: s.process.clone(),
     });
     let timeout = ctx.cfg.proxy.header_timeout;
     let io = TokioIo::new(PrefixedStream::new(head_and_rest, s.client));
@@ -198,6 +200,9 @@ fn request_record(ctx: &HttpClient, req: &Request<Incoming>) -> ConnectionRecord
         ctx.peer,
         ctx.src.value.clone(),
     );
+    if let Some(p) = &ctx.process {
+        rec.set_process(p);
+    }
     rec.request = Some(
         format!("{} {}", req.method(), req.uri().path())
             .chars()

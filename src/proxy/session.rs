@@ -17,6 +17,7 @@ use super::handshake::Handshake;
 use super::refusal::Refusal;
 use crate::access::limits::Permit;
 use crate::config::Config;
+use crate::local_process::LocalProcess;
 use crate::net::registry::Listed;
 use crate::net::splice::TunnelStats;
 use crate::shared::Shared;
@@ -33,6 +34,8 @@ pub struct Session<'a> {
     pub stats: Arc<TunnelStats>,
     pub mode: Mode,
     pub started: Instant,
+    /// A caller on this host: its process (named at accept).
+    pub process: Option<LocalProcess>,
 }
 
 impl<'a> Session<'a> {
@@ -53,6 +56,7 @@ impl<'a> Session<'a> {
             stats: Arc::new(TunnelStats::new()),
             mode,
             started,
+            process: None,
         }
     }
 
@@ -61,6 +65,9 @@ impl<'a> Session<'a> {
     pub fn start(&self, id: u64, note: Option<String>) -> (ConnectionRecord, Handshake) {
         let mut rec = ConnectionRecord::new(id, self.mode, self.peer, self.src.value.clone());
         rec.note = note;
+        if let Some(p) = &self.process {
+            rec.set_process(p);
+        }
         (rec, Handshake::default())
     }
 

@@ -42,6 +42,7 @@ pub struct Metrics {
     pub auth_password_hashes: IntCounter,
     pub http_requests: IntCounterVec,
     pub hello_anomalies: IntCounterVec,
+    pub local_process_lookups: IntCounterVec,
 }
 
 /// Label values for the per-connection counters.
@@ -198,6 +199,14 @@ impl Metrics {
             &["destination"],
         )?;
         registry.register(Box::new(http_requests.clone()))?;
+        let local_process_lookups = IntCounterVec::new(
+            Opts::new(
+                "tlspeek_local_process_lookups_total",
+                "Callers on this host whose process was looked up at accept (sock_diag and /proc), by result: named or unknown.",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(local_process_lookups.clone()))?;
         let hello_anomalies = IntCounterVec::new(
             Opts::new(
                 "tlspeek_hello_anomalies_total",
@@ -277,6 +286,7 @@ impl Metrics {
             auth_password_hashes,
             http_requests,
             hello_anomalies,
+            local_process_lookups,
         })
     }
 

@@ -165,6 +165,10 @@ pub struct ConnectionRecord {
     pub source_port: u16,
     pub source: String,
     pub source_name: Option<String>,
+    /// A caller on this host: its process's executable, its user and pid (else null).
+    pub process: Option<String>,
+    pub process_user: Option<String>,
+    pub process_pid: Option<u32>,
     pub user: Option<String>,
     pub target_host: Option<String>,
     pub target_port: Option<u16>,
@@ -226,6 +230,9 @@ impl ConnectionRecord {
             source_port: peer.port(),
             source,
             source_name: None,
+            process: None,
+            process_user: None,
+            process_pid: None,
             user: None,
             target_host: None,
             target_port: None,
@@ -292,6 +299,13 @@ impl ConnectionRecord {
         self.ja4 = Some(h.ja4());
         self.tls_library = Some(hello::classify_stack(h).library.as_str());
         self.set_verdict(verdict);
+    }
+
+    /// The local process that opened the connection.
+    pub fn set_process(&mut self, p: &crate::local_process::LocalProcess) {
+        self.process = Some(p.exe.clone());
+        self.process_user = Some(p.user.clone());
+        self.process_pid = Some(p.pid);
     }
 
     /// What the server answered: the negotiated version and cipher, JA3S.
