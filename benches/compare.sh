@@ -174,6 +174,9 @@ deny_destinations = []
 allowed_ports = [$TLS_PORT, $RAW_PORT]
 max_connections = 20000
 max_connections_per_source = 20000
+# The load generator runs on this host; at an egress the callers are other hosts, which are
+# never looked up. TLSPEEK_NAME_LOCAL=true measures a host-local deployment instead.
+name_local_processes = ${TLSPEEK_NAME_LOCAL:-false}
 [admin]
 listen = "127.0.0.1:$PORT_ADMIN"
 [events]

@@ -113,6 +113,24 @@ fn a_legacy_caller_is_joined_with_its_process_and_its_sign_in() {
         ),
     )
     .unwrap();
+    // Security Event 5156 as Event Viewer's "Save as XML" writes it (an <Events> root).
+    let wfp = dir.path().join("security-5156.xml");
+    std::fs::write(
+        &wfp,
+        format!("<?xml version=\"1.0\" encoding=\"utf-8\"?>\r\n<Events><Event xmlns='http://schemas.microsoft.com/win/2004/08/events/event'><System><Provider Name='Microsoft-Windows-Security-Auditing'/><EventID>5156</EventID><TimeCreated SystemTime='{at}'/><Computer>APP01.contoso.com</Computer></System><EventData><Data Name='ProcessID'>5150</Data><Data Name='Application'>\\device\\harddiskvolume2\\legacy\\agent.exe</Data><Data Name='Direction'>%%14593</Data><Data Name='SourceAddress'>127.0.0.7</Data><Data Name='SourcePort'>{port}</Data><Data Name='DestAddress'>127.0.0.1</Data><Data Name='DestPort'>{}</Data><Data Name='Protocol'>6</Data></EventData></Event></Events>\r\n", t.proxy_port),
+    )
+    .unwrap();
+    // Graph auditLogs/signIns JSON: one flagged legacy-TLS sign-in, one other.
+    let graph = dir.path().join("signins.json");
+    std::fs::write(
+        &graph,
+        format!(
+            r#"{{"@odata.context":"https://graph.microsoft.com/v1.0/$metadata#auditLogs/signIns","value":[{{"createdDateTime":"{}","userPrincipalName":"graph@contoso.com","appDisplayName":"Legacy Agent","appId":"a1","ipAddress":"203.0.113.7","isInteractive":false,"status":{{"errorCode":1002016}},"authenticationProcessingDetails":[{{"key":"Legacy TLS (TLS 1.0, 1.1, 3DES)","value":"True"}}]}},{{"createdDateTime":"{}","userPrincipalName":"modern@contoso.com","ipAddress":"203.0.113.7","status":{{"errorCode":0}},"authenticationProcessingDetails":[]}}]}}"#,
+            sign_at(3),
+            sign_at(3)
+        ),
+    )
+    .unwrap();
     let events = t.events_path.to_str().unwrap().to_string();
     let (code, out, err) = correlate(&[
         "--events",
@@ -121,8 +139,12 @@ fn a_legacy_caller_is_joined_with_its_process_and_its_sign_in() {
         xml.to_str().unwrap(),
         "--sysmon",
         ecs.to_str().unwrap(),
+        "--sysmon",
+        wfp.to_str().unwrap(),
         "--signins",
         csv.to_str().unwrap(),
+        "--signins",
+        graph.to_str().unwrap(),
         "--egress-ip",
         "203.0.113.7",
         "--format",
@@ -153,21 +175,44 @@ fn a_legacy_caller_is_joined_with_its_process_and_its_sign_in() {
         "{procs:#?}"
     );
     assert!(
+        procs.iter().any(
+            |p| p["image"] == r"\device\harddiskvolume2\legacy\agent.exe"
+                && p["pid"] == 5150
+                && p["user"].is_null()
+                && p["host"] == "APP01.contoso.com"
+        ),
+        "Security 5156: {procs:#?}"
+    );
+    assert!(
         !procs
             .iter()
             .any(|p| p["image"].as_str().unwrap().contains("explorer")),
         "hours earlier: not joined"
     );
     let sis = c["signins"].as_array().unwrap();
-    assert_eq!(sis.len(), 1, "{sis:#?}");
+    let upns: Vec<&str> = sis
+        .iter()
+        .map(|s| s["user_principal_name"].as_str().unwrap())
+        .collect();
     assert_eq!(
-        (
-            sis[0]["user_principal_name"].as_str(),
-            sis[0]["candidates"].as_u64()
-        ),
-        (Some("svc-sync@contoso.com"), Some(1))
+        upns,
+        ["svc-sync@contoso.com", "graph@contoso.com"],
+        "{sis:#?}"
+    );
+    assert_eq!(
+        (sis[0]["candidates"].as_u64(), sis[0]["rank"].as_u64()),
+        (Some(1), Some(1))
     );
     assert_eq!(sis[0]["error_code"], "1002016");
+    assert_eq!(
+        (sis[1]["app"].as_str(), sis[1]["error_code"].as_str()),
+        (Some("Legacy Agent"), Some("1002016")),
+        "Graph JSON, flagged: {sis:#?}"
+    );
+    assert!(
+        !out.contains("modern@contoso.com"),
+        "not legacy: not listed"
+    );
     let um = v["unmatched_signins"].to_string();
     assert!(
         um.contains("nobody@contoso.com") && um.contains("other-site@contoso.com"),
@@ -618,4 +663,28 @@ fn a_captured_caller_is_joined_with_its_process() {
     );
     assert_eq!(c["processes"][0]["user"], r"CONTOSO\svc-agent");
     assert_eq!(c["processes"][0]["pid"], 5150);
+}
+
+#[test]
+fn naming_local_processes_can_be_turned_off() {
+    if !require(&["curl", "openssl"]) {
+        return;
+    }
+    let (_srv, up) = openssl_server(&[]);
+    let t = Tlspeek::start(
+        &format!("allowed_ports = [{up}]\nname_local_processes = false\n"),
+        "",
+    );
+    let mut args = vec!["--interface", "127.0.0.7"];
+    args.extend_from_slice(TLS10_ONLY);
+    assert_eq!(curl_via(t.proxy_port, up, LOGIN, &args).0, "200");
+    let ev = t.wait_events("the legacy caller", |ev| {
+        ev.iter().any(|e| e["source_ip"] == "127.0.0.7")
+    });
+    let e = ev.iter().find(|e| e["source_ip"] == "127.0.0.7").unwrap();
+    assert!(e["process"].is_null() && e["process_user"].is_null(), "{e}");
+    assert!(
+        !t.metrics().contains("tlspeek_local_process_lookups_total{"),
+        "no lookup when turned off"
+    );
 }

@@ -181,6 +181,7 @@ pub struct ProxyConfig {
     pub max_connections_per_source: usize,
     pub shutdown_grace: Duration,
     pub proxy_protocol_from: NetList,
+    pub name_local_processes: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -46,6 +46,13 @@ pub struct RawProxy {
     /// Load balancers whose connections start with a PROXY protocol v2 header.
     #[serde(default)]
     pub proxy_protocol_from: Vec<String>,
+    /// Name the process of callers on this host (sock_diag and /proc).
+    #[serde(default = "yes")]
+    pub name_local_processes: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -35,11 +35,27 @@ const MAX_CACHED: usize = 65_536;
 /// How many recent owners are looked at before walking `/proc`.
 const RECENT_OWNERS: usize = 16;
 
+/// Descriptors of recent owners read per lookup at most: a local client holding tens of
+/// thousands of sockets has its new connections found by a walk instead of costing a read
+/// of all its descriptors each.
+const MAX_RECENT_LINKS: usize = 4096;
+
+/// Descriptors read by one walk of `/proc` at most.
+const MAX_WALK_LINKS: usize = 65_536;
+
+/// Walks that find no owner (a socket of another pid namespace, or of a process tlspeek
+/// may not look into, or one closed meanwhile) allowed per second; past that, misses are
+/// `unknown` without a walk until the second ends, so such callers cannot make every
+/// connection read every descriptor on the host.
+const FRUITLESS_WALKS_PER_SECOND: u32 = 8;
+
 #[derive(Default)]
 struct Cache {
     by_inode: HashMap<u64, u32>,
     /// The last owners found, most recent first.
     recent: VecDeque<u32>,
+    /// The current second of fruitless walks: when it began and how many it has had.
+    fruitless: Option<(std::time::Instant, u32)>,
 }
 
 impl Cache {
@@ -70,12 +86,17 @@ fn socket_inode(link: &std::path::Path) -> Option<u64> {
     s.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
 }
 
-/// The socket inodes a process holds; calls `seen` for each and stops when it says so.
-fn for_each_socket(pid: u32, mut seen: impl FnMut(u64) -> bool) -> bool {
+/// The socket inodes a process holds; calls `seen` for each and stops when it says so,
+/// or when `budget` descriptors have been read.
+fn for_each_socket(pid: u32, budget: &mut usize, mut seen: impl FnMut(u64) -> bool) -> bool {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return false;
     };
     for entry in dir.flatten() {
+        if *budget == 0 {
+            return false;
+        }
+        *budget -= 1;
         if let Some(inode) = std::fs::read_link(entry.path())
             .ok()
             .and_then(|l| socket_inode(&l))
@@ -133,18 +154,27 @@ impl LocalProcesses {
 
     fn pid_of(&self, inode: u64) -> Option<u32> {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut budget = MAX_RECENT_LINKS;
         if let Some(&pid) = cache.by_inode.get(&inode) {
-            if for_each_socket(pid, |i| i == inode) {
+            if for_each_socket(pid, &mut budget, |i| i == inode) {
                 return cache.owner_found(pid);
             }
             cache.by_inode.remove(&inode);
         }
         let recent: Vec<u32> = cache.recent.iter().copied().collect();
         for pid in recent {
-            if for_each_socket(pid, |i| i == inode) {
+            if for_each_socket(pid, &mut budget, |i| i == inode) {
                 return cache.owner_found(pid);
             }
         }
+        if let Some((since, walks)) = cache.fruitless {
+            if since.elapsed() >= std::time::Duration::from_secs(1) {
+                cache.fruitless = None;
+            } else if walks >= FRUITLESS_WALKS_PER_SECOND {
+                return None;
+            }
+        }
+        let mut budget = MAX_WALK_LINKS;
         self.scans.fetch_add(1, Ordering::Relaxed);
         let map = &mut cache.by_inode;
         if map.len() >= MAX_CACHED {
@@ -159,7 +189,7 @@ impl LocalProcesses {
         pids.sort_unstable_by(|a, b| b.cmp(a));
         let me = std::process::id();
         for pid in pids.into_iter().filter(|p| *p != me) {
-            let found = for_each_socket(pid, |i| {
+            let found = for_each_socket(pid, &mut budget, |i| {
                 if map.len() < MAX_CACHED {
                     map.insert(i, pid);
                 }
@@ -168,7 +198,14 @@ impl LocalProcesses {
             if found {
                 return cache.owner_found(pid);
             }
+            if budget == 0 {
+                break;
+            }
         }
+        let (since, walks) = cache
+            .fruitless
+            .unwrap_or_else(|| (std::time::Instant::now(), 0));
+        cache.fruitless = Some((since, walks + 1));
         None
     }
 }
@@ -227,5 +264,26 @@ mod tests {
             "192.0.2.1:5".parse().unwrap(),
             "127.0.0.1:3128".parse().unwrap()
         ));
+    }
+
+    #[test]
+    fn fruitless_walks_are_bounded_per_second() {
+        // The client socket is this test's own: tlspeek never looks into itself, so every
+        // walk for it finds nothing.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let accepted_on = listener.local_addr().unwrap();
+        let _client = std::net::TcpStream::connect(accepted_on).unwrap();
+        let (_conn, peer) = listener.accept().unwrap();
+        let names = LocalProcesses::default();
+        let started = std::time::Instant::now();
+        for _ in 0..20 {
+            assert_eq!(names.name(peer, accepted_on), None);
+        }
+        let walks = names.scans();
+        if started.elapsed() < std::time::Duration::from_secs(1) {
+            assert_eq!(walks, u64::from(FRUITLESS_WALKS_PER_SECOND));
+        } else {
+            assert!(walks < 20, "{walks} walks for 20 misses");
+        }
     }
 }

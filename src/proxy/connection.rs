@@ -99,6 +99,9 @@ async fn local_process(
     peer: SocketAddr,
     mode: Mode,
 ) -> Option<LocalProcess> {
+    if !cfg.proxy.name_local_processes {
+        return None;
+    }
     let accepted_on = client.local_addr().ok()?;
     if !local_process::is_local(peer, accepted_on) {
         return None;
