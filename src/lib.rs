@@ -24,6 +24,7 @@ pub mod policy;
 pub mod proxy;
 pub mod secrets;
 pub mod shared;
+pub mod starttls;
 pub mod telemetry;
 pub mod upgrade;
 pub mod writer_thread;

@@ -12,13 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-}
-
 #[test]
 fn ptr_names_are_confirmed_cached_and_never_delay_a_tunnel() {
     if !require(&["unshare", "mount", "curl", "openssl"]) {

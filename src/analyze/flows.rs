@@ -24,6 +24,7 @@ use super::reassembly::Stream;
 use crate::hello::{
     self, ClientHelloSummary, Detection, MAX_HELLO_BYTES, ServerDetection, ServerHelloSummary,
 };
+use crate::starttls::{Protocol, Role, Scan, Scanner};
 
 /// The two endpoints of a connection, in a fixed order (`a < b`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -119,6 +120,16 @@ pub struct Flow {
     pub server_state: ServerState,
     /// A plain-HTTP request's User-Agent, when the client's first flight is one.
     pub user_agent: Option<String>,
+    /// The protocol of a STARTTLS port (`[starttls]`) the server listens on.
+    pub starttls: Option<Protocol>,
+    /// The protocols of the two endpoints' ports, were each the server.
+    starttls_ports: [Option<Protocol>; 2],
+    /// Per side, while its STARTTLS prelude lasts: the scanner that finds where TLS begins.
+    prelude: [Option<Scanner>; 2],
+    /// Per side: TLS began after a prelude.
+    upgraded: [bool; 2],
+    prelude_bytes: usize,
+    prelude_max: usize,
     /// Still reassembling.
     pub collecting: bool,
     /// Collecting stopped early (memory budget): a hello may be missing.
@@ -127,8 +138,17 @@ pub struct Flow {
 }
 
 impl Flow {
-    fn new(id: u64, key: FlowKey, ts: Nanos) -> Flow {
+    fn new(id: u64, key: FlowKey, ts: Nanos, starttls: &StartTlsPorts) -> Flow {
         Flow {
+            starttls: None,
+            starttls_ports: [
+                starttls.ports.get(&key.a.port).copied(),
+                starttls.ports.get(&key.b.port).copied(),
+            ],
+            prelude: [None, None],
+            upgraded: [false; 2],
+            prelude_bytes: 0,
+            prelude_max: starttls.prelude_max_bytes,
             id,
             key,
             first_ts: ts,
@@ -177,6 +197,61 @@ impl Flow {
 
     fn set_client(&mut self, side: usize) {
         self.client = Some(side);
+        self.starttls = self.starttls_ports[1 - side];
+        self.prelude = match self.starttls {
+            Some(p) if self.bytes_seen() == 0 => {
+                let role = |s: usize| {
+                    if s == side {
+                        Role::Client
+                    } else {
+                        Role::Server
+                    }
+                };
+                [
+                    Some(Scanner::new(p, role(0))),
+                    Some(Scanner::new(p, role(1))),
+                ]
+            }
+            _ => [None, None],
+        };
+    }
+
+    /// Payload bytes placed so far (a prelude can only be read from its start).
+    fn bytes_seen(&self) -> usize {
+        self.streams[0].data().len() + self.streams[1].data().len()
+    }
+
+    /// The client began TLS after a STARTTLS prelude.
+    pub fn starttls_upgraded(&self) -> bool {
+        self.client.is_some_and(|c| self.upgraded[c])
+    }
+
+    /// Reads a side's new in-order bytes while its prelude lasts; true once TLS has begun
+    /// on that side (its stream then starts at the TLS record).
+    fn after_prelude(&mut self, side: usize) -> bool {
+        let Some(scan) = self.prelude[side].as_mut() else {
+            return true;
+        };
+        let stream = &mut self.streams[side];
+        let data = stream.data();
+        let (prelude, tls) = match scan.feed(data) {
+            Scan::Prelude => (data.len(), false),
+            Scan::Tls(at) => (at, true),
+        };
+        stream.consume(prelude);
+        self.prelude_bytes += prelude;
+        if tls {
+            self.prelude[side] = None;
+            self.upgraded[side] = true;
+            self.frontier[side] = 0;
+            self.looked[side] = false;
+            return true;
+        }
+        if self.prelude_bytes > self.prelude_max {
+            // Past the bound, as in the proxy: the session goes on unwatched.
+            self.client_not_hello(ClientState::NotTls);
+        }
+        false
     }
 
     /// Stops reassembling and frees the buffers.
@@ -207,6 +282,15 @@ impl Flow {
                 self.streams[1 - side].set_start(seg.ack);
             }
         }
+        if self.client.is_none() && seg.flags & SYN == 0 && !seg.payload.is_empty() {
+            // No handshake in the capture: the side on a STARTTLS port is the server (its
+            // first bytes are a greeting, not a hello).
+            match self.starttls_ports {
+                [Some(_), None] => self.set_client(1),
+                [None, Some(_)] => self.set_client(0),
+                _ => {}
+            }
+        }
         if self.client.is_some_and(|c| c != side) {
             self.server_answered = true;
         }
@@ -234,6 +318,9 @@ impl Flow {
             seg.seq
         };
         if self.streams[side].add(seq, seg.payload, MAX_HELLO_BYTES) {
+            if !self.after_prelude(side) {
+                return;
+            }
             if let Some(&b) = self.streams[side].data().first() {
                 self.first_byte[side] = Some(b);
             }
@@ -411,6 +498,13 @@ fn worth_looking(data: &[u8], frontier: &mut usize, looked: &mut bool) -> bool {
     first || *frontier != before || data.len() >= MAX_HELLO_BYTES
 }
 
+/// The STARTTLS ports of `[starttls]` and the prelude's bound.
+#[derive(Clone, Debug, Default)]
+pub struct StartTlsPorts {
+    pub ports: std::collections::BTreeMap<u16, Protocol>,
+    pub prelude_max_bytes: usize,
+}
+
 /// Limits of the table.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -455,6 +549,7 @@ pub struct FlowTable {
     pub stats: TableStats,
     /// Flows that ended, for the caller to take.
     pub ended: Vec<Flow>,
+    starttls: StartTlsPorts,
 }
 
 impl FlowTable {
@@ -472,7 +567,14 @@ impl FlowTable {
             buffered: 0,
             stats: TableStats::default(),
             ended: Vec::new(),
+            starttls: StartTlsPorts::default(),
         }
+    }
+
+    /// Reads the sessions to these ports past their STARTTLS prelude.
+    pub fn with_starttls(mut self, starttls: StartTlsPorts) -> FlowTable {
+        self.starttls = starttls;
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -524,7 +626,7 @@ impl FlowTable {
                 self.next_id += 1;
                 self.stats.flows += 1;
                 self.stats.peak_flows = self.stats.peak_flows.max(len + 1);
-                v.insert(Flow::new(id, key, ts))
+                v.insert(Flow::new(id, key, ts, &self.starttls))
             }
         };
         let before = if flow.collecting { flow.held() } else { 0 };

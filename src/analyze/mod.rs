@@ -72,7 +72,10 @@ impl<'c> Analyzer<'c> {
     pub fn new(cfg: &'c Config, limits: Limits) -> Analyzer<'c> {
         Analyzer {
             cfg,
-            table: FlowTable::new(limits),
+            table: FlowTable::new(limits).with_starttls(flows::StartTlsPorts {
+                ports: cfg.starttls.ports.clone(),
+                prelude_max_bytes: cfg.starttls.prelude_max_bytes,
+            }),
             stats: Stats::default(),
             agents: Default::default(),
         }

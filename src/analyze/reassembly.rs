@@ -63,6 +63,22 @@ impl Stream {
         self.piece_bytes = 0;
     }
 
+    /// Drops the first `n` in-order bytes (a STARTTLS prelude already read): the stream
+    /// starts after them, and `cap` counts from there.
+    pub fn consume(&mut self, n: usize) {
+        let n = n.min(self.data.len());
+        if n == 0 {
+            return;
+        }
+        self.data.drain(..n);
+        if let Some(start) = &mut self.start {
+            *start = start.wrapping_add(u32::try_from(n).unwrap_or(u32::MAX));
+        }
+        for p in &mut self.pieces {
+            p.off -= n;
+        }
+    }
+
     /// Places a segment; returns true when the in-order prefix grew. The first segment of
     /// a stream whose start is unknown defines the start.
     pub fn add(&mut self, seq: u32, payload: &[u8], cap: usize) -> bool {

@@ -52,7 +52,8 @@ pub fn connection(flow: &Flow, cfg: &Config) -> Option<Connection> {
         ClientState::Hello(_) | ClientState::TooLarge => true,
         ClientState::NotTls | ClientState::Waiting => {
             looks_like_tls(flow.first_byte[c])
-                || (flow.syn && cfg.proxy.allowed_ports.contains(&server.port))
+                || (flow.syn
+                    && (cfg.proxy.allowed_ports.contains(&server.port) || flow.starttls.is_some()))
         }
     };
     if !reportable {
@@ -109,10 +110,15 @@ pub fn connection(flow: &Flow, cfg: &Config) -> Option<Connection> {
         }
         ClientState::NotTls => rec.kind = Some(Kind::NotTls),
         ClientState::TooLarge => rec.kind = Some(Kind::TooLarge),
+        // A STARTTLS session whose client never began TLS went on in cleartext.
+        ClientState::Waiting if flow.starttls.is_some() && !flow.starttls_upgraded() => {
+            rec.kind = Some(Kind::NotTls)
+        }
         ClientState::Waiting if flow.bytes[c] > 0 => rec.kind = Some(Kind::Truncated),
         ClientState::Waiting => rec.kind = Some(Kind::None),
     }
     rec.target_host = Some(target);
+    rec.starttls = flow.starttls.map(|p| p.as_str());
     rec.outcome = outcome(flow);
     rec.note = note(flow);
     Some(Connection {

@@ -277,6 +277,21 @@ pub struct InventoryConfig {
     pub retention: Duration,
 }
 
+/// Ports whose sessions upgrade to TLS in-band, and the bounds of their cleartext prelude.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StartTlsConfig {
+    pub ports: std::collections::BTreeMap<u16, crate::starttls::Protocol>,
+    pub prelude_timeout: Duration,
+    pub prelude_max_bytes: usize,
+}
+
+impl StartTlsConfig {
+    /// The protocol a port speaks, when it is a STARTTLS port.
+    pub fn protocol(&self, port: u16) -> Option<crate::starttls::Protocol> {
+        self.ports.get(&port).copied()
+    }
+}
+
 /// The validated configuration a running tlspeek uses.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -294,6 +309,7 @@ pub struct Config {
     pub transparent_listen: Option<SocketAddr>,
     pub transparent_tproxy: bool,
     pub upstream_proxy: Option<ParentProxy>,
+    pub starttls: StartTlsConfig,
     /// The written form, for `check-config` and logs.
     pub raw: RawConfig,
 }

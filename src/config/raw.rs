@@ -26,6 +26,7 @@ pub struct RawConfig {
     pub transparent: RawTransparent,
     pub auth: RawAuth,
     pub upstream: RawUpstream,
+    pub starttls: RawStartTls,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -53,6 +54,18 @@ pub struct RawProxy {
 
 fn yes() -> bool {
     true
+}
+
+/// Which ports speak which STARTTLS protocol, and the prelude's bounds.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct RawStartTls {
+    pub smtp: Vec<i64>,
+    pub imap: Vec<i64>,
+    pub pop3: Vec<i64>,
+    pub ldap: Vec<i64>,
+    pub xmpp: Vec<i64>,
+    pub prelude_timeout: String,
+    pub prelude_max_bytes: i64,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

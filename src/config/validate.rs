@@ -9,11 +9,13 @@ use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
 
-use super::raw::{RawAdmin, RawConfig, RawMetrics, RawProxy, RawRule, RawSource, RawUpgrade};
+use super::raw::{
+    RawAdmin, RawConfig, RawMetrics, RawProxy, RawRule, RawSource, RawStartTls, RawUpgrade,
+};
 use super::{
     Action, AdminConfig, AuthConfig, Config, ConfigError, ConfigErrors, DnsConfig, EventsTarget,
     InventoryConfig, MetricsConfig, NetList, OnHelloTimeout, OnUnsupported, ProxyConfig, Rule,
-    SourceNames, SourceSelector, UpgradeConfig,
+    SourceNames, SourceSelector, StartTlsConfig, UpgradeConfig,
 };
 use crate::names::{HostPattern, HostPatterns};
 
@@ -312,6 +314,7 @@ pub(super) fn validate(raw: RawConfig, earlier: Vec<ConfigError>) -> Result<Conf
             .map_err(|why| c.err("upstream.proxy", why))
             .ok(),
     };
+    let starttls = starttls_section(&mut c, &raw.starttls);
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
     }
@@ -330,8 +333,48 @@ pub(super) fn validate(raw: RawConfig, earlier: Vec<ConfigError>) -> Result<Conf
         transparent_listen,
         transparent_tproxy: raw.transparent.tproxy,
         upstream_proxy,
+        starttls,
         raw,
     })
+}
+
+fn starttls_section(c: &mut Checker, t: &RawStartTls) -> StartTlsConfig {
+    use crate::starttls::Protocol;
+    let mut ports = std::collections::BTreeMap::new();
+    for (protocol, list) in [
+        (Protocol::Smtp, &t.smtp),
+        (Protocol::Imap, &t.imap),
+        (Protocol::Pop3, &t.pop3),
+        (Protocol::Ldap, &t.ldap),
+        (Protocol::Xmpp, &t.xmpp),
+    ] {
+        let key = format!("starttls.{protocol}");
+        for port in c.ports(&key, list) {
+            if let Some(other) = ports.insert(port, protocol) {
+                if other != protocol {
+                    c.err(
+                        key.clone(),
+                        format!("port {port} is also listed under starttls.{other}"),
+                    );
+                }
+            }
+        }
+    }
+    let prelude_max_bytes = match usize::try_from(t.prelude_max_bytes) {
+        Ok(n @ 1..=1_048_576) => n,
+        _ => {
+            c.err(
+                "starttls.prelude_max_bytes",
+                format!("{}: must be 1 to 1048576", t.prelude_max_bytes),
+            );
+            16_384
+        }
+    };
+    StartTlsConfig {
+        ports,
+        prelude_timeout: c.duration("starttls.prelude_timeout", &t.prelude_timeout, false),
+        prelude_max_bytes,
+    }
 }
 
 fn proxy_section(c: &mut Checker, p: &RawProxy) -> ProxyConfig {

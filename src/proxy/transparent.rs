@@ -64,7 +64,10 @@ async fn run(
         rec.note = Some("redirect loop: the original destination is tlspeek itself".into());
         return Err(ConnError::RedirectLoop);
     }
-    if !cfg.proxy.allowed_ports.contains(&target.port) {
+    // A STARTTLS port is admitted besides allowed_ports.
+    if !cfg.proxy.allowed_ports.contains(&target.port)
+        && cfg.starttls.protocol(target.port).is_none()
+    {
         return Err(ConnError::Refused(Refusal::port(target.port)));
     }
     let metric = &s.shared.metrics.upstream_connect_seconds;

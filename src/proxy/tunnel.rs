@@ -1,24 +1,27 @@
 //! A tunnel once the upstream is open (and, for CONNECT, the `200` sent): upstream → client
 //! flows at once through the ServerHello tap; client → upstream waits for the first-flight
 //! peek; then the policy passes (both pumps), blocks (a TLS alert) or upgrades (TLS 1.2+
-//! re-originated by `upgrade::Upgrader`) the connection.
+//! re-originated by `upgrade::Upgrader`) the connection. On a STARTTLS port the cleartext
+//! prelude (`prelude`) comes first; a session that never upgrades is passed on as it is.
 
 use std::future::Future;
 use std::pin::{Pin, pin};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::authority::Authority;
 use super::error::ConnError;
 use super::first_flight::{self, Act, UpgradePlan};
 use super::handshake::{Handshake, ServerHelloTap};
 use super::peek::{FirstFlight, Peeked, peek_client_hello};
+use super::prelude::{self, PreludeEnd};
 use super::session::Session;
 use crate::config::OnHelloTimeout;
 use crate::net::splice::{self, NoTap, PumpError, Side};
 use crate::net::{lingering_close, write_all_within};
+use crate::starttls::Protocol;
 use crate::telemetry::{ConnectionRecord, Outcome};
 use crate::upgrade::{UpgradeJob, UpgradeReport};
 
@@ -60,10 +63,102 @@ pub async fn serve(
 ) -> Result<Outcome, ConnError> {
     let _active = ActiveTunnel::open(&s.shared.metrics.active_tunnels);
     let _listed = s.list(rec.id, target);
+    let early = match s.cfg.starttls.protocol(target.port) {
+        None => early,
+        Some(protocol) => match starttls_prelude(s, upstream, protocol, early, rec).await? {
+            Ok(early) => early,
+            Err((client_done, upstream_done)) => {
+                return cleartext(
+                    s,
+                    upstream,
+                    target,
+                    rec,
+                    handshake,
+                    client_done,
+                    upstream_done,
+                )
+                .await;
+            }
+        },
+    };
     match relay(s, upstream, target, early, rec, handshake).await? {
         TunnelEnd::Done(outcome) => Ok(outcome),
         TunnelEnd::Upgrade { held, plan } => upgrade(s, upstream, held, plan, rec, handshake).await,
     }
+}
+
+/// A STARTTLS port: the cleartext prelude first. `Ok(early)` when the client began TLS
+/// (`early` is what it sent of its hello), `Err((client_done, upstream_done))` when the
+/// session goes on in cleartext.
+async fn starttls_prelude(
+    s: &Session<'_>,
+    upstream: &TcpStream,
+    protocol: Protocol,
+    early: Vec<u8>,
+    rec: &mut ConnectionRecord,
+) -> Result<Result<Vec<u8>, (bool, bool)>, ConnError> {
+    rec.starttls = Some(protocol.as_str());
+    let counted = |upgraded: &str| {
+        s.shared
+            .metrics
+            .starttls_sessions
+            .with_label_values(&[protocol.as_str(), upgraded])
+            .inc();
+    };
+    match prelude::relay(s, upstream, protocol, early).await {
+        Ok(PreludeEnd::Tls { early }) => {
+            counted("true");
+            Ok(Ok(early))
+        }
+        Ok(PreludeEnd::Plain {
+            why,
+            client_done,
+            upstream_done,
+        }) => {
+            counted("false");
+            info!(
+                starttls = protocol.as_str(),
+                why, "STARTTLS session did not upgrade: passing it on in cleartext"
+            );
+            Ok(Err((client_done, upstream_done)))
+        }
+        Err(e) => {
+            counted("false");
+            Err(reset_other(s, upstream, e))
+        }
+    }
+}
+
+/// A STARTTLS session that stayed in cleartext: `not_tls`, both pumps, nothing watched.
+async fn cleartext(
+    s: &Session<'_>,
+    upstream: &TcpStream,
+    target: &Authority,
+    rec: &mut ConnectionRecord,
+    handshake: &mut Handshake,
+    client_done: bool,
+    upstream_done: bool,
+) -> Result<Outcome, ConnError> {
+    let m = &s.shared.metrics;
+    let _ = first_flight::judge(s, FirstFlight::NotTls, target, rec, handshake);
+    let (mut no_tap_up, mut no_tap_down) = (NoTap, NoTap);
+    let up_flow = s.stats.flow(Side::Client, &m.bytes_up);
+    let down_flow = s.stats.flow(Side::Upstream, &m.bytes_down);
+    let up = pin!(splice::pump(s.client, upstream, up_flow, &mut no_tap_up));
+    let down = pin!(splice::pump(
+        upstream,
+        s.client,
+        down_flow,
+        &mut no_tap_down
+    ));
+    Pumps {
+        up,
+        down,
+        up_done: client_done,
+        down_done: upstream_done,
+    }
+    .run(s, upstream, handshake)
+    .await
 }
 
 /// The peek (upstream → client already flowing), the policy, then both pumps.

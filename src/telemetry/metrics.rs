@@ -42,6 +42,7 @@ pub struct Metrics {
     pub auth_password_hashes: IntCounter,
     pub http_requests: IntCounterVec,
     pub hello_anomalies: IntCounterVec,
+    pub starttls_sessions: IntCounterVec,
     pub local_process_lookups: IntCounterVec,
 }
 
@@ -216,6 +217,19 @@ impl Metrics {
         )?;
         hello_anomalies.with_label_values(&["sni_too_long"]);
         registry.register(Box::new(hello_anomalies.clone()))?;
+        let starttls_sessions = IntCounterVec::new(
+            Opts::new(
+                "tlspeek_starttls_sessions_total",
+                "Sessions to a STARTTLS port ([starttls]) by protocol, and whether the client started TLS after the cleartext prelude (upgraded) or the session went on in cleartext.",
+            ),
+            &["protocol", "upgraded"],
+        )?;
+        for p in crate::starttls::Protocol::ALL {
+            for upgraded in ["true", "false"] {
+                starttls_sessions.with_label_values(&[p.as_str(), upgraded]);
+            }
+        }
+        registry.register(Box::new(starttls_sessions.clone()))?;
         registry.register(Box::new(inventory_errors.clone()))?;
         registry.register(Box::new(inventory_dropped.clone()))?;
         registry.register(Box::new(ptr_lookups.clone()))?;
@@ -286,6 +300,7 @@ impl Metrics {
             auth_password_hashes,
             http_requests,
             hello_anomalies,
+            starttls_sessions,
             local_process_lookups,
         })
     }

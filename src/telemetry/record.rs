@@ -176,6 +176,9 @@ pub struct ConnectionRecord {
     pub name_inferred: bool,
     pub upstream_ip: Option<String>,
     pub kind: Option<Kind>,
+    /// The STARTTLS protocol of the port (`smtp`, `imap`, `pop3`, `ldap`, `xmpp`), else
+    /// null; a session that never upgraded has `kind = "not_tls"`.
+    pub starttls: Option<&'static str>,
     pub record_version: Option<&'static str>,
     pub client_version: Option<&'static str>,
     pub supported_versions: Vec<&'static str>,
@@ -239,6 +242,7 @@ impl ConnectionRecord {
             name_inferred: false,
             upstream_ip: None,
             kind: None,
+            starttls: None,
             record_version: None,
             client_version: None,
             supported_versions: Vec::new(),

@@ -16,6 +16,10 @@ use std::time::{Duration, Instant};
 
 pub use serde_json::Value;
 
+pub mod netns;
+#[allow(unused_imports)]
+pub use netns::{NetNs, is_root};
+
 /// Returns true when every command exists. Otherwise fails under CI, or prints SKIP.
 pub fn require(cmds: &[&str]) -> bool {
     let missing: Vec<&str> = cmds
@@ -1301,7 +1305,13 @@ pub struct Tcpdump {
 impl Tcpdump {
     /// Starts tcpdump and returns once it is capturing.
     pub fn start(path: &Path, filter: &str) -> Tcpdump {
-        let mut child = Command::new("tcpdump")
+        Tcpdump::start_with(Command::new("tcpdump"), path, filter)
+    }
+
+    /// Starts `tcpdump` (e.g. `ip netns exec NS tcpdump`) on `lo`; returns once it is
+    /// capturing.
+    pub fn start_with(mut tcpdump: Command, path: &Path, filter: &str) -> Tcpdump {
+        let mut child = tcpdump
             .args([
                 "-i",
                 "lo",

@@ -58,7 +58,7 @@ fn embedded_default_is_valid_and_safe() {
     }
     assert!(!c.proxy.allowed_sources.contains("8.8.8.8".parse().unwrap()));
     assert_eq!(c.proxy.hello_timeout, Duration::from_secs(5));
-    assert_eq!(c.metrics.watched_destinations.0.len(), 16);
+    assert_eq!(c.metrics.watched_destinations.0.len(), 20);
     assert!(c.rules.is_empty());
     assert_eq!(c.events, EventsTarget::Stdout);
 }
@@ -230,4 +230,38 @@ fn effective_config_round_trips() {
     let again = Config::from_toml_str(&c.to_toml()).unwrap();
     assert_eq!(again.proxy, c.proxy);
     assert_eq!(again.metrics, c.metrics);
+}
+
+#[test]
+fn starttls_keys_default_on_their_own_and_a_port_belongs_to_one_protocol() {
+    use crate::starttls::Protocol;
+    let c = Config::embedded_default().unwrap();
+    assert_eq!(c.starttls.protocol(587), Some(Protocol::Smtp));
+    assert_eq!(c.starttls.protocol(389), Some(Protocol::Ldap));
+    assert_eq!(c.starttls.protocol(443), None);
+    assert_eq!(c.starttls.prelude_timeout, Duration::from_secs(30));
+    assert_eq!(c.starttls.prelude_max_bytes, 16_384);
+    let c = Config::from_toml_str("[starttls]\nsmtp = [2525]\nldap = []\n").unwrap();
+    assert_eq!(c.starttls.protocol(2525), Some(Protocol::Smtp));
+    assert_eq!(c.starttls.protocol(587), None, "smtp's list was replaced");
+    assert_eq!(c.starttls.protocol(389), None, "[] turns ldap off");
+    assert_eq!(
+        c.starttls.protocol(143),
+        Some(Protocol::Imap),
+        "imap kept its default"
+    );
+    let errs =
+        errors("[starttls]\nimap = [110]\nprelude_max_bytes = 0\nprelude_timeout = \"soon\"\n");
+    assert!(
+        has(&errs, "starttls.pop3", "also listed under starttls.imap"),
+        "{errs:?}"
+    );
+    assert!(
+        has(&errs, "starttls.prelude_max_bytes", "1 to 1048576"),
+        "{errs:?}"
+    );
+    assert!(
+        has(&errs, "starttls.prelude_timeout", "not a duration"),
+        "{errs:?}"
+    );
 }
