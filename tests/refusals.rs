@@ -213,6 +213,14 @@ fn connection_limits_answer_503_at_once() {
         &format!("allowed_ports = [{port}]\nmax_connections_per_source = 2\nmax_connections = 3\n"),
         "",
     );
+    // The harness's readiness probe was a connection from this source too: its slot must
+    // be back before the limit is counted.
+    t.wait_metric(
+        "tlspeek_connections_total",
+        &[],
+        Duration::from_secs(5),
+        |v| v >= 1.0,
+    );
     let (a, sa) = connect_tunnel(t.proxy_port, &format!("127.0.0.1:{port}"));
     let (b, sb) = connect_tunnel(t.proxy_port, &format!("127.0.0.1:{port}"));
     assert!(sa.contains(" 200 ") && sb.contains(" 200 "), "{sa} {sb}");

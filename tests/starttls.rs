@@ -476,3 +476,47 @@ fn mail_arrives_unchanged_upgraded_or_not_and_connect_tunnels_get_the_same_readi
         2.0
     );
 }
+
+#[test]
+fn a_prelude_past_its_time_bound_is_passed_on_unwatched_and_unchanged() {
+    use std::io::Read;
+    // No namespace needed: a CONNECT tunnel on 127.0.0.1 to an echo server configured as an
+    // SMTP port, with a short prelude_timeout.
+    let echo = spawn_echo();
+    let t = Tlspeek::start(
+        &format!("allowed_ports = [{echo}]\n"),
+        &format!("[starttls]\nsmtp = [{echo}]\nprelude_timeout = \"300ms\"\n"),
+    );
+    let (mut s, head) = connect_tunnel(t.proxy_port, &format!("127.0.0.1:{echo}"));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let echoed = |s: &mut std::net::TcpStream, bytes: &[u8]| {
+        s.write_all(bytes).unwrap();
+        let mut back = vec![0u8; bytes.len()];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back, bytes, "the bytes came back changed");
+    };
+    echoed(&mut s, b"EHLO printer\r\n");
+    std::thread::sleep(Duration::from_millis(700));
+    // Past the bound: a STARTTLS and a hello now go through unread.
+    let hello = client_hello_record(0x0301, &[0x002f], &[(0, sni_body(MAIL_HOST))]);
+    let late = [b"STARTTLS\r\n".as_slice(), &hello].concat();
+    echoed(&mut s, &late);
+    drop(s);
+    let ev = t.wait_events("the session's line", |ev| {
+        ev.iter().any(|e| e["starttls"] == "smtp")
+    });
+    let e = ev.iter().find(|e| e["starttls"] == "smtp").unwrap();
+    assert_eq!(
+        (e["kind"].as_str(), e["sni"].as_str(), e["outcome"].as_str()),
+        (Some("not_tls"), None, Some("closed")),
+        "{e}"
+    );
+    assert_eq!(e["bytes_up"].as_u64(), Some(14 + late.len() as u64), "{e}");
+    assert_eq!(
+        t.metric(
+            "tlspeek_starttls_sessions_total",
+            &[("protocol", "smtp"), ("upgraded", "false")]
+        ),
+        1.0
+    );
+}

@@ -16,6 +16,9 @@ import socket
 import ssl
 import sys
 import threading
+import warnings
+
+warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.0 is what these tests need
 
 protocol, listen, cert, key, log_path = sys.argv[1:6]
 host, port = listen.rsplit(":", 1)
