@@ -277,6 +277,30 @@ pub struct InventoryConfig {
     pub retention: Duration,
 }
 
+/// A retired or retiring endpoint: callers of it get `error` (from `date`) and should call
+/// `replacement` instead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deprecation {
+    pub hosts: HostPatterns,
+    /// Path prefixes; empty = the whole host.
+    pub paths: Vec<String>,
+    /// `YYYY-MM-DD`.
+    pub date: String,
+    pub error: String,
+    pub replacement: String,
+    pub source: String,
+}
+
+impl Deprecation {
+    /// Whether a call to `host` (and `path`, when known) is one of this entry's. An entry
+    /// with paths matches only a known path under one of them.
+    pub fn matches(&self, host: &HostName, path: Option<&str>) -> bool {
+        self.hosts.matches(host)
+            && (self.paths.is_empty()
+                || path.is_some_and(|p| self.paths.iter().any(|pre| p.starts_with(pre.as_str()))))
+    }
+}
+
 /// Ports whose sessions upgrade to TLS in-band, and the bounds of their cleartext prelude.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StartTlsConfig {
@@ -310,6 +334,8 @@ pub struct Config {
     pub transparent_tproxy: bool,
     pub upstream_proxy: Option<ParentProxy>,
     pub starttls: StartTlsConfig,
+    /// Retired and retiring endpoints (`[[deprecations]]`); their hosts are watched.
+    pub deprecations: Vec<Deprecation>,
     /// The written form, for `check-config` and logs.
     pub raw: RawConfig,
 }
@@ -383,6 +409,11 @@ impl Config {
     }
 
     /// Is `host` one of the watched destinations?
+    /// The deprecation a call to `host` (at `path`, when known) falls under.
+    pub fn deprecation_of(&self, host: &HostName, path: Option<&str>) -> Option<&Deprecation> {
+        self.deprecations.iter().find(|d| d.matches(host, path))
+    }
+
     pub fn is_watched(&self, host: &HostName) -> bool {
         self.metrics.watched_destinations.matches(host)
     }

@@ -27,6 +27,23 @@ pub struct RawConfig {
     pub auth: RawAuth,
     pub upstream: RawUpstream,
     pub starttls: RawStartTls,
+    /// Retired and retiring endpoints. A user's entries are added to the shipped ones.
+    #[serde(default)]
+    pub deprecations: Vec<RawDeprecation>,
+}
+
+/// One retired or retiring endpoint.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct RawDeprecation {
+    pub hosts: Vec<String>,
+    /// Path prefixes (seen in upgrade mode and on plain HTTP); none = the whole host.
+    #[serde(default)]
+    pub paths: Vec<String>,
+    pub date: String,
+    pub error: String,
+    pub replacement: String,
+    #[serde(default)]
+    pub source: String,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

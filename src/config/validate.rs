@@ -10,12 +10,13 @@ use std::time::{Duration, SystemTime};
 use ipnet::IpNet;
 
 use super::raw::{
-    RawAdmin, RawConfig, RawMetrics, RawProxy, RawRule, RawSource, RawStartTls, RawUpgrade,
+    RawAdmin, RawConfig, RawDeprecation, RawMetrics, RawProxy, RawRule, RawSource, RawStartTls,
+    RawUpgrade,
 };
 use super::{
-    Action, AdminConfig, AuthConfig, Config, ConfigError, ConfigErrors, DnsConfig, EventsTarget,
-    InventoryConfig, MetricsConfig, NetList, OnHelloTimeout, OnUnsupported, ProxyConfig, Rule,
-    SourceNames, SourceSelector, StartTlsConfig, UpgradeConfig,
+    Action, AdminConfig, AuthConfig, Config, ConfigError, ConfigErrors, Deprecation, DnsConfig,
+    EventsTarget, InventoryConfig, MetricsConfig, NetList, OnHelloTimeout, OnUnsupported,
+    ProxyConfig, Rule, SourceNames, SourceSelector, StartTlsConfig, UpgradeConfig,
 };
 use crate::names::{HostPattern, HostPatterns};
 
@@ -75,6 +76,10 @@ pub(super) fn merge_and_deserialize(
 fn merge(base: &mut toml::Table, over: toml::Table) {
     for (k, v) in over {
         match (base.get_mut(&k), v) {
+            // A user's retired endpoints are added to the shipped ones, not put in their place.
+            (Some(toml::Value::Array(b)), toml::Value::Array(o)) if k == "deprecations" => {
+                b.extend(o)
+            }
             (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
             (_, v) => {
                 base.insert(k, v);
@@ -278,7 +283,7 @@ pub(super) fn validate(raw: RawConfig, earlier: Vec<ConfigError>) -> Result<Conf
     let proxy = proxy_section(&mut c, &raw.proxy);
     let admin = admin_section(&mut c, &raw.admin, &proxy);
     let events = events_target(&mut c, &raw.events.path);
-    let metrics = metrics_section(&mut c, &raw.metrics);
+    let mut metrics = metrics_section(&mut c, &raw.metrics);
     let (sources, names) = source_names(&mut c, &raw.sources);
     let dns = DnsConfig {
         reverse_lookup: raw.dns.reverse_lookup,
@@ -315,6 +320,15 @@ pub(super) fn validate(raw: RawConfig, earlier: Vec<ConfigError>) -> Result<Conf
             .ok(),
     };
     let starttls = starttls_section(&mut c, &raw.starttls);
+    let deprecations = deprecations_section(&mut c, &raw.deprecations);
+    // The hosts of retired endpoints are watched implicitly: every caller gets a row.
+    for d in &deprecations {
+        for p in &d.hosts.0 {
+            if !metrics.watched_destinations.0.contains(p) {
+                metrics.watched_destinations.0.push(p.clone());
+            }
+        }
+    }
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
     }
@@ -334,8 +348,53 @@ pub(super) fn validate(raw: RawConfig, earlier: Vec<ConfigError>) -> Result<Conf
         transparent_tproxy: raw.transparent.tproxy,
         upstream_proxy,
         starttls,
+        deprecations,
         raw,
     })
+}
+
+fn deprecations_section(c: &mut Checker, raw: &[RawDeprecation]) -> Vec<Deprecation> {
+    raw.iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let key = |k: &str| format!("deprecations[{i}].{k}");
+            if d.hosts.is_empty() {
+                c.err(key("hosts"), "at least one host pattern is needed");
+            }
+            for (j, p) in d.paths.iter().enumerate() {
+                if !p.starts_with('/') {
+                    c.err(
+                        format!("{}[{j}]", key("paths")),
+                        format!("{p:?}: a path starts with /"),
+                    );
+                }
+            }
+            let date_ok = d.date.len() == 10
+                && d.date.bytes().enumerate().all(|(k, b)| match k {
+                    4 | 7 => b == b'-',
+                    _ => b.is_ascii_digit(),
+                });
+            if !date_ok {
+                c.err(
+                    key("date"),
+                    format!("{:?}: write the date as YYYY-MM-DD", d.date),
+                );
+            }
+            for (k, v) in [("error", &d.error), ("replacement", &d.replacement)] {
+                if v.trim().is_empty() {
+                    c.err(key(k), "must not be empty");
+                }
+            }
+            Deprecation {
+                hosts: c.patterns(&key("hosts"), &d.hosts),
+                paths: d.paths.clone(),
+                date: d.date.clone(),
+                error: d.error.clone(),
+                replacement: d.replacement.clone(),
+                source: d.source.clone(),
+            }
+        })
+        .collect()
 }
 
 fn starttls_section(c: &mut Checker, t: &RawStartTls) -> StartTlsConfig {

@@ -58,7 +58,8 @@ fn embedded_default_is_valid_and_safe() {
     }
     assert!(!c.proxy.allowed_sources.contains("8.8.8.8".parse().unwrap()));
     assert_eq!(c.proxy.hello_timeout, Duration::from_secs(5));
-    assert_eq!(c.metrics.watched_destinations.0.len(), 20);
+    // 20 written, and login-us.microsoftonline.com from [[deprecations]].
+    assert_eq!(c.metrics.watched_destinations.0.len(), 21);
     assert!(c.rules.is_empty());
     assert_eq!(c.events, EventsTarget::Stdout);
 }
@@ -262,6 +263,61 @@ fn starttls_keys_default_on_their_own_and_a_port_belongs_to_one_protocol() {
     );
     assert!(
         has(&errs, "starttls.prelude_timeout", "not a duration"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn deprecations_are_shipped_watched_and_added_to_by_users() {
+    use crate::names::HostName;
+    let host = |h: &str| HostName::parse(h).unwrap();
+    let c = Config::embedded_default().unwrap();
+    assert_eq!(c.deprecations.len(), 2);
+    let us = c
+        .deprecation_of(&host("login-us.microsoftonline.com"), None)
+        .unwrap();
+    assert_eq!(us.replacement, "login.microsoftonline.us");
+    assert!(us.error.starts_with("AADSTS900439"));
+    assert!(us.source.contains("reference-breaking-changes"));
+    assert!(c.is_watched(&host("login-us.microsoftonline.com")));
+    assert!(
+        c.deprecation_of(&host("login.microsoftonline.com"), None)
+            .is_none()
+    );
+
+    let c = Config::from_toml_str(
+        "[[deprecations]]\nhosts = [\"sts.contoso.com\"]\npaths = [\"/adfs/services/trust/2005/\"]\n\
+         date = \"2026-01-31\"\nerror = \"WS-Trust 2005 is off\"\nreplacement = \"/adfs/oauth2/\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.deprecations.len(), 3, "added to the shipped entries");
+    let sts = host("sts.contoso.com");
+    assert!(c.is_watched(&sts));
+    assert!(
+        c.deprecation_of(&sts, None).is_none(),
+        "a path entry needs the path"
+    );
+    assert!(c.deprecation_of(&sts, Some("/adfs/ls/")).is_none());
+    assert_eq!(
+        c.deprecation_of(&sts, Some("/adfs/services/trust/2005/usernamemixed"))
+            .map(|d| d.error.as_str()),
+        Some("WS-Trust 2005 is off")
+    );
+
+    let errs = errors(
+        "[[deprecations]]\nhosts = []\npaths = [\"adfs\"]\ndate = \"31.01.2026\"\nerror = \"\"\nreplacement = \"x\"\n",
+    );
+    assert!(
+        has(&errs, "deprecations[2].hosts", "at least one host"),
+        "{errs:?}"
+    );
+    assert!(
+        has(&errs, "deprecations[2].paths[0]", "starts with /"),
+        "{errs:?}"
+    );
+    assert!(has(&errs, "deprecations[2].date", "YYYY-MM-DD"), "{errs:?}");
+    assert!(
+        has(&errs, "deprecations[2].error", "must not be empty"),
         "{errs:?}"
     );
 }
