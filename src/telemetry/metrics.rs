@@ -22,6 +22,7 @@ pub struct Metrics {
     pub client_hellos: GuardedCounter,
     pub handshakes: GuardedCounter,
     pub legacy_connections: GuardedCounter,
+    pub deprecated_endpoint_connections: GuardedCounter,
     pub actions: GuardedCounter,
     pub last_legacy: GuardedGauge,
     pub connections: IntCounterVec,
@@ -86,6 +87,11 @@ impl Metrics {
             "tlspeek_legacy_connections_total",
             "Connections known to be legacy, counted once each, by the first of their legacy reasons.",
             &["source", "destination", "reason"],
+        )?;
+        let deprecated_endpoint_connections = guarded(
+            "tlspeek_deprecated_endpoint_connections_total",
+            "ClientHellos to a retired or retiring endpoint ([[deprecations]] entries without paths), by source and destination.",
+            &["source", "destination"],
         )?;
         let actions = guarded(
             "tlspeek_actions_total",
@@ -268,6 +274,7 @@ impl Metrics {
             "tlspeek_client_hellos_total",
             "tlspeek_handshakes_total",
             "tlspeek_legacy_connections_total",
+            "tlspeek_deprecated_endpoint_connections_total",
             "tlspeek_actions_total",
             "tlspeek_source_last_legacy_timestamp_seconds",
         ] {
@@ -282,6 +289,7 @@ impl Metrics {
             client_hellos,
             handshakes,
             legacy_connections,
+            deprecated_endpoint_connections,
             actions,
             last_legacy,
             connections,
@@ -325,6 +333,15 @@ impl Metrics {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         self.legacy_connection(who, reason, now);
+    }
+
+    /// A ClientHello to a retired or retiring endpoint.
+    pub fn deprecated_endpoint(&self, who: &Who<'_>, legacy: bool) {
+        self.deprecated_endpoint_connections.inc(&Labels {
+            values: &[who.source, who.destination],
+            legacy,
+            source_is_ip: who.source_is_ip,
+        });
     }
 
     /// A connection is first known to be legacy: count it once, and move the last-seen gauge.
@@ -380,6 +397,7 @@ impl Metrics {
         self.client_hellos.expire(now)
             + self.handshakes.expire(now)
             + self.legacy_connections.expire(now)
+            + self.deprecated_endpoint_connections.expire(now)
             + self.actions.expire(now)
             + self.last_legacy.expire(now)
     }
@@ -391,6 +409,7 @@ impl Metrics {
             &self.client_hellos,
             &self.handshakes,
             &self.legacy_connections,
+            &self.deprecated_endpoint_connections,
             &self.actions,
         ] {
             families.extend(prometheus::core::Collector::collect(c));
