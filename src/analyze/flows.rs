@@ -124,17 +124,24 @@ pub struct Flow {
     pub starttls: Option<Protocol>,
     /// The protocols of the two endpoints' ports, were each the server.
     starttls_ports: [Option<Protocol>; 2],
-    /// Per side, while its STARTTLS prelude lasts: the scanner that finds where TLS begins.
-    prelude: [Option<Scanner>; 2],
+    /// A STARTTLS session's prelude while it lasts (boxed: most flows have none).
+    prelude: Option<Box<Prelude>>,
     /// Per side: TLS began after a prelude.
     upgraded: [bool; 2],
-    prelude_bytes: usize,
     prelude_max: usize,
     /// Still reassembling.
     pub collecting: bool,
     /// Collecting stopped early (memory budget): a hello may be missing.
     pub starved: bool,
     pub end: End,
+}
+
+/// The cleartext part of a STARTTLS session: per side, the scanner that finds where TLS
+/// begins (until it has), and the prelude's bytes so far, both sides together.
+#[derive(Debug)]
+struct Prelude {
+    scanners: [Option<Scanner>; 2],
+    bytes: usize,
 }
 
 impl Flow {
@@ -145,9 +152,8 @@ impl Flow {
                 starttls.ports.get(&key.a.port).copied(),
                 starttls.ports.get(&key.b.port).copied(),
             ],
-            prelude: [None, None],
+            prelude: None,
             upgraded: [false; 2],
-            prelude_bytes: 0,
             prelude_max: starttls.prelude_max_bytes,
             id,
             key,
@@ -207,12 +213,15 @@ impl Flow {
                         Role::Server
                     }
                 };
-                [
-                    Some(Scanner::new(p, role(0))),
-                    Some(Scanner::new(p, role(1))),
-                ]
+                Some(Box::new(Prelude {
+                    scanners: [
+                        Some(Scanner::new(p, role(0))),
+                        Some(Scanner::new(p, role(1))),
+                    ],
+                    bytes: 0,
+                }))
             }
-            _ => [None, None],
+            _ => None,
         };
     }
 
@@ -229,7 +238,10 @@ impl Flow {
     /// Reads a side's new in-order bytes while its prelude lasts; true once TLS has begun
     /// on that side (its stream then starts at the TLS record).
     fn after_prelude(&mut self, side: usize) -> bool {
-        let Some(scan) = self.prelude[side].as_mut() else {
+        let Some(state) = self.prelude.as_mut() else {
+            return true;
+        };
+        let Some(scan) = state.scanners[side].as_mut() else {
             return true;
         };
         let stream = &mut self.streams[side];
@@ -239,15 +251,19 @@ impl Flow {
             Scan::Tls(at) => (at, true),
         };
         stream.consume(prelude);
-        self.prelude_bytes += prelude;
+        state.bytes += prelude;
+        let over = state.bytes > self.prelude_max;
         if tls {
-            self.prelude[side] = None;
+            state.scanners[side] = None;
+            if state.scanners.iter().all(Option::is_none) {
+                self.prelude = None;
+            }
             self.upgraded[side] = true;
             self.frontier[side] = 0;
             self.looked[side] = false;
             return true;
         }
-        if self.prelude_bytes > self.prelude_max {
+        if over {
             // Past the bound, as in the proxy: the session goes on unwatched.
             self.client_not_hello(ClientState::NotTls);
         }

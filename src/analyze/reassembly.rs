@@ -74,8 +74,9 @@ impl Stream {
         if let Some(start) = &mut self.start {
             *start = start.wrapping_add(u32::try_from(n).unwrap_or(u32::MAX));
         }
+        // Pieces lie past the in-order data, so past what was consumed.
         for p in &mut self.pieces {
-            p.off -= n;
+            p.off = p.off.saturating_sub(n);
         }
     }
 

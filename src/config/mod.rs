@@ -408,12 +408,12 @@ impl Config {
         toml::to_string(&raw).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
 
-    /// Is `host` one of the watched destinations?
     /// The deprecation a call to `host` (at `path`, when known) falls under.
     pub fn deprecation_of(&self, host: &HostName, path: Option<&str>) -> Option<&Deprecation> {
         self.deprecations.iter().find(|d| d.matches(host, path))
     }
 
+    /// Is `host` one of the watched destinations?
     pub fn is_watched(&self, host: &HostName) -> bool {
         self.metrics.watched_destinations.matches(host)
     }

@@ -65,12 +65,7 @@ pub struct RawProxy {
     #[serde(default)]
     pub proxy_protocol_from: Vec<String>,
     /// Name the process of callers on this host (sock_diag and /proc).
-    #[serde(default = "yes")]
     pub name_local_processes: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// Which ports speak which STARTTLS protocol, and the prelude's bounds.

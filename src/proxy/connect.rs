@@ -58,11 +58,12 @@ async fn run(
     rec.user = authenticate(s, &head).await?;
     let target = admit(s, &head, rec)?;
     let upstream = connect(s, &target, rec).await?;
+    let active = tunnel::ActiveTunnel::open(&s.shared.metrics.active_tunnels);
     if let Err(e) = write_all_within(s.client, ESTABLISHED, RESPONSE_WRITE_LIMIT).await {
         splice::reset_on_close(&upstream);
         return Err(ConnError::ClientWrite(e));
     }
-    tunnel::serve(s, &upstream, &target, head.rest, rec, handshake).await
+    tunnel::serve(s, active, &upstream, &target, head.rest, rec, handshake).await
 }
 
 /// An absolute-form `http://` request target.

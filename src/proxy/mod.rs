@@ -8,8 +8,9 @@
 //!   per request). They fail with `error::ConnError`; `refusal` is the HTTP answer.
 //! - `session`: what a task hands to its phases, and the common end (metric, event line).
 //! - `upstream`: parent or direct (`parent`, `dial`).
-//! - `tunnel`: a STARTTLS port's cleartext prelude (`prelude`), the first-flight peek (`peek`), its judgement (`first_flight`), the
-//!   ServerHello tap and the final verdict (`handshake`), the pumps, the upgrade.
+//! - `tunnel`: a STARTTLS port's cleartext prelude (`prelude`), the first-flight peek
+//!   (`peek`), its judgement (`first_flight`), the ServerHello tap and the final verdict
+//!   (`handshake`), the pumps, the upgrade.
 //!
 //! Wired together by `app`; shared state is `crate::shared::Shared`.
 

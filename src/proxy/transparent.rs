@@ -77,5 +77,6 @@ async fn run(
         rec.note = Some(format!("via parent proxy {parent}"));
     }
     let _ = s.client.set_nodelay(true);
-    tunnel::serve(s, &up.stream, &target, Vec::new(), rec, handshake).await
+    let active = tunnel::ActiveTunnel::open(&s.shared.metrics.active_tunnels);
+    tunnel::serve(s, active, &up.stream, &target, Vec::new(), rec, handshake).await
 }

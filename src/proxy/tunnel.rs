@@ -25,11 +25,12 @@ use crate::starttls::Protocol;
 use crate::telemetry::{ConnectionRecord, Outcome};
 use crate::upgrade::{UpgradeJob, UpgradeReport};
 
-/// Keeps `tlspeek_active_tunnels` right however the tunnel ends.
-struct ActiveTunnel<'a>(&'a prometheus::IntGauge);
+/// Keeps `tlspeek_active_tunnels` right however the tunnel ends. Opened before the
+/// client hears `200`, so that a client which has its tunnel finds it counted.
+pub struct ActiveTunnel<'a>(&'a prometheus::IntGauge);
 
 impl<'a> ActiveTunnel<'a> {
-    fn open(g: &'a prometheus::IntGauge) -> ActiveTunnel<'a> {
+    pub fn open(g: &'a prometheus::IntGauge) -> ActiveTunnel<'a> {
         g.inc();
         ActiveTunnel(g)
     }
@@ -51,23 +52,27 @@ enum TunnelEnd {
     },
 }
 
-/// Serves the open tunnel to its end: counted in `tlspeek_active_tunnels`, listed in
-/// `/debug/tunnels`. `early` is what the client sent after its request head.
+/// Serves the open tunnel to its end: counted in `tlspeek_active_tunnels` while `_active`
+/// lives, listed in `/debug/tunnels`. `early` is what the client sent after its request head.
 pub async fn serve(
     s: &Session<'_>,
+    _active: ActiveTunnel<'_>,
     upstream: &TcpStream,
     target: &Authority,
     early: Vec<u8>,
     rec: &mut ConnectionRecord,
     handshake: &mut Handshake,
 ) -> Result<Outcome, ConnError> {
-    let _active = ActiveTunnel::open(&s.shared.metrics.active_tunnels);
     let _listed = s.list(rec.id, target);
     let early = match s.cfg.starttls.protocol(target.port) {
         None => early,
         Some(protocol) => match starttls_prelude(s, upstream, protocol, early, rec).await? {
-            Ok(early) => early,
-            Err((client_done, upstream_done)) => {
+            PreludeEnd::Tls { early } => early,
+            PreludeEnd::Plain {
+                client_done,
+                upstream_done,
+                ..
+            } => {
                 return cleartext(
                     s,
                     upstream,
@@ -87,16 +92,15 @@ pub async fn serve(
     }
 }
 
-/// A STARTTLS port: the cleartext prelude first. `Ok(early)` when the client began TLS
-/// (`early` is what it sent of its hello), `Err((client_done, upstream_done))` when the
-/// session goes on in cleartext.
+/// A STARTTLS port: the cleartext prelude first, relayed, counted in
+/// `tlspeek_starttls_sessions_total` and, when it stays in cleartext, logged.
 async fn starttls_prelude(
     s: &Session<'_>,
     upstream: &TcpStream,
     protocol: Protocol,
     early: Vec<u8>,
     rec: &mut ConnectionRecord,
-) -> Result<Result<Vec<u8>, (bool, bool)>, ConnError> {
+) -> Result<PreludeEnd, ConnError> {
     rec.starttls = Some(protocol.as_str());
     let counted = |upgraded: &str| {
         s.shared
@@ -106,21 +110,17 @@ async fn starttls_prelude(
             .inc();
     };
     match prelude::relay(s, upstream, protocol, early).await {
-        Ok(PreludeEnd::Tls { early }) => {
+        Ok(end @ PreludeEnd::Tls { .. }) => {
             counted("true");
-            Ok(Ok(early))
+            Ok(end)
         }
-        Ok(PreludeEnd::Plain {
-            why,
-            client_done,
-            upstream_done,
-        }) => {
+        Ok(end @ PreludeEnd::Plain { why, .. }) => {
             counted("false");
             info!(
                 starttls = protocol.as_str(),
                 why, "STARTTLS session did not upgrade: passing it on in cleartext"
             );
-            Ok(Err((client_done, upstream_done)))
+            Ok(end)
         }
         Err(e) => {
             counted("false");
