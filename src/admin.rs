@@ -451,7 +451,7 @@ async fn legacy(shared: &Arc<Shared>, csv: bool, query: Option<&str>) -> Respons
         Store::open_read_only(&path).and_then(|s| s.query(&filter))
     })
     .await;
-    let rows = match rows {
+    let mut rows = match rows {
         Ok(Ok(rows)) => rows,
         Ok(Err(e)) => {
             warn!(error = %e, "cannot read the inventory");
@@ -462,6 +462,11 @@ async fn legacy(shared: &Arc<Shared>, csv: bool, query: Option<&str>) -> Respons
         }
         Err(_) => return text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
     };
+    // Marked with the configuration now in force.
+    let cfg = shared.config.load();
+    for r in &mut rows {
+        r.mark_retired(&cfg);
+    }
     let (body, content_type) = if csv {
         (report::to_csv(&rows), "text/csv; charset=utf-8")
     } else {

@@ -147,14 +147,20 @@ pub struct ReportRequest {
     pub destination: Option<String>,
 }
 
-/// `report`: the merged inventories' callers, and the line that says why the list is empty
-/// when it is (for `report::print`).
+/// `report`: the merged inventories' callers — legacy ones, and those of a retired
+/// endpoint (`[[deprecations]]` of the configuration) — and the line that says why the
+/// list is empty when it is (for `report::print`).
 pub fn report(req: ReportRequest) -> Result<(Vec<CallerRow>, Option<String>), CommandError> {
+    let cfg = load_config(req.config.as_deref())?;
     let dbs: Vec<PathBuf> = if !req.db.is_empty() {
         req.db
     } else {
-        let cfg = load_config(req.config.as_deref())?;
-        vec![cfg.inventory.path.ok_or(CommandError::InventoryOff)?]
+        vec![
+            cfg.inventory
+                .path
+                .clone()
+                .ok_or(CommandError::InventoryOff)?,
+        ]
     };
     if let Some(missing) = dbs.iter().find(|db| !db.exists()) {
         return Err(CommandError::NoInventory(missing.clone()));
@@ -163,11 +169,18 @@ pub fn report(req: ReportRequest) -> Result<(Vec<CallerRow>, Option<String>), Co
     let filter = Filter {
         since,
         destination: req.destination.map(|d| d.to_ascii_lowercase()),
-        legacy: (!req.all).then_some(true),
+        // Legacy rows and retired endpoints' rows: the latter are picked below.
+        legacy: (!req.all && cfg.deprecations.is_empty()).then_some(true),
         limit: None,
     };
     let paths: Vec<&Path> = dbs.iter().map(PathBuf::as_path).collect();
-    let rows = Store::merged(&paths, &filter)?;
+    let mut rows = Store::merged(&paths, &filter)?;
+    for r in &mut rows {
+        r.mark_retired(&cfg);
+    }
+    if !req.all {
+        rows.retain(|r| r.legacy || r.retired.is_some());
+    }
     let mut empty_line = None;
     if rows.is_empty() {
         let mut began = None;

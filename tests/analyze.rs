@@ -1500,3 +1500,70 @@ fn analyze_names_the_library_of_every_hello_of_the_test_set() {
         ev.len()
     );
 }
+
+#[test]
+fn server_answers_per_front_end_from_a_capture() {
+    // One TLS 1.0 caller (curl's real hello) to three addresses of one name: a ServerHello,
+    // an alert, a reset before any answer.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("front-ends.pcap");
+    let mut w = pcapgen::Writer::pcap(Vec::new(), pcapgen::LINKTYPE_ETHERNET).unwrap();
+    let link = Link::Ethernet(vec![]);
+    let mut ts = 1_700_000_000_000_000u64;
+    let answers: [(&str, Option<Vec<u8>>); 3] = [
+        ("192.0.2.1:443", Some(fixture("server_openssl_tls10"))),
+        ("192.0.2.2:443", Some(fixture("server_openssl_alert"))),
+        ("192.0.2.3:443", None),
+    ];
+    for (i, (server, answer)) in answers.iter().enumerate() {
+        let client: SocketAddr = format!("10.0.0.1:{}", 50000 + i).parse().unwrap();
+        let mut c = Conn::new(link.clone(), client, server.parse().unwrap(), 7 * i as u32);
+        let mut frames = c.handshake();
+        frames.push(c.client_data(&fixture("curl_tls10")));
+        match answer {
+            Some(a) => {
+                frames.push(c.server_data(a));
+                frames.push(c.client_fin());
+                frames.push(c.server_fin());
+            }
+            None => frames.push(c.segment(false, pcapgen::RST | pcapgen::ACK, &[])),
+        }
+        for f in frames {
+            ts += 1000;
+            w.frame(ts, &f).unwrap();
+        }
+    }
+    std::fs::write(&path, w.into_inner()).unwrap();
+    let run = analyze(&["--quiet", "--format", "json", path.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let rows: Vec<Value> = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    let r = &rows[0];
+    assert_eq!(
+        (&r["server_accepted"], &r["server_rejected"]),
+        (&Value::from(1), &Value::from(2)),
+        "{r}"
+    );
+    assert_eq!(r["last_server_alert"], "reset", "the last rejection: {r}");
+    let mut tally: Vec<(String, u64, u64)> = r["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["address"].as_str().unwrap().to_string(),
+                s["accepted"].as_u64().unwrap(),
+                s["rejected"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    tally.sort();
+    assert_eq!(
+        tally,
+        [
+            ("192.0.2.1".to_string(), 1, 0),
+            ("192.0.2.2".to_string(), 0, 1),
+            ("192.0.2.3".to_string(), 0, 1)
+        ]
+    );
+}

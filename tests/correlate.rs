@@ -357,7 +357,7 @@ fn a_legacy_caller_is_joined_with_its_process_and_its_sign_in() {
     assert_eq!(status, 200);
     let header = csv_out.lines().next().unwrap();
     assert!(
-        header.ends_with(",fix,process,process_user,account,app"),
+        header.contains(",fix,process,process_user,account,app,"),
         "{header}"
     );
     let line = csv_out.lines().find(|l| l.contains("127.0.0.7")).unwrap();

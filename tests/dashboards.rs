@@ -495,13 +495,22 @@ fn every_metric_name_in_the_dashboard_and_rules_is_exported() {
     }
     let (_s, up) = openssl_server(&[]);
     let (_g, gs) = gnutls_server("NORMAL:+3DES-CBC:+VERS-TLS1.0:+VERS-TLS1.1");
-    let t = Tlspeek::start(&format!("allowed_ports = [{up}, {gs}]\n"), "");
+    let (_r, refusing) = openssl_server(&["-min_protocol", "TLSv1.2"]);
+    let t = Tlspeek::start(&format!("allowed_ports = [{up}, {gs}, {refusing}]\n"), "");
     assert_eq!(curl_via(t.proxy_port, up, LOGIN, TLS10).0, "200");
     assert_eq!(curl_via(t.proxy_port, up, LOGIN, TLS13).0, "200");
     let out = gnutls_via_proxy(t.proxy_port, gs, DES_ONLY, LOGIN);
     assert!(out.contains("3DES"), "{out}");
+    // A retired endpoint, and a front end that rejects TLS 1.0.
+    assert_eq!(
+        curl_via(t.proxy_port, up, "graph.windows.net", TLS13).0,
+        "200"
+    );
+    assert_ne!(curl_via(t.proxy_port, refusing, LOGIN, TLS10).0, "200");
     let end = Instant::now() + Duration::from_secs(10);
-    while sample(&t.metrics(), "tlspeek_handshakes_total", &[]) < Some(3.0) {
+    while sample(&t.metrics(), "tlspeek_handshakes_total", &[]) < Some(4.0)
+        || sample(&t.metrics(), "tlspeek_server_rejections_total", &[]) < Some(1.0)
+    {
         assert!(Instant::now() < end, "{}", t.metrics());
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -590,6 +599,13 @@ const S_SSL3: &str = "127.0.0.16";
 const S_OTHER: &str = "127.0.0.17";
 /// TLS 1.0, blocked by a rule.
 const S_BLOCKED: &str = "127.0.0.18";
+
+/// Panels whose data comes from traffic of their own, in
+/// `retired_endpoint_and_front_end_panels_and_alerts_answer_on_a_real_prometheus`.
+const OWN_TRAFFIC: &[&str] = &[
+    "Callers of retired endpoints",
+    "Rejected by some front ends, accepted by others",
+];
 
 fn curl_from(t: &Tlspeek, source: &str, up: u16, host: &str, tls: &[&str]) -> String {
     let mut args = vec!["--interface", source];
@@ -905,10 +921,11 @@ fn every_dashboard_query_answers_on_a_real_prometheus_scraping_two_instances() {
     let r = evaluate(&prom, &qs, &real, at);
 
     // Every query returns data, no result is split by instance unless the query says so,
-    // and "All" (.*) gives the same answers as every value selected.
+    // and "All" (.*) gives the same answers as every value selected. The panels of retired
+    // endpoints and front ends have traffic of their own (the next test).
     let empty: Vec<String> = r
         .iter()
-        .filter(|(_, v)| v.is_empty())
+        .filter(|((p, _), v)| v.is_empty() && !OWN_TRAFFIC.contains(&p.as_str()))
         .map(|((p, id), _)| format!("{p}/{id}"))
         .collect();
     assert!(
@@ -1267,7 +1284,7 @@ fn every_dashboard_query_answers_on_a_real_prometheus_scraping_two_instances() {
             names.push(rule["name"].as_str().unwrap().to_string());
         }
     }
-    assert_eq!(names.len(), 9, "{names:?}");
+    assert_eq!(names.len(), 11, "{names:?}");
     // The sign-in burst figure is recorded for the sources that reached an identity host.
     wait_for("the identity-connection figure to be recorded", 10, || {
         prom.query("source:tlspeek_identity_connections:increase5m", now())
@@ -1275,6 +1292,8 @@ fn every_dashboard_query_answers_on_a_real_prometheus_scraping_two_instances() {
     });
     for quiet in [
         "TlspeekSignInBurst",
+        "TlspeekRetiredEndpointCalled",
+        "TlspeekServerRejectsCaller",
         "TlspeekDown",
         "TlspeekTargetsMissing",
         "TlspeekLabelOverflow",
@@ -1288,4 +1307,119 @@ fn every_dashboard_query_answers_on_a_real_prometheus_scraping_two_instances() {
         started.elapsed().as_secs_f64()
     );
     assert!(started.elapsed() < Duration::from_secs(50), "too slow");
+}
+
+/// TLS 1.0 to one name: accepted by one front end, rejected by another.
+const S_FRONTS: &str = "127.0.0.31";
+/// Azure AD Graph (retired), with TLS 1.3.
+const S_GRAPH: &str = "127.0.0.32";
+/// TLS 1.0, only ever rejected.
+const S_REJECTED: &str = "127.0.0.33";
+
+#[test]
+fn retired_endpoint_and_front_end_panels_and_alerts_answer_on_a_real_prometheus() {
+    if !require(&["prometheus", "curl", "openssl"]) {
+        return;
+    }
+    let (_a, accepting) = openssl_server(&[]);
+    let (_r, refusing) = openssl_server(&["-min_protocol", "TLSv1.2"]);
+    let t = Tlspeek::start(&format!("allowed_ports = [{accepting}, {refusing}]\n"), "");
+    let prom = Prometheus::start(&[t.admin_port], &[&dir().join("alerts.yml")]);
+    wait_for("the target up", 20, || {
+        prom.query("sum(up{job=\"tlspeek\"})", now())
+            .is_ok_and(|r| r.len() == 1 && r[0].value == 1.0)
+    });
+    assert_eq!(curl_from(&t, S_FRONTS, accepting, LOGIN, TLS10), "200");
+    assert_ne!(curl_from(&t, S_FRONTS, refusing, LOGIN, TLS10), "200");
+    assert_ne!(curl_from(&t, S_FRONTS, refusing, LOGIN, TLS10), "200");
+    assert_eq!(
+        curl_from(&t, S_GRAPH, accepting, "graph.windows.net", TLS13),
+        "200"
+    );
+    // A source only rejected is not in the "some accept, some reject" table.
+    assert_ne!(curl_from(&t, S_REJECTED, refusing, LOGIN, TLS10), "200");
+    wait_for("Prometheus to scrape the current values", 20, || {
+        [
+            ("tlspeek_server_rejections_total", 3.0),
+            ("tlspeek_deprecated_endpoint_connections_total", 1.0),
+            ("tlspeek_handshakes_total", 2.0),
+        ]
+        .iter()
+        .all(|(m, v)| {
+            prom.query(&format!("sum({m})"), now())
+                .is_ok_and(|r| r.len() == 1 && r[0].value == *v)
+        })
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    let at = now();
+    let qs: Vec<Query> = queries(&dashboard())
+        .into_iter()
+        .filter(|q| OWN_TRAFFIC.contains(&q.panel.as_str()))
+        .collect();
+    assert_eq!(qs.len(), OWN_TRAFFIC.len());
+    let all: Vec<(&str, String)> = ["instance", "source", "destination"]
+        .iter()
+        .map(|n| (*n, ".*".to_string()))
+        .collect();
+    let r = evaluate(&prom, &qs, &all, at);
+    expect_map(
+        by(
+            get(&r, "Callers of retired endpoints", "A"),
+            &["source", "destination"],
+        ),
+        &[(&[S_GRAPH, "graph.windows.net"], 1.0)],
+        "retired endpoints",
+    );
+    expect_map(
+        by(
+            get(&r, "Rejected by some front ends, accepted by others", "A"),
+            &["source", "destination", "alert"],
+        ),
+        &[(&[S_FRONTS, LOGIN, "protocol_version"], 2.0)],
+        "front ends",
+    );
+    // One source selected: the other's rows go.
+    let one = evaluate(
+        &prom,
+        &qs,
+        &[
+            ("instance", ".*".into()),
+            ("source", S_GRAPH.into()),
+            ("destination", ".*".into()),
+        ],
+        at,
+    );
+    assert!(get(&one, "Rejected by some front ends, accepted by others", "A").is_empty());
+
+    // The alerts fire for exactly these callers.
+    let firing = |name: &str| -> BTreeSet<(String, String)> {
+        let (_, v) = prom.get("/api/v1/alerts");
+        v["data"]["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["labels"]["alertname"] == name && a["state"] == "firing")
+            .map(|a| {
+                (
+                    a["labels"]["source"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    a["labels"]["destination"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+            .collect()
+    };
+    let pair = |s: &str, d: &str| BTreeSet::from([(s.to_string(), d.to_string())]);
+    let rejected = BTreeSet::from([
+        (S_FRONTS.to_string(), LOGIN.to_string()),
+        (S_REJECTED.to_string(), LOGIN.to_string()),
+    ]);
+    wait_for("the endpoint alerts to fire", 10, || {
+        firing("TlspeekRetiredEndpointCalled") == pair(S_GRAPH, "graph.windows.net")
+            && firing("TlspeekServerRejectsCaller") == rejected
+    });
 }

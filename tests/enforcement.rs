@@ -8,7 +8,7 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,32 +25,6 @@ const DES_ONLY: &str = "NORMAL:-CIPHER-ALL:+3DES-CBC:-VERS-TLS1.3";
 
 fn prerequisites() -> bool {
     require(&["curl", "openssl", "gnutls-cli", "socat"])
-}
-
-/// The proxy's own CA, made with `tlspeek ca init`.
-fn proxy_ca(dir: &Path, extra: &[&str]) -> (PathBuf, PathBuf) {
-    let out = dir.join("ca");
-    let r = Command::new(exe())
-        .args(["ca", "init", "--out", out.to_str().unwrap()])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    (out.join("ca.crt"), out.join("ca.key"))
-}
-
-fn upgrade_config(
-    ca: &(PathBuf, PathBuf),
-    upstream_ca: &Path,
-    rules: &str,
-    extra_upgrade: &str,
-) -> String {
-    format!(
-        "[upgrade]\nca_cert = \"{}\"\nca_key = \"{}\"\nupstream_extra_ca = \"{}\"\n{extra_upgrade}\n{rules}",
-        ca.0.display(),
-        ca.1.display(),
-        upstream_ca.display()
-    )
 }
 
 /// curl through the proxy, trusting `cacert`; returns (http_code, stderr, body).

@@ -286,13 +286,14 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// The report, as `tlspeek report` prints it: legacy callers, or every caller with
-    /// `all`; a line saying so when there is none (on stdout for a table, else stderr).
+    /// The report, as `tlspeek report` prints it: legacy callers and callers of retired
+    /// endpoints, or every caller with `all`; a line saying so when there is none (on
+    /// stdout for a table, else stderr).
     pub fn print_report(&self, format: Format, all: bool) {
         let rows: Vec<CallerRow> = self
             .rows
             .iter()
-            .filter(|r| all || r.legacy)
+            .filter(|r| all || r.legacy || r.retired.is_some())
             .cloned()
             .collect();
         let what = if all { "callers" } else { "legacy callers" };
@@ -461,6 +462,9 @@ pub fn run(opts: &Options) -> Result<Summary, AnalyzeError> {
     summary.rows_dropped = rows.dropped;
     let connections = std::mem::take(&mut rows.connections);
     summary.rows = rows.sorted();
+    for r in &mut summary.rows {
+        r.mark_retired(&opts.config);
+    }
     keep_rows(opts, &an.agents, &connections, &mut summary.rows)?;
     summary.stats = an.stats;
     summary.table = an.table_stats();

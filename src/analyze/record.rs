@@ -15,7 +15,7 @@ use super::capture::Nanos;
 use super::flows::{ClientState, End, Flow, ServerState};
 use crate::config::Config;
 use crate::hello::{self, classify_client_hello, classify_negotiated};
-use crate::inventory::Observation;
+use crate::inventory::{Observation, ServerAnswer};
 use crate::names::HostName;
 use crate::telemetry::{ConnectionRecord, Kind, Mode, Outcome, source_label};
 
@@ -121,11 +121,29 @@ pub fn connection(flow: &Flow, cfg: &Config) -> Option<Connection> {
     rec.starttls = flow.starttls.map(|p| p.as_str());
     rec.outcome = outcome(flow);
     rec.note = note(flow);
+    if let Some(o) = observation.as_mut() {
+        o.server_answer = server_answer(flow, rec.outcome);
+    }
     Some(Connection {
         record: rec,
         observation,
         start_secs: secs(flow.first_ts),
     })
+}
+
+/// What the server answered the ClientHello, as the proxy judges it: a ServerHello accepts,
+/// an alert or a reset before any ServerHello rejects.
+fn server_answer(flow: &Flow, outcome: Outcome) -> Option<ServerAnswer> {
+    match &flow.server_state {
+        ServerState::Hello(_) => Some(ServerAnswer::Accepted),
+        ServerState::Alert { description, .. } => Some(ServerAnswer::Rejected(
+            hello::alert_name(*description).to_string(),
+        )),
+        ServerState::Waiting | ServerState::Unknown if outcome == Outcome::UpstreamReset => {
+            Some(ServerAnswer::Rejected("reset".into()))
+        }
+        ServerState::Waiting | ServerState::Unknown => None,
+    }
 }
 
 /// How the connection ended, in the proxy's terms.

@@ -20,7 +20,7 @@ use crate::hello::TlsLibrary;
 use crate::inventory::report::{self, Format};
 use crate::inventory::software::SoftwareDb;
 use crate::inventory::store::{Filter, Store, StoreError};
-use crate::inventory::{Attribution, CallerKey, CallerRow, Observation};
+use crate::inventory::{Attribution, CallerKey, CallerRow, Observation, ServerAnswer};
 use processes::ProcessConn;
 use signins::SignIn;
 use text::DateOrder;
@@ -341,8 +341,32 @@ fn observation(cfg: &Config, e: &serde_json::Value) -> Option<(Observation, IpAd
         user_agent: s("user_agent"),
         process: s("process"),
         process_user: s("process_user"),
+        upstream_ip: s("upstream_ip"),
+        server_answer: server_answer(&s),
+        retired_path: None,
     };
     Some((o, source_ip, at))
+}
+
+/// What the server answered, as an event line tells it: a negotiated version is an
+/// acceptance, `rejected_by_server` (with its alert) or a reset before any ServerHello a
+/// rejection. An upgraded connection's answer was to tlspeek's own hello: none.
+fn server_answer(s: &impl Fn(&str) -> Option<String>) -> Option<ServerAnswer> {
+    if s("action").as_deref() == Some("upgraded") {
+        return None;
+    }
+    if s("negotiated_version").is_some() {
+        return Some(ServerAnswer::Accepted);
+    }
+    match s("outcome")?.as_str() {
+        "rejected_by_server" => Some(ServerAnswer::Rejected(
+            s("server_alert").unwrap_or_else(|| "unknown".into()),
+        )),
+        "upstream_reset" if s("kind").as_deref() == Some("tls") => {
+            Some(ServerAnswer::Rejected("reset".into()))
+        }
+        _ => None,
+    }
 }
 
 /// A process as logged: image, user, pid, host.
@@ -615,4 +639,48 @@ fn signin_text(s: &SignIn) -> String {
         s.ip_address.as_deref().unwrap_or("-"),
         s.candidates
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(fields: &[(&str, &str)]) -> Option<ServerAnswer> {
+        let get = |k: &str| {
+            fields
+                .iter()
+                .find(|(f, _)| *f == k)
+                .map(|(_, v)| v.to_string())
+        };
+        server_answer(&get)
+    }
+
+    #[test]
+    fn the_server_answer_of_an_event_line() {
+        assert_eq!(
+            answer(&[("negotiated_version", "TLS1.0"), ("outcome", "closed")]),
+            Some(ServerAnswer::Accepted)
+        );
+        assert_eq!(
+            answer(&[
+                ("outcome", "rejected_by_server"),
+                ("server_alert", "protocol_version")
+            ]),
+            Some(ServerAnswer::Rejected("protocol_version".into()))
+        );
+        assert_eq!(
+            answer(&[("outcome", "upstream_reset"), ("kind", "tls")]),
+            Some(ServerAnswer::Rejected("reset".into()))
+        );
+        assert_eq!(
+            answer(&[("outcome", "upstream_reset"), ("kind", "not_tls")]),
+            None
+        );
+        assert_eq!(
+            answer(&[("action", "upgraded"), ("negotiated_version", "TLS1.2")]),
+            None,
+            "an upgrade's answer was to tlspeek's own hello"
+        );
+        assert_eq!(answer(&[("outcome", "blocked")]), None);
+    }
 }

@@ -43,6 +43,45 @@ pub struct Observation {
     /// A caller on tlspeek's own host: its process's executable and user.
     pub process: Option<String>,
     pub process_user: Option<String>,
+    /// The server address the connection went to (the upstream, or a capture's server).
+    pub upstream_ip: Option<String>,
+    /// What that server answered the client's own hello; `None` when it did not (blocked,
+    /// upgraded, or no answer before the end).
+    pub server_answer: Option<ServerAnswer>,
+    /// A path of a `[[deprecations]]` entry with paths, when the request was seen.
+    pub retired_path: Option<String>,
+}
+
+/// What a server answered a ClientHello.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerAnswer {
+    /// A ServerHello.
+    Accepted,
+    /// An alert (its name), or `reset` before any ServerHello.
+    Rejected(String),
+}
+
+/// A caller's connections accepted and rejected by one server address.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ServerTally {
+    pub address: String,
+    pub accepted: u64,
+    pub rejected: u64,
+    /// Unix seconds.
+    pub last_seen: i64,
+}
+
+/// Server addresses kept per caller, the most recently seen first.
+pub const MAX_SERVERS_PER_CALLER: usize = 16;
+
+/// The retired endpoint a caller calls (from `[[deprecations]]`, when read).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Retired {
+    /// `YYYY-MM-DD`.
+    pub since: String,
+    pub error: String,
+    pub replacement: String,
+    pub source: String,
 }
 
 impl Observation {
@@ -69,6 +108,7 @@ impl Observation {
             offered_version: rec.max_version.map(str::to_string),
             process: rec.process.clone(),
             process_user: rec.process_user.clone(),
+            upstream_ip: rec.upstream_ip.clone(),
             ..Observation::default()
         }
     }
@@ -170,6 +210,62 @@ pub struct CallerRow {
     /// Entra ID account and app of the sign-ins it explains (`--write-db`).
     #[serde(flatten)]
     pub who: Attribution,
+    /// The server's answers: connections whose hello a server accepted (ServerHello) and
+    /// rejected (alert, or reset before any ServerHello).
+    pub server_accepted: u64,
+    pub server_rejected: u64,
+    /// The last rejection: its alert (or `reset`) and Unix time.
+    pub last_server_alert: Option<String>,
+    pub last_rejected: Option<i64>,
+    /// Per server address (at most `MAX_SERVERS_PER_CALLER`, the most recently seen).
+    pub servers: Vec<ServerTally>,
+    /// The last path seen of a `[[deprecations]]` entry with paths.
+    pub retired_path: Option<String>,
+    /// The retired endpoint this caller calls: filled in from the configuration when
+    /// read (`mark_retired`), never stored.
+    pub retired: Option<Retired>,
+}
+
+impl CallerRow {
+    /// Server addresses that rejected some of this caller's hellos, and those that
+    /// accepted some: "rejected by 3 of 7 front ends" is `(3, 7)` with the total.
+    pub fn front_ends(&self) -> (usize, usize, usize) {
+        let rejecting = self.servers.iter().filter(|s| s.rejected > 0).count();
+        let accepting = self.servers.iter().filter(|s| s.accepted > 0).count();
+        (rejecting, accepting, self.servers.len())
+    }
+
+    /// Fills in `retired` from the `[[deprecations]]` of `cfg`.
+    pub fn mark_retired(&mut self, cfg: &crate::config::Config) {
+        self.retired = crate::names::HostName::parse(&self.destination)
+            .and_then(|host| cfg.deprecation_of(&host, self.retired_path.as_deref()))
+            .map(|d| Retired {
+                since: d.date.clone(),
+                error: d.error.clone(),
+                replacement: d.replacement.clone(),
+                source: d.source.clone(),
+            });
+    }
+}
+
+/// Folds per-address tallies of `b` into `a`, keeping the most recently seen addresses.
+fn merge_servers(a: &mut Vec<ServerTally>, b: &[ServerTally]) {
+    for t in b {
+        match a.iter_mut().find(|x| x.address == t.address) {
+            Some(x) => {
+                x.accepted += t.accepted;
+                x.rejected += t.rejected;
+                x.last_seen = x.last_seen.max(t.last_seen);
+            }
+            None => a.push(t.clone()),
+        }
+    }
+    a.sort_by(|x, y| {
+        y.last_seen
+            .cmp(&x.last_seen)
+            .then_with(|| x.address.cmp(&y.address))
+    });
+    a.truncate(MAX_SERVERS_PER_CALLER);
 }
 
 /// Who a caller is, beyond its address. Personal data: never a metric label.
@@ -310,7 +406,31 @@ impl CallerRow {
                 process_user: o.process_user.clone(),
                 ..Attribution::default()
             },
+            server_accepted: 0,
+            server_rejected: 0,
+            last_server_alert: None,
+            last_rejected: None,
+            servers: Vec::new(),
+            retired_path: o.retired_path.clone(),
+            retired: None,
         };
+        if let Some(answer) = &o.server_answer {
+            let rejected = matches!(answer, ServerAnswer::Rejected(_));
+            row.server_accepted = u64::from(!rejected);
+            row.server_rejected = u64::from(rejected);
+            if let ServerAnswer::Rejected(alert) = answer {
+                row.last_server_alert = Some(alert.clone());
+                row.last_rejected = Some(o.at);
+            }
+            if let Some(ip) = &o.upstream_ip {
+                row.servers.push(ServerTally {
+                    address: ip.clone(),
+                    accepted: row.server_accepted,
+                    rejected: row.server_rejected,
+                    last_seen: o.at,
+                });
+            }
+        }
         union_reasons(&mut row.legacy_reasons, &o.legacy_reasons);
         row
     }
@@ -362,6 +482,17 @@ impl CallerRow {
         }
         if other.source_runtime.is_some() && (newer || self.source_runtime.is_none()) {
             self.source_runtime = other.source_runtime.clone();
+        }
+        self.server_accepted += other.server_accepted;
+        self.server_rejected += other.server_rejected;
+        // On a tie (the same second), the row merged in later is the later rejection.
+        if other.last_rejected.is_some() && other.last_rejected >= self.last_rejected {
+            self.last_rejected = other.last_rejected;
+            self.last_server_alert = other.last_server_alert.clone();
+        }
+        merge_servers(&mut self.servers, &other.servers);
+        if other.retired_path.is_some() && (newer || self.retired_path.is_none()) {
+            self.retired_path = other.retired_path.clone();
         }
         if newer {
             self.who.update(&other.who);

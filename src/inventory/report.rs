@@ -65,6 +65,13 @@ pub struct JsonRow<'a> {
     process_user: Option<&'a str>,
     account: Option<&'a str>,
     app: Option<&'a str>,
+    server_accepted: u64,
+    server_rejected: u64,
+    last_server_alert: Option<&'a str>,
+    last_rejected: Option<String>,
+    servers: &'a [super::ServerTally],
+    retired_endpoint: Option<&'a super::Retired>,
+    retired_path: Option<&'a str>,
 }
 
 pub fn json_row(r: &CallerRow) -> JsonRow<'_> {
@@ -97,6 +104,13 @@ pub fn json_row(r: &CallerRow) -> JsonRow<'_> {
         process_user: r.who.process_user.as_deref(),
         account: r.who.account.as_deref(),
         app: r.who.app.as_deref(),
+        server_accepted: r.server_accepted,
+        server_rejected: r.server_rejected,
+        last_server_alert: r.last_server_alert.as_deref(),
+        last_rejected: r.last_rejected.map(rfc3339),
+        servers: &r.servers,
+        retired_endpoint: r.retired.as_ref(),
+        retired_path: r.retired_path.as_deref(),
     }
 }
 
@@ -137,7 +151,24 @@ pub const CSV_HEADER: &[&str] = &[
     "process_user",
     "account",
     "app",
+    "server_accepted",
+    "server_rejected",
+    "last_server_alert",
+    "last_rejected",
+    "servers",
+    "retired_since",
+    "retired_error",
+    "replacement",
 ];
+
+/// Per server address: `address accepted/rejected`, `;`-separated.
+fn servers_cell(r: &CallerRow) -> String {
+    r.servers
+        .iter()
+        .map(|t| format!("{} {}/{}", t.address, t.accepted, t.rejected))
+        .collect::<Vec<_>>()
+        .join(";")
+}
 
 /// One CSV cell: formula-looking text is defused (OWASP: a leading `=`, `+`, `-`, `@`, TAB
 /// or CR gets a `'`), and every cell is quoted. Quoting only cells that hold a comma is not
@@ -192,6 +223,23 @@ pub fn to_csv(rows: &[CallerRow]) -> String {
             r.who.process_user.clone().unwrap_or_default(),
             r.who.account.clone().unwrap_or_default(),
             r.who.app.clone().unwrap_or_default(),
+            r.server_accepted.to_string(),
+            r.server_rejected.to_string(),
+            r.last_server_alert.clone().unwrap_or_default(),
+            r.last_rejected.map(rfc3339).unwrap_or_default(),
+            servers_cell(r),
+            r.retired
+                .as_ref()
+                .map(|d| d.since.clone())
+                .unwrap_or_default(),
+            r.retired
+                .as_ref()
+                .map(|d| d.error.clone())
+                .unwrap_or_default(),
+            r.retired
+                .as_ref()
+                .map(|d| d.replacement.clone())
+                .unwrap_or_default(),
         ];
         let line: Vec<String> = cells.iter().map(|c| csv_cell(c)).collect();
         out.push_str(&line.join(","));
@@ -285,11 +333,48 @@ pub fn to_table(rows: &[CallerRow]) -> String {
                 printable(who.app.as_deref().unwrap_or("-"))
             );
         }
+        if r.server_rejected > 0 {
+            let _ = writeln!(out, "    server: {}", server_line(r));
+        }
+        if let Some(d) = &r.retired {
+            let path = r
+                .retired_path
+                .as_deref()
+                .map(|p| format!(" ({})", printable(p)))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "    calls a retired endpoint{path}: since {}, callers get {}; use {}",
+                printable(&d.since),
+                printable(&d.error),
+                printable(&d.replacement)
+            );
+        }
         if r.legacy {
             let _ = writeln!(out, "    fix: {}", printable(&r.fix));
         }
     }
     out
+}
+
+/// "accepted 4, rejected 3 (last handshake_failure, T); rejected by 2 of 5 front ends, 3
+/// accept": the server's answers to this caller, for the table.
+fn server_line(r: &CallerRow) -> String {
+    let mut line = format!(
+        "accepted {}, rejected {}",
+        r.server_accepted, r.server_rejected
+    );
+    if let (Some(alert), Some(at)) = (&r.last_server_alert, r.last_rejected) {
+        let _ = write!(line, " (last {}, {})", printable(alert), rfc3339(at));
+    }
+    let (rejecting, accepting, all) = r.front_ends();
+    if all > 0 {
+        let _ = write!(
+            line,
+            "; rejected by {rejecting} of {all} front ends, accepted by {accepting}"
+        );
+    }
+    line
 }
 
 /// Prints the report on stdout; with no rows, `empty_line` too — on stdout under a table,

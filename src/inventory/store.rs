@@ -91,7 +91,7 @@ CREATE TABLE IF NOT EXISTS connections (
 );
 CREATE INDEX IF NOT EXISTS connections_at ON connections (at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '3');
+INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '4');
 ";
 
 /// Columns added since the first schema, with their definition: an older inventory gets
@@ -109,6 +109,13 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("process_user", "TEXT", "NULL"),
     ("account", "TEXT", "NULL"),
     ("app", "TEXT", "NULL"),
+    // Schema 4: the server's answers, and a retired path called.
+    ("server_accepted", "INTEGER NOT NULL DEFAULT 0", "0"),
+    ("server_rejected", "INTEGER NOT NULL DEFAULT 0", "0"),
+    ("last_server_alert", "TEXT", "NULL"),
+    ("last_rejected", "INTEGER", "NULL"),
+    ("servers", "TEXT NOT NULL DEFAULT '[]'", "'[]'"),
+    ("retired_path", "TEXT", "NULL"),
 ];
 
 /// Does `callers` have `column`?
@@ -125,7 +132,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         }
     }
     conn.execute(
-        "UPDATE meta SET value = '3' WHERE key = 'schema_version' AND value IN ('1', '2')",
+        "UPDATE meta SET value = '4' WHERE key = 'schema_version' AND value IN ('1', '2', '3')",
         [],
     )?;
     Ok(())
@@ -232,6 +239,15 @@ fn row_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<CallerRow> {
             account: r.get(24)?,
             app: r.get(25)?,
         },
+        server_accepted: r.get::<_, i64>(26)?.max(0) as u64,
+        server_rejected: r.get::<_, i64>(27)?.max(0) as u64,
+        last_server_alert: r.get(28)?,
+        last_rejected: r.get(29)?,
+        // Written by `apply` only; an unreadable value loses the per-address detail, not
+        // the row.
+        servers: serde_json::from_str(&r.get::<_, String>(30)?).unwrap_or_default(),
+        retired_path: r.get(31)?,
+        retired: None,
     })
 }
 
@@ -333,8 +349,10 @@ impl Store {
                 ?;
             let mut put = tx
                 .prepare_cached(&format!(
-                    "INSERT OR REPLACE INTO callers ({COLUMNS}, tls_library, process, process_user, account, app) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)"
+                    "INSERT OR REPLACE INTO callers ({COLUMNS}, tls_library, process, process_user, account, app, \
+                     server_accepted, server_rejected, last_server_alert, last_rejected, servers, retired_path) VALUES \
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, \
+                     ?27, ?28, ?29, ?30, ?31, ?32)"
                 ))
                 ?;
             for row in rows {
@@ -377,6 +395,12 @@ impl Store {
                     merged.who.process_user,
                     merged.who.account,
                     merged.who.app,
+                    to_i64(merged.server_accepted),
+                    to_i64(merged.server_rejected),
+                    merged.last_server_alert,
+                    merged.last_rejected,
+                    serde_json::to_string(&merged.servers).unwrap_or_else(|_| "[]".into()),
+                    merged.retired_path,
                 ])
                 ?;
                 n += 1;
@@ -702,7 +726,7 @@ mod tests {
         {
             let old = SCHEMA
                 .replace("    tls_library TEXT NOT NULL DEFAULT 'unknown',\n", "")
-                .replace("'schema_version', '3'", "'schema_version', '1'");
+                .replace("'schema_version', '4'", "'schema_version', '1'");
             assert!(!old.contains("tls_library"));
             let c = Connection::open(&path).unwrap();
             c.execute_batch(&old).unwrap();
@@ -733,7 +757,12 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(v, "3");
+        assert_eq!(v, "4");
+        assert_eq!(
+            (rows[0].server_accepted, rows[0].servers.len()),
+            (0, 0),
+            "an old row has no server answers"
+        );
         // Schema 3: who a caller is, stored by `correlate --write-db`; counts untouched.
         let mut attributed = rows[1].clone();
         attributed.who.account = Some("svc@contoso.com".into());
@@ -749,6 +778,72 @@ mod tests {
         );
         assert_eq!(of("10.0.0.2").connections, 1);
         assert_eq!(of("10.0.0.3").who.process.as_deref(), Some("/usr/bin/java"));
+    }
+
+    #[test]
+    fn server_answers_are_kept_per_caller_and_per_front_end() {
+        use super::super::{MAX_SERVERS_PER_CALLER, ServerAnswer};
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        let answered = |at: i64, server: &str, answer: ServerAnswer| {
+            CallerRow::from_observation(&Observation {
+                at,
+                source_ip: "10.0.0.1".into(),
+                source: "10.0.0.1".into(),
+                destination: "login.microsoftonline.com".into(),
+                ja4: "t10d".into(),
+                legacy: true,
+                upstream_ip: Some(server.into()),
+                server_answer: Some(answer),
+                ..Observation::default()
+            })
+        };
+        // Three front ends: .1 accepts, .2 rejects, .3 both.
+        s.apply(&[
+            answered(10, "192.0.2.1", ServerAnswer::Accepted),
+            answered(
+                11,
+                "192.0.2.2",
+                ServerAnswer::Rejected("handshake_failure".into()),
+            ),
+        ])
+        .unwrap();
+        s.apply(&[
+            answered(12, "192.0.2.3", ServerAnswer::Accepted),
+            answered(13, "192.0.2.3", ServerAnswer::Rejected("reset".into())),
+            answered(14, "192.0.2.1", ServerAnswer::Accepted),
+        ])
+        .unwrap();
+        let r = &s.query(&Filter::default()).unwrap()[0];
+        assert_eq!((r.server_accepted, r.server_rejected), (3, 2));
+        assert_eq!(
+            (r.last_server_alert.as_deref(), r.last_rejected),
+            (Some("reset"), Some(13))
+        );
+        let tally: Vec<(&str, u64, u64)> = r
+            .servers
+            .iter()
+            .map(|t| (t.address.as_str(), t.accepted, t.rejected))
+            .collect();
+        assert_eq!(
+            tally,
+            [
+                ("192.0.2.1", 2, 0),
+                ("192.0.2.3", 1, 1),
+                ("192.0.2.2", 0, 1)
+            ],
+            "most recently seen first"
+        );
+        assert_eq!(r.front_ends(), (2, 2, 3));
+        // Bounded: the addresses seen least recently go.
+        let many: Vec<CallerRow> = (0..40)
+            .map(|i| answered(100 + i, &format!("198.51.100.{i}"), ServerAnswer::Accepted))
+            .collect();
+        s.apply(&many).unwrap();
+        let r = &s.query(&Filter::default()).unwrap()[0];
+        assert_eq!(r.servers.len(), MAX_SERVERS_PER_CALLER);
+        assert_eq!(r.servers[0].address, "198.51.100.39");
+        assert_eq!(r.server_accepted, 43, "the counts stay whole");
     }
 
     #[test]

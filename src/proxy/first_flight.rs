@@ -102,14 +102,7 @@ fn on_hello(
     };
     count_hello(s, &who, &h, &verdict, rec);
     if let Some(d) = name.as_ref().and_then(|n| s.cfg.deprecation_of(n, None)) {
-        s.shared.metrics.deprecated_endpoint(&who, verdict.legacy);
-        info!(
-            destination = %who.destination,
-            retired = %d.date,
-            error = %d.error,
-            replacement = %d.replacement,
-            "a caller of a retired endpoint"
-        );
+        super::retired::called(&s.shared.metrics, &who, d, None, verdict.legacy);
     }
     let act = apply_policy(s, &who, &h, name.as_ref(), &verdict, rec);
     let observation = s.shared.inventory.as_ref().map(|_| {

@@ -18,10 +18,10 @@ use tokio::time::Instant;
 use crate::hello::{
     self, ClientHelloSummary, ServerDetection, ServerHelloSummary, Verdict, classify_negotiated,
 };
-use crate::inventory::Observation;
+use crate::inventory::{Observation, ServerAnswer};
 use crate::net::splice::{Tap, Tapped};
 use crate::shared::Shared;
-use crate::telemetry::{ConnectionRecord, Who};
+use crate::telemetry::{ConnectionRecord, Outcome, Who};
 
 /// What the server answered first.
 #[derive(Debug)]
@@ -113,6 +113,10 @@ pub struct Handshake {
     deadline: Option<Instant>,
     ctx: Option<HelloContext>,
     server: Option<ServerOutcome>,
+    /// Upgrade mode: the answer is to tlspeek's own hello, not the client's.
+    upgraded: bool,
+    /// The upstream reset the connection before any answer.
+    reset_unanswered: bool,
     reported: bool,
     final_verdict: Option<Verdict>,
 }
@@ -165,6 +169,27 @@ impl Handshake {
         }
     }
 
+    /// Upgrade mode: the client's request is under a path of the retired endpoint `d`
+    /// (counted, logged, and kept in the inventory). Before `upgraded`.
+    pub fn retired_path(&mut self, shared: &Shared, d: &crate::config::Deprecation, path: &str) {
+        let Some(ctx) = self.ctx.as_mut() else { return };
+        let who = Who {
+            source: &ctx.source,
+            source_is_ip: ctx.source_is_ip,
+            destination: &ctx.destination,
+        };
+        super::retired::called(
+            &shared.metrics,
+            &who,
+            d,
+            Some(path),
+            ctx.hello_verdict.legacy,
+        );
+        if let Some(o) = ctx.observation.as_mut() {
+            o.retired_path = Some(path.to_string());
+        }
+    }
+
     /// Upgrade mode: what the client negotiated with tlspeek stands for the ServerHello, and
     /// its first HTTP request may name its software better than its hello.
     pub fn upgraded(
@@ -175,6 +200,7 @@ impl Handshake {
         request: Option<&str>,
     ) {
         self.answer = None;
+        self.upgraded = true;
         if let Some(ctx) = self.ctx.as_mut() {
             if let Some(o) = ctx.observation.as_mut() {
                 o.user_agent = user_agent.map(str::to_string);
@@ -197,13 +223,14 @@ impl Handshake {
         );
     }
 
-    /// At the connection's end: takes an answer the tap sent but nobody read yet, reports
-    /// if that has not happened, and copies what the server said and the final verdict
-    /// into the record.
-    pub fn finish(&mut self, shared: &Shared, rec: &mut ConnectionRecord) {
+    /// At the connection's end (`ended` is how it ended, before alerts are taken into
+    /// account): takes an answer the tap sent but nobody read yet, reports if that has not
+    /// happened, and copies what the server said and the final verdict into the record.
+    pub fn finish(&mut self, shared: &Shared, rec: &mut ConnectionRecord, ended: Outcome) {
         if let Some(Ok(outcome)) = self.answer.take().map(|mut rx| rx.try_recv()) {
             self.server = Some(outcome);
         }
+        self.reset_unanswered = self.server.is_none() && ended == Outcome::UpstreamReset;
         self.report(shared);
         match &self.server {
             Some(ServerOutcome::Hello(h)) => rec.set_server_hello(h),
@@ -234,8 +261,26 @@ impl Handshake {
             }
             _ => ctx.hello_verdict.clone(),
         };
+        let answer = match &self.server {
+            _ if self.upgraded => None,
+            Some(ServerOutcome::Hello(_)) => Some(ServerAnswer::Accepted),
+            Some(ServerOutcome::Alert { description, .. }) => Some(ServerAnswer::Rejected(
+                hello::alert_name(*description).to_string(),
+            )),
+            None if self.reset_unanswered => Some(ServerAnswer::Rejected("reset".into())),
+            _ => None,
+        };
+        if let Some(ServerAnswer::Rejected(alert)) = &answer {
+            let who = Who {
+                source: &ctx.source,
+                source_is_ip: ctx.source_is_ip,
+                destination: &ctx.destination,
+            };
+            shared.metrics.server_rejection(&who, alert, verdict.legacy);
+        }
         let keep = verdict.legacy || ctx.watched;
         if let Some(mut o) = ctx.observation.take().filter(|_| keep) {
+            o.server_answer = answer;
             // Only an observation that is kept is worth identifying (once: the upgrade
             // path may have done it with the plaintext request).
             if o.software.is_empty() {

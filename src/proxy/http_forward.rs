@@ -35,7 +35,7 @@ use super::upstream::{self, Purpose};
 use crate::config::Config;
 use crate::net::streams::PrefixedStream;
 use crate::shared::Shared;
-use crate::telemetry::{ConnectionRecord, Mode, Outcome, SourceLabel, destination_label};
+use crate::telemetry::{ConnectionRecord, Mode, Outcome, SourceLabel, Who, destination_label};
 
 type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
@@ -301,6 +301,18 @@ async fn admit(
         .inc();
     if destination != crate::telemetry::guard::OTHER {
         info!(destination = %destination, source = %ctx.src.value, "cleartext HTTP to a watched destination");
+    }
+    let path = req.uri().path();
+    if let Some(d) = target
+        .name()
+        .and_then(|n| cfg.deprecation_of(n, Some(path)))
+    {
+        let who = Who {
+            source: &ctx.src.value,
+            source_is_ip: ctx.src.is_ip,
+            destination: &destination,
+        };
+        super::retired::called(&ctx.shared.metrics, &who, d, Some(path), false);
     }
     Ok((target, host))
 }

@@ -30,6 +30,7 @@ pub mod prelude;
 pub mod proxy_protocol;
 pub mod refusal;
 pub mod request;
+pub mod retired;
 pub mod session;
 pub mod transparent;
 pub mod tunnel;

@@ -121,7 +121,6 @@ impl<'a> Session<'a> {
         mut handshake: Handshake,
         result: Result<Outcome, ConnError>,
     ) {
-        handshake.finish(self.shared, &mut rec);
         let outcome = match &result {
             Ok(o) => *o,
             Err(e) => {
@@ -129,6 +128,7 @@ impl<'a> Session<'a> {
                 e.outcome()
             }
         };
+        handshake.finish(self.shared, &mut rec, outcome);
         let outcome = outcome.after_server_alert(rec.server_alert.is_some());
         if let Some(dns) = &self.shared.dns {
             rec.source_name = dns.cached(self.peer.ip());

@@ -17,6 +17,7 @@ use super::first_flight::{self, Act, UpgradePlan};
 use super::handshake::{Handshake, ServerHelloTap};
 use super::peek::{FirstFlight, Peeked, peek_client_hello};
 use super::prelude::{self, PreludeEnd};
+use super::retired;
 use super::session::Session;
 use crate::config::OnHelloTimeout;
 use crate::net::splice::{self, NoTap, PumpError, Side};
@@ -360,6 +361,13 @@ async fn upgrade(
     }
     if let Err(e) = &result {
         rec.note = Some(format!("upgrade failed: {e}"));
+    }
+    // An entry with paths: the request says whether this call is one of its.
+    if let Some(path) = r.request.as_deref().and_then(retired::request_path) {
+        let retired_path = s.cfg.deprecation_of(&plan.name, Some(path));
+        if let Some(d) = retired_path.filter(|d| !d.paths.is_empty()) {
+            handshake.retired_path(s.shared, d, path);
+        }
     }
     if let (Some(v), Some(c)) = (r.client_version, r.client_cipher) {
         handshake.upgraded(

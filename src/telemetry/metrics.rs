@@ -23,6 +23,7 @@ pub struct Metrics {
     pub handshakes: GuardedCounter,
     pub legacy_connections: GuardedCounter,
     pub deprecated_endpoint_connections: GuardedCounter,
+    pub server_rejections: GuardedCounter,
     pub actions: GuardedCounter,
     pub last_legacy: GuardedGauge,
     pub connections: IntCounterVec,
@@ -90,8 +91,13 @@ impl Metrics {
         )?;
         let deprecated_endpoint_connections = guarded(
             "tlspeek_deprecated_endpoint_connections_total",
-            "ClientHellos to a retired or retiring endpoint ([[deprecations]] entries without paths), by source and destination.",
+            "Calls to a retired or retiring endpoint ([[deprecations]]): ClientHellos to its hosts, and requests under its paths where they are seen (upgrade mode, plain HTTP), by source and destination.",
             &["source", "destination"],
+        )?;
+        let server_rejections = guarded(
+            "tlspeek_server_rejections_total",
+            "ClientHellos the server rejected: with an alert (its name), or a reset before any ServerHello (reset).",
+            &["source", "destination", "alert"],
         )?;
         let actions = guarded(
             "tlspeek_actions_total",
@@ -275,6 +281,7 @@ impl Metrics {
             "tlspeek_handshakes_total",
             "tlspeek_legacy_connections_total",
             "tlspeek_deprecated_endpoint_connections_total",
+            "tlspeek_server_rejections_total",
             "tlspeek_actions_total",
             "tlspeek_source_last_legacy_timestamp_seconds",
         ] {
@@ -290,6 +297,7 @@ impl Metrics {
             handshakes,
             legacy_connections,
             deprecated_endpoint_connections,
+            server_rejections,
             actions,
             last_legacy,
             connections,
@@ -322,6 +330,15 @@ impl Metrics {
                 version,
                 if legacy { "true" } else { "false" },
             ],
+            legacy,
+            source_is_ip: who.source_is_ip,
+        });
+    }
+
+    /// A server rejected a ClientHello (`alert`: the alert's name, or `reset`).
+    pub fn server_rejection(&self, who: &Who<'_>, alert: &str, legacy: bool) {
+        self.server_rejections.inc(&Labels {
+            values: &[who.source, who.destination, alert],
             legacy,
             source_is_ip: who.source_is_ip,
         });
@@ -398,6 +415,7 @@ impl Metrics {
             + self.handshakes.expire(now)
             + self.legacy_connections.expire(now)
             + self.deprecated_endpoint_connections.expire(now)
+            + self.server_rejections.expire(now)
             + self.actions.expire(now)
             + self.last_legacy.expire(now)
     }
@@ -410,6 +428,7 @@ impl Metrics {
             &self.handshakes,
             &self.legacy_connections,
             &self.deprecated_endpoint_connections,
+            &self.server_rejections,
             &self.actions,
         ] {
             families.extend(prometheus::core::Collector::collect(c));
@@ -442,6 +461,7 @@ mod tests {
         m.client_hello(&who, "TLS1.0", true);
         m.legacy_connection(&who, "max_version_below_tls12", 1.7e9);
         m.action(&who, "passed", true);
+        m.server_rejection(&who, "protocol_version", true);
         m.handshakes.inc(&Labels {
             values: &[
                 "10.0.0.1",
@@ -459,6 +479,7 @@ mod tests {
             "tlspeek_handshakes_total{",
             "tlspeek_legacy_connections_total{destination=\"login.microsoftonline.com\",reason=\"max_version_below_tls12\",source=\"10.0.0.1\"} 1",
             "tlspeek_actions_total{action=\"passed\"",
+            "tlspeek_server_rejections_total{alert=\"protocol_version\",destination=\"login.microsoftonline.com\",source=\"10.0.0.1\"} 1",
             "tlspeek_source_last_legacy_timestamp_seconds{destination=\"login.microsoftonline.com\",source=\"10.0.0.1\"} 1700000000",
             "tlspeek_connections_total{mode=\"connect\",outcome=\"refused_source\"} 0",
             "tlspeek_active_tunnels 0",

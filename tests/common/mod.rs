@@ -79,13 +79,15 @@ pub fn free_port() -> u16 {
 
 /// Waits until something accepts on 127.0.0.1:port.
 pub fn wait_port(port: u16, within: Duration) -> bool {
+    wait_port_on([127, 0, 0, 1], port, within)
+}
+
+/// Waits until something accepts on ip:port (a loopback address).
+pub fn wait_port_on(ip: [u8; 4], port: u16, within: Duration) -> bool {
     let end = Instant::now() + within;
     while Instant::now() < end {
-        if TcpStream::connect_timeout(
-            &SocketAddr::from(([127, 0, 0, 1], port)),
-            Duration::from_millis(200),
-        )
-        .is_ok()
+        if TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_millis(200))
+            .is_ok()
         {
             return true;
         }
@@ -130,7 +132,12 @@ pub fn certs() -> &'static Certs {
     })
 }
 
-fn spawn_server(mut make: impl FnMut(u16) -> Command) -> (Proc, u16) {
+fn spawn_server(make: impl FnMut(u16) -> Command) -> (Proc, u16) {
+    spawn_server_on([127, 0, 0, 1], make)
+}
+
+/// A server listening on `ip` (a loopback address), on a free port.
+fn spawn_server_on(ip: [u8; 4], mut make: impl FnMut(u16) -> Command) -> (Proc, u16) {
     for _ in 0..5 {
         let port = free_port();
         let child = make(port)
@@ -140,7 +147,7 @@ fn spawn_server(mut make: impl FnMut(u16) -> Command) -> (Proc, u16) {
             .spawn()
             .expect("spawn server");
         let mut p = Proc(child);
-        if wait_port(port, Duration::from_secs(10)) {
+        if wait_port_on(ip, port, Duration::from_secs(10)) {
             return (p, port);
         }
         let _ = p.0.kill();
@@ -150,11 +157,17 @@ fn spawn_server(mut make: impl FnMut(u16) -> Command) -> (Proc, u16) {
 
 /// `openssl s_server -www` accepting TLS 1.0–1.3 (narrow it with `extra`).
 pub fn openssl_server(extra: &[&str]) -> (Proc, u16) {
+    openssl_server_on([127, 0, 0, 1], extra)
+}
+
+/// `openssl_server` on another loopback address (a second "front end" of one name).
+pub fn openssl_server_on(ip: [u8; 4], extra: &[&str]) -> (Proc, u16) {
     let c = certs();
     let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    spawn_server(|port| {
+    let addr = std::net::Ipv4Addr::from(ip);
+    spawn_server_on(ip, |port| {
         let mut cmd = Command::new("openssl");
-        cmd.args(["s_server", "-accept", &format!("127.0.0.1:{port}")])
+        cmd.args(["s_server", "-accept", &format!("{addr}:{port}")])
             .arg("-cert")
             .arg(&c.crt)
             .arg("-key")
@@ -1371,4 +1384,30 @@ impl Drop for Tcpdump {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The proxy's own CA, made with `tlspeek ca init`.
+pub fn proxy_ca(dir: &Path, extra: &[&str]) -> (PathBuf, PathBuf) {
+    let out = dir.join("ca");
+    let r = Command::new(exe())
+        .args(["ca", "init", "--out", out.to_str().unwrap()])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    (out.join("ca.crt"), out.join("ca.key"))
+}
+
+pub fn upgrade_config(
+    ca: &(PathBuf, PathBuf),
+    upstream_ca: &Path,
+    rules: &str,
+    extra_upgrade: &str,
+) -> String {
+    format!(
+        "[upgrade]\nca_cert = \"{}\"\nca_key = \"{}\"\nupstream_extra_ca = \"{}\"\n{extra_upgrade}\n{rules}",
+        ca.0.display(),
+        ca.1.display(),
+        upstream_ca.display()
+    )
 }
