@@ -107,29 +107,6 @@ fn callers_of_retired_endpoints_are_counted_and_watched() {
     assert!(!out.contains(LOGIN), "{out}");
 }
 
-/// A `python3 -m http.server` on 127.0.0.1 (any answer will do: the request is counted
-/// when the proxy admits it).
-fn http_origin(dir: &std::path::Path) -> (Proc, u16) {
-    let port = free_port();
-    let child = std::process::Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            "--bind",
-            "127.0.0.1",
-            &port.to_string(),
-        ])
-        .arg("--directory")
-        .arg(dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let p = Proc(child);
-    assert!(wait_port(port, Duration::from_secs(10)), "http origin");
-    (p, port)
-}
-
 #[test]
 fn entries_with_paths_count_requests_under_them_in_plain_http_and_upgrade_mode() {
     if !require(&["curl", "openssl", "python3"]) {

@@ -8,36 +8,11 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-
-/// A plain-HTTP origin on 127.0.0.1 serving `dir`.
-fn http_origin(dir: &std::path::Path) -> (Proc, u16) {
-    let port = free_port();
-    std::fs::write(dir.join("root.crl"), b"crl\n").unwrap();
-    let child = Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            "--bind",
-            "127.0.0.1",
-            &port.to_string(),
-            "-d",
-        ])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(
-        wait_port(port, Duration::from_secs(10)),
-        "origin did not start"
-    );
-    (Proc(child), port)
-}
 
 /// Internet Explorer on Windows 7: TLS 1.0 at most, its cipher order, and server_name,
 /// status_request, supported_groups, ec_point_formats, renegotiation_info.
@@ -77,6 +52,7 @@ fn a_windows_7_host_is_named_by_its_crl_fetch_and_each_hello_by_its_library() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("root.crl"), b"crl\n").unwrap();
     let (_origin, http_port) = http_origin(dir.path());
     let (_srv, up) = openssl_server(&[]);
     let t = Tlspeek::start(

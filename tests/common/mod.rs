@@ -1411,3 +1411,28 @@ pub fn upgrade_config(
         upstream_ca.display()
     )
 }
+
+/// A plain-HTTP origin on 127.0.0.1 serving `dir` (`python3 -m http.server`).
+pub fn http_origin(dir: &Path) -> (Proc, u16) {
+    let port = free_port();
+    let child = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+            "-d",
+        ])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let p = Proc(child);
+    assert!(
+        wait_port(port, Duration::from_secs(10)),
+        "origin did not start"
+    );
+    (p, port)
+}
