@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# Compares tlspeek with direct connections, Squid (plain CONNECT, and ssl_bump peek +
-# splice logging SNI and TLS version) and tinyproxy, on 127.0.0.1 only, with
-# tlspeek-loadgen, and prints one table of ratios to direct (medians over the runs).
+# Compares tlspeek with direct connections, a floor (HAProxy forwarding TCP, no CONNECT),
+# Squid (plain CONNECT, and ssl_bump peek + splice logging SNI and TLS version) and
+# tinyproxy, on 127.0.0.1 only, with tlspeek-loadgen, and prints one table of ratios to
+# direct (medians over the runs). The TLS upstream is nginx (what users run); the load
+# generator's own server is a second upstream, so both figures are visible.
 #
 # Usage: benches/compare.sh [--runs N] [--quick] [--idle-tunnels K] [--big-idle K]
-#                           [--only LIST] [--results FILE] [--dry-run] [--help]
+#                           [--only LIST] [--results FILE] [--no-strace] [--dry-run]
+#                           [--help]
 #
-# Installs squid-openssl and tinyproxy with apt when they are missing (idempotent), stops
-# Debian's own daemons if the packages started them, builds tlspeek and the load
-# generator (release), starts every proxy in the foreground with a private config under a
-# temporary directory, runs the scenarios with the targets alternating within each run,
-# and stops everything it started when it ends (also on Ctrl-C).
+# Installs nginx, haproxy, squid-openssl, tinyproxy and strace with apt when they are
+# missing (idempotent), stops Debian's own daemons if the packages started them, builds
+# tlspeek and the load generator (release), starts every upstream and proxy in the
+# foreground with a private config under a temporary directory, runs the scenarios with
+# the targets alternating within each run, and stops everything it started when it ends
+# (also on Ctrl-C).
 set -euo pipefail
 
 usage() {
-  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
   cat <<'EOF'
 
 Options:
@@ -22,7 +26,8 @@ Options:
   --quick           small sizes and counts, one run (a check that everything works)
   --idle-tunnels K  idle tunnels per proxy for the RSS comparison (default 1000)
   --big-idle K      tunnels tlspeek alone must hold at once (default 8000; 0 to skip)
-  --only LIST       comma-separated targets (direct,tlspeek,squid-peek,squid-connect,tinyproxy)
+  --only LIST       comma-separated targets (direct,floor,tlspeek,squid-peek,squid-connect,tinyproxy)
+  --no-strace       skip the syscall count (a separate, untimed run under strace -c -f)
   --results FILE    also keep the raw JSON lines there
   --dry-run         check the script and print the plan; install and start nothing
   --help            this text
@@ -34,9 +39,10 @@ RUNS=5
 QUICK=0
 IDLE_K=1000
 BIG_IDLE=8000
-ONLY="direct,tlspeek,squid-peek,squid-connect,tinyproxy"
+ONLY="direct,floor,tlspeek,squid-peek,squid-connect,tinyproxy"
 RESULTS=""
 DRY=0
+STRACE=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) RUNS="$2"; shift 2 ;;
@@ -46,6 +52,7 @@ while [ $# -gt 0 ]; do
     --only) ONLY="$2"; shift 2 ;;
     --results) RESULTS="$2"; shift 2 ;;
     --dry-run) DRY=1; shift ;;
+    --no-strace) STRACE=0; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -58,28 +65,38 @@ BIN="$TARGET_DIR/release"
 # Scenario sizes.
 if [ "$QUICK" = 1 ]; then
   RUNS=1; HS_N=200; HS_C=8; LAT_N=50; RAW_BYTES=$((32 << 20)); TLS_BYTES=$((16 << 20))
-  IDLE_K=$(( IDLE_K < 50 ? IDLE_K : 50 )); BIG_IDLE=0; HOLD=1s
+  IDLE_K=$(( IDLE_K < 50 ? IDLE_K : 50 )); BIG_IDLE=0; HOLD=1s; SC_N=100
 else
   HS_N=3000; HS_C=32; LAT_N=400; RAW_BYTES=$((512 << 20)); TLS_BYTES=$((256 << 20)); HOLD=3s
+  SC_N=1000
 fi
 MULTI=4 # streams in the several-tunnels scenario
 
 PORT_TLSPEEK=23128; PORT_ADMIN=29748; PORT_SQUID_PEEK=23129; PORT_SQUID_CONNECT=23130
-PORT_TINYPROXY=23131
+PORT_TINYPROXY=23131; PORT_NGINX=23140
+# The floor's frontends: one per upstream (HAProxy forwards TCP; the client connects to it
+# as to the server).
+PORT_FLOOR_NGINX=23141; PORT_FLOOR_TLS=23142; PORT_FLOOR_RAW=23143
 
 plan() {
   cat <<EOF
 plan:
-  packages: squid-openssl tinyproxy (apt-get, only when missing)
+  packages: nginx haproxy squid-openssl tinyproxy strace (apt-get, only when missing)
   build:    cargo build --release -p tlspeek -p tlspeek-loadgen   (into $TARGET_DIR)
-  upstream: $BIN/tlspeek-loadgen serve                              (TLS + raw, 127.0.0.1)
+  upstream: nginx 127.0.0.1:$PORT_NGINX (TLS 1.2/1.3, ECDSA P-256: GET / and GET /bulk/N)
+            $BIN/tlspeek-loadgen serve                              (TLS + raw, 127.0.0.1)
+  floor:    haproxy mode tcp 127.0.0.1:$PORT_FLOOR_NGINX/$PORT_FLOOR_TLS/$PORT_FLOOR_RAW (no CONNECT)
   proxies:  tlspeek 127.0.0.1:$PORT_TLSPEEK, squid peek+splice 127.0.0.1:$PORT_SQUID_PEEK,
             squid CONNECT 127.0.0.1:$PORT_SQUID_CONNECT, tinyproxy 127.0.0.1:$PORT_TINYPROXY
   targets:  $ONLY
   runs:     $RUNS, targets alternating within each run
-  per run:  handshake -n $HS_N -c $HS_C (rate, proxy CPU/conn); handshake -n $LAT_N -c 1 (p50);
-            throughput down/up ${RAW_BYTES} B x1, down $((RAW_BYTES / MULTI)) B x$MULTI;
-            tls-down ${TLS_BYTES} B; idle -k $IDLE_K --hold $HOLD (RSS/tunnel)
+  per run:  to nginx: handshake -n $HS_N -c $HS_C (rate, proxy CPU/conn); -n $LAT_N -c 1
+            (p50, CPU/conn); tls-down ${TLS_BYTES} B;
+            to the loadgen server: handshake -n $HS_N -c $HS_C; tls-down ${TLS_BYTES} B;
+            raw throughput down/up ${RAW_BYTES} B x1, down $((RAW_BYTES / MULTI)) B x$MULTI;
+            idle -k $IDLE_K --hold $HOLD (RSS/tunnel)
+  syscalls: per proxy, untimed: strace -c -f on every thread during handshake -n $SC_N -c 8
+            to nginx; total calls / connections (--no-strace skips it)
   then:     tlspeek alone: idle -k $BIG_IDLE (0 = skipped)
 EOF
 }
@@ -97,7 +114,7 @@ want() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 
 # --- install (idempotent) -------------------------------------------------------------
 pkgs=()
-for p in squid-openssl tinyproxy; do
+for p in nginx haproxy squid-openssl tinyproxy strace; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || pkgs+=("$p")
 done
 if [ "${#pkgs[@]}" -gt 0 ]; then
@@ -106,10 +123,11 @@ if [ "${#pkgs[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" </dev/null >&2
 fi
 # Debian's own daemons, if the packages started them: stop them (by their pid files).
-for pf in /run/squid.pid /var/run/squid.pid /run/tinyproxy/tinyproxy.pid; do
+for pf in /run/squid.pid /var/run/squid.pid /run/tinyproxy/tinyproxy.pid /run/nginx.pid \
+  /run/haproxy.pid; do
   if [ -s "$pf" ]; then
     pid=$(cat "$pf")
-    if [ -d "/proc/$pid" ] && grep -qE '^(squid|tinyproxy)' "/proc/$pid/comm"; then
+    if [ -d "/proc/$pid" ] && grep -qE '^(squid|tinyproxy|nginx|haproxy)' "/proc/$pid/comm"; then
       echo "stopping the packaged daemon $(cat "/proc/$pid/comm") ($pid)" >&2
       kill "$pid" 2>/dev/null || true
     fi
@@ -149,7 +167,8 @@ wait_port() { # port
 
 ulimit -n 20000 2>/dev/null || true
 
-for p in $PORT_TLSPEEK $PORT_ADMIN $PORT_SQUID_PEEK $PORT_SQUID_CONNECT $PORT_TINYPROXY; do
+for p in $PORT_TLSPEEK $PORT_ADMIN $PORT_SQUID_PEEK $PORT_SQUID_CONNECT $PORT_TINYPROXY \
+  $PORT_NGINX $PORT_FLOOR_NGINX $PORT_FLOOR_TLS $PORT_FLOOR_RAW; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
     echo "127.0.0.1:$p is already in use: stop what listens there first" >&2
     exit 1
@@ -163,15 +182,81 @@ TLS=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["tls"])' "
 RAW=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["raw"])' "$W/serve.json")
 TLS_PORT=${TLS##*:}; RAW_PORT=${RAW##*:}
 
-declare -A PROXY PID_OF
+# nginx: the TLS upstream users run. GET / answers a few bytes; GET /bulk/N the bulk file
+# (TLS_BYTES of it, which is what the load generator asks for).
+d="$W/nginx"; mkdir -p "$d/www"; chmod 755 "$d" "$d/www"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost" \
+  -keyout "$d/key.pem" -out "$d/cert.pem" >/dev/null 2>&1
+chmod 644 "$d/key.pem" "$d/cert.pem"
+truncate -s "$TLS_BYTES" "$d/www/bulk.bin"; chmod 644 "$d/www/bulk.bin"
+cat >"$d/nginx.conf" <<EOF
+worker_processes auto;
+daemon off;
+pid $d/nginx.pid;
+error_log $d/error.log error;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  sendfile off;
+  server {
+    listen 127.0.0.1:$PORT_NGINX ssl;
+    ssl_certificate $d/cert.pem;
+    ssl_certificate_key $d/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_tickets off;
+    root $d/www;
+    location = / { return 200 "ok\n"; }
+    location /bulk/ { try_files /bulk.bin =404; }
+  }
+}
+EOF
+nginx -c "$d/nginx.conf" -e "$d/error.log" 2>>"$d/stderr.log" &
+PIDS+=($!)
+NGX="127.0.0.1:$PORT_NGINX"
+
+wait_port "$PORT_NGINX" || { cat "$W/nginx/error.log" "$W/nginx/stderr.log" >&2; exit 1; }
+
+declare -A PROXY PID_OF FLOOR_OF
 PROXY[direct]=""
+
+if want floor; then
+  # The floor: HAProxy in TCP mode, what the kernel costs per forwarded connection here.
+  d="$W/haproxy"; mkdir -p "$d"
+  cat >"$d/haproxy.cfg" <<EOF
+global
+  maxconn 9000
+defaults
+  mode tcp
+  timeout connect 10s
+  timeout client 10m
+  timeout server 10m
+listen to_nginx
+  bind 127.0.0.1:$PORT_FLOOR_NGINX
+  server nginx $NGX
+listen to_tls
+  bind 127.0.0.1:$PORT_FLOOR_TLS
+  server tls $TLS
+listen to_raw
+  bind 127.0.0.1:$PORT_FLOOR_RAW
+  server raw $RAW
+EOF
+  haproxy -db -f "$d/haproxy.cfg" 2>"$d/stderr.log" &
+  PIDS+=($!); PID_OF[floor]=$!; PROXY[floor]=""
+  FLOOR_OF[$NGX]="127.0.0.1:$PORT_FLOOR_NGINX"
+  FLOOR_OF[$TLS]="127.0.0.1:$PORT_FLOOR_TLS"
+  FLOOR_OF[$RAW]="127.0.0.1:$PORT_FLOOR_RAW"
+  for p in $PORT_FLOOR_NGINX $PORT_FLOOR_TLS $PORT_FLOOR_RAW; do
+    wait_port "$p" || { cat "$d/stderr.log" >&2; exit 1; }
+  done
+fi
 
 if want tlspeek; then
   cat >"$W/tlspeek.toml" <<EOF
 [proxy]
 listen = "127.0.0.1:$PORT_TLSPEEK"
 deny_destinations = []
-allowed_ports = [$TLS_PORT, $RAW_PORT]
+allowed_ports = [$TLS_PORT, $RAW_PORT, $PORT_NGINX]
 max_connections = 20000
 max_connections_per_source = 20000
 # The load generator runs on this host; at an egress the callers are other hosts, which are
@@ -202,7 +287,7 @@ coredump_dir $d
 max_filedescriptors 20000
 shutdown_lifetime 1 seconds
 client_persistent_connections off
-acl bench_ports port $TLS_PORT $RAW_PORT
+acl bench_ports port $TLS_PORT $RAW_PORT $PORT_NGINX
 acl CONNECT method CONNECT
 acl loopback src 127.0.0.0/8
 http_access allow CONNECT bench_ports loopback
@@ -260,6 +345,7 @@ LogLevel Error
 Allow 127.0.0.1
 ConnectPort $TLS_PORT
 ConnectPort $RAW_PORT
+ConnectPort $PORT_NGINX
 DisableViaHeader Yes
 EOF
   tinyproxy -d -c "$d/tinyproxy.conf" 2>"$d/stderr.log" &
@@ -268,7 +354,7 @@ EOF
 fi
 
 TARGETS=()
-for t in direct tlspeek squid-peek squid-connect tinyproxy; do want "$t" && TARGETS+=("$t"); done
+for t in direct floor tlspeek squid-peek squid-connect tinyproxy; do want "$t" && TARGETS+=("$t"); done
 
 OUT="$W/results.jsonl"
 : >"$OUT"
@@ -277,8 +363,15 @@ lg() { # target scenario run args...
   local target="$1" scenario="$2" run="$3"; shift 3
   local via=(--direct)
   [ -n "${PROXY[$target]}" ] && via=(--proxy "${PROXY[$target]}")
+  # The floor is connected to as if it were the server: its frontend for that upstream.
+  local args=("${@:2}") i
+  if [ "$target" = floor ]; then
+    for i in "${!args[@]}"; do
+      [ -n "${args[$i]}" ] && [ -n "${FLOOR_OF[${args[$i]}]:-}" ] && args[$i]="${FLOOR_OF[${args[$i]}]}"
+    done
+  fi
   local line
-  if line=$("$BIN/tlspeek-loadgen" "$1" "${via[@]}" "${@:2}" 2>>"$W/loadgen.err"); then
+  if line=$("$BIN/tlspeek-loadgen" "$1" "${via[@]}" "${args[@]}" 2>>"$W/loadgen.err"); then
     echo "{\"target\":\"$target\",\"scenario\":\"$scenario\",\"run\":$run,\"r\":$line}" >>"$OUT"
   else
     echo "{\"target\":\"$target\",\"scenario\":\"$scenario\",\"run\":$run,\"failed\":true}" >>"$OUT"
@@ -288,7 +381,7 @@ lg() { # target scenario run args...
 
 pid_args() { [ -n "${PID_OF[$1]:-}" ] && echo "--pid ${PID_OF[$1]}"; }
 
-echo "versions: $("$BIN/tlspeek" --version 2>&1 | head -1); $(squid -v | head -1); $(tinyproxy -v 2>&1 | head -1); kernel $(uname -r); $(nproc) cores" >&2
+echo "versions: $("$BIN/tlspeek" --version 2>&1 | head -1); $(nginx -v 2>&1 | head -1); $(haproxy -v | head -1); $(squid -v | head -1); $(tinyproxy -v 2>&1 | head -1); kernel $(uname -r); $(nproc) cores" >&2
 for run in $(seq 1 "$RUNS"); do
   # Rotate the order each run, so no target always goes first.
   n=${#TARGETS[@]}
@@ -297,21 +390,45 @@ for run in $(seq 1 "$RUNS"); do
   echo "run $run/$RUNS: ${order[*]}" >&2
   for t in "${order[@]}"; do
     # shellcheck disable=SC2046
-    lg "$t" rate "$run" handshake --target "$TLS" -n "$HS_N" -c "$HS_C" $(pid_args "$t")
-    lg "$t" latency "$run" handshake --target "$TLS" -n "$LAT_N" -c 1
+    lg "$t" rate "$run" handshake --target "$NGX" -n "$HS_N" -c "$HS_C" $(pid_args "$t")
+    # shellcheck disable=SC2046
+    lg "$t" latency "$run" handshake --target "$NGX" -n "$LAT_N" -c 1 $(pid_args "$t")
+    # shellcheck disable=SC2046
+    lg "$t" rate_lg "$run" handshake --target "$TLS" -n "$HS_N" -c "$HS_C" $(pid_args "$t")
     # shellcheck disable=SC2046
     lg "$t" raw_down "$run" throughput --target "$RAW" --dir down --bytes "$RAW_BYTES" $(pid_args "$t")
     # shellcheck disable=SC2046
     lg "$t" raw_up "$run" throughput --target "$RAW" --dir up --bytes "$RAW_BYTES" $(pid_args "$t")
     lg "$t" raw_down_multi "$run" throughput --target "$RAW" --dir down --streams "$MULTI" \
       --bytes $((RAW_BYTES / MULTI))
-    lg "$t" tls_down "$run" throughput --target "$TLS" --dir tls-down --bytes "$TLS_BYTES"
+    lg "$t" tls_down "$run" throughput --target "$NGX" --dir tls-down --bytes "$TLS_BYTES"
+    lg "$t" tls_down_lg "$run" throughput --target "$TLS" --dir tls-down --bytes "$TLS_BYTES"
     if [ "$t" != direct ]; then
       # shellcheck disable=SC2046
       lg "$t" idle "$run" idle --target "$TLS" -k "$IDLE_K" --hold "$HOLD" $(pid_args "$t")
     fi
   done
 done
+
+# Syscalls per connection: strace -c -f on every thread of each proxy, in a separate run
+# (strace slows what it traces; nothing here is timed).
+if [ "$STRACE" = 1 ]; then
+  for t in "${TARGETS[@]}"; do
+    [ "$t" = direct ] && continue
+    pid=${PID_OF[$t]:-}
+    [ -n "$pid" ] || continue
+    strace -c -f -p "$pid" -o "$W/strace.$t" 2>/dev/null &
+    spid=$!
+    sleep 1
+    lg "$t" strace_run 1 handshake --target "$NGX" -n "$SC_N" -c 8
+    kill -INT "$spid" 2>/dev/null || true
+    wait "$spid" 2>/dev/null || true
+    calls=$(awk '$NF == "total" { print $4 }' "$W/strace.$t" 2>/dev/null)
+    if [ -n "$calls" ]; then
+      echo "{\"target\":\"$t\",\"scenario\":\"syscalls\",\"run\":1,\"r\":{\"per_conn\":$(python3 -c "print($calls / $SC_N)")}}" >>"$OUT"
+    fi
+  done
+fi
 
 if want tlspeek && [ "$BIG_IDLE" -gt 0 ]; then
   echo "tlspeek alone: $BIG_IDLE idle tunnels" >&2
@@ -343,7 +460,8 @@ def failed(target):
     return sum(1 for r in rows if r["target"] == target and r.get("failed"))
 def fmt(v, f):
     return "—" if v is None else f.format(v)
-names = {"direct": "direct", "tlspeek": "tlspeek", "squid-peek": "Squid peek+splice",
+names = {"direct": "direct", "floor": "HAProxy TCP (floor)", "tlspeek": "tlspeek",
+         "squid-peek": "Squid peek+splice",
          "squid-connect": "Squid CONNECT", "tinyproxy": "tinyproxy"}
 proxies = [t for t in targets if t != "direct"]
 lines = []
@@ -354,17 +472,24 @@ def row(label, direct_cell, cells):
 for sc, label in [("raw_down", "raw tunnel throughput, down, 1 stream"),
                   ("raw_up", "raw tunnel throughput, up, 1 stream"),
                   ("raw_down_multi", "raw tunnel throughput, down, 4 streams"),
-                  ("tls_down", "TLS bulk download through the tunnel")]:
+                  ("tls_down", "TLS bulk download through the tunnel, nginx"),
+                  ("tls_down_lg", "TLS bulk download through the tunnel, loadgen server")]:
     row(label + " (× direct)", fmt(value("direct", sc, "mb_per_s"), "{:.0f} MB/s"),
         [fmt(ratio(t, sc, "mb_per_s"), "{:.2f}×") for t in proxies])
-row("connections/s at concurrency 32 (× direct)" if True else "",
+row("connections/s at concurrency 32, nginx (× direct)",
     fmt(value("direct", "rate", "conn_per_s"), "{:.0f}/s"),
     [fmt(ratio(t, "rate", "conn_per_s"), "{:.2f}×") for t in proxies])
-row("added p50 latency per connection, concurrency 1",
+row("connections/s at concurrency 32, loadgen server (× direct)",
+    fmt(value("direct", "rate_lg", "conn_per_s"), "{:.0f}/s"),
+    [fmt(ratio(t, "rate_lg", "conn_per_s"), "{:.2f}×") for t in proxies])
+row("added p50 latency per connection, concurrency 1, nginx",
     fmt(value("direct", "latency", "p50_us"), "{:.0f} µs"),
     [fmt(added(t, "latency", "p50_us"), "+{:.0f} µs") for t in proxies])
-row("proxy CPU per connection (utime+stime / N)", "—",
-    [fmt(value(t, "rate", "proxy_cpu_us_per_conn"), "{:.0f} µs") for t in proxies])
+row("proxy CPU per connection, c=32 / c=1, nginx (utime+stime / N)", "—",
+    [fmt(value(t, "rate", "proxy_cpu_us_per_conn"), "{:.0f}") + " / "
+     + fmt(value(t, "latency", "proxy_cpu_us_per_conn"), "{:.0f} µs") for t in proxies])
+row("syscalls per connection (strace -c -f, separate run)", "—",
+    [fmt(value(t, "syscalls", "per_conn"), "{:.1f}") for t in proxies])
 row("proxy CPU per GB, raw down / up (1 stream)", "—",
     [fmt(value(t, "raw_down", "proxy_cpu_s_per_gb"), "{:.2f}") + " / "
      + fmt(value(t, "raw_up", "proxy_cpu_s_per_gb"), "{:.2f} s") for t in proxies])

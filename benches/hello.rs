@@ -119,5 +119,19 @@ fn server_hellos(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, client_hellos, server_hellos);
+/// The TLS-library verdict when its cache misses: what every hello whose extension order is
+/// shuffled per connection (Chrome, Edge, rustls) costs.
+fn stack_uncached(c: &mut Criterion) {
+    let mut g = c.benchmark_group("stack_classify_uncached");
+    let table = hello::stack::StackTable::embedded();
+    for (name, bytes) in [CLIENT_HELLOS[2], CLIENT_HELLOS[5], CLIENT_HELLOS[4]] {
+        let shape = hello::stack::Shape::of(&parse(bytes));
+        g.bench_function(name, |b| {
+            b.iter(|| table.classify_without(black_box(&shape), |_| false))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, client_hellos, server_hellos, stack_uncached);
 criterion_main!(benches);

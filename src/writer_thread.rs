@@ -7,6 +7,11 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// How long a writer thread, woken by a message, waits for more before writing: a
+/// connection's line or row is late by at most this, and a busy proxy wakes its writers
+/// about 1/LINGER times a second instead of once per connection.
+pub const LINGER: Duration = Duration::from_millis(5);
+
 /// Sends `close` (retrying while the queue is full) and waits for `thread` to end, all
 /// within `timeout`. Returns false when the thread did not finish in time.
 pub fn stop<M>(

@@ -187,7 +187,13 @@ fn loopback_by_any_spelling_is_refused_after_resolution() {
         SECS,
         |v| v == denied.len() as f64,
     );
-    assert_eq!(t.outcome_count("bad_request"), 3.0);
+    // Counted when the connection ends, just after its answer went out.
+    t.wait_metric(
+        "tlspeek_connections_total",
+        &[("outcome", "bad_request")],
+        SECS,
+        |v| v == 3.0,
+    );
     assert_eq!(
         connects.load(Ordering::SeqCst),
         0,

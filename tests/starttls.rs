@@ -401,7 +401,11 @@ fn mail_arrives_unchanged_upgraded_or_not_and_connect_tunnels_get_the_same_readi
         ]),
         "QUIT\r\n",
     );
-    assert!(out.contains("Protocol  : TLSv1.1\n"), "{out}");
+    assert!(
+        out.contains("Protocol  : TLSv1.1\n"),
+        "{out}\nevents: {}",
+        std::fs::read_to_string(&lab.events).unwrap_or_default()
+    );
 
     let log = lab.server_log("smtp");
     assert_eq!(log.len(), 3, "{log:#?}");

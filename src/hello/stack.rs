@@ -297,6 +297,10 @@ pub struct StackTable {
     entries: Vec<Entry>,
     exact: HashMap<Shape, Vec<usize>>,
     cache: Mutex<HashMap<u64, StackVerdict>>,
+    /// The first look's candidates by the hello's order-free sets: a library that shuffles
+    /// its extension order per connection (Chrome, rustls) misses the verdict cache every
+    /// time, but not this one.
+    candidates: Mutex<HashMap<[u64; 8], Vec<usize>>>,
 }
 
 const CACHE_MAX: usize = 4096;
@@ -379,6 +383,7 @@ impl StackTable {
             entries,
             exact,
             cache: Mutex::new(HashMap::new()),
+            candidates: Mutex::new(HashMap::new()),
         }
     }
 
@@ -403,7 +408,34 @@ impl StackTable {
         if let Some(v) = self.cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
             return v;
         }
-        let v = self.classify_without(shape, |_| false);
+        let v = match self.exact_match(shape, &|_: &Entry| false) {
+            Some(v) => v,
+            None => {
+                let (eb, cb) = (Bits::of(&shape.extensions), Bits::of(&shape.ciphers));
+                let mut key = [0u64; 8];
+                key[..4].copy_from_slice(&eb.0);
+                key[4..].copy_from_slice(&cb.0);
+                let cached = self
+                    .candidates
+                    .lock()
+                    .ok()
+                    .and_then(|c| c.get(&key).cloned());
+                let first = match cached {
+                    Some(first) => first,
+                    None => {
+                        let first = self.first_look(eb, cb, |_| false);
+                        if let Ok(mut c) = self.candidates.lock() {
+                            if c.len() >= CACHE_MAX {
+                                c.clear();
+                            }
+                            c.insert(key, first.clone());
+                        }
+                        first
+                    }
+                };
+                self.nearest(shape, &first)
+            }
+        };
         if let Ok(mut c) = self.cache.lock() {
             if c.len() >= CACHE_MAX {
                 c.clear();
@@ -420,6 +452,13 @@ impl StackTable {
             return v;
         }
         let (eb, cb) = (Bits::of(&shape.extensions), Bits::of(&shape.ciphers));
+        let first = self.first_look(eb, cb, skip);
+        self.nearest(shape, &first)
+    }
+
+    /// The first look: the CANDIDATES entries whose extension and cipher sets are most
+    /// alike (ties by table order), best first, found without sorting the whole table.
+    fn first_look(&self, eb: Bits, cb: Bits, skip: impl Fn(&Entry) -> bool) -> Vec<usize> {
         let mut first: Vec<(f32, usize)> = self
             .entries
             .iter()
@@ -427,9 +466,20 @@ impl StackTable {
             .filter(|(_, e)| !skip(e))
             .map(|(i, e)| (eb.jaccard(&e.ext_bits) + cb.jaccard(&e.cipher_bits), i))
             .collect();
-        first.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+        let by_score = |a: &(f32, usize), b: &(f32, usize)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        if first.len() > CANDIDATES {
+            first.select_nth_unstable_by(CANDIDATES - 1, by_score);
+            first.truncate(CANDIDATES);
+        }
+        first.sort_unstable_by(by_score);
+        first.into_iter().map(|(_, i)| i).collect()
+    }
+
+    /// The verdict from the first look's candidates: the library of the most similar,
+    /// when it is similar enough and clearly ahead of the next library.
+    fn nearest(&self, shape: &Shape, first: &[usize]) -> StackVerdict {
         let mut best: Vec<(TlsLibrary, f32, usize)> = Vec::new();
-        for &(_, i) in first.iter().take(CANDIDATES) {
+        for &i in first {
             let Some(e) = self.entries.get(i) else {
                 continue;
             };
@@ -496,21 +546,30 @@ fn order(a: &[u16], b: &[u16]) -> f32 {
     if a.is_empty() && b.is_empty() {
         return 1.0;
     }
-    let mut prev = vec![0u16; b.len() + 1];
-    let mut cur = vec![0u16; b.len() + 1];
-    for x in a {
-        for (j, y) in b.iter().enumerate() {
-            let up = prev.get(j + 1).copied().unwrap_or(0);
-            let left = cur.get(j).copied().unwrap_or(0);
-            let diag = prev.get(j).copied().unwrap_or(0);
-            if let Some(c) = cur.get_mut(j + 1) {
-                *c = if x == y { diag + 1 } else { up.max(left) };
-            }
-        }
-        std::mem::swap(&mut prev, &mut cur);
+    2.0 * lcs_len(a, b) as f32 / (a.len() + b.len()) as f32
+}
+
+/// The length of the longest common subsequence, bit-parallel over `b`'s positions
+/// (Hyyrö's form of Allison and Dix's algorithm): one 128-bit word holds a row of the
+/// table, so a row costs a few word operations instead of `b.len()` cells. Both lists are
+/// at most `MAX_COMPARED` (= 128) long (`Shape::truncate`); longer ones are cut.
+fn lcs_len(a: &[u16], b: &[u16]) -> u32 {
+    let b = b.get(..MAX_COMPARED).unwrap_or(b);
+    if b.is_empty() {
+        return 0;
     }
-    let l = prev.last().copied().unwrap_or(0);
-    2.0 * f32::from(l) / (a.len() + b.len()) as f32
+    let mut v: u128 = !0;
+    for &x in a.get(..MAX_COMPARED).unwrap_or(a) {
+        let mut matches: u128 = 0;
+        for (j, &y) in b.iter().enumerate() {
+            matches |= u128::from(y == x) << j;
+        }
+        let u = v & matches;
+        v = v.wrapping_add(u) | (v & !matches);
+    }
+    // The zeros among the low b.len() bits count the common subsequence.
+    let beyond = if b.len() >= 128 { 0 } else { !0u128 << b.len() };
+    (v | beyond).count_zeros()
 }
 
 /// How alike two hellos are, 0 to 1: the extension set weighs most, then the extension
@@ -541,6 +600,45 @@ mod tests {
         assert_eq!(shape.ciphers.len(), MAX_COMPARED);
         let t = StackTable::parse(TLS_STACKS_TSV).unwrap();
         let _ = t.classify(&shape);
+    }
+
+    /// The textbook table, to check the bit-parallel form against.
+    fn lcs_table(a: &[u16], b: &[u16]) -> u32 {
+        let mut prev = vec![0u32; b.len() + 1];
+        for x in a {
+            let mut cur = vec![0u32; b.len() + 1];
+            for (j, y) in b.iter().enumerate() {
+                cur[j + 1] = if x == y {
+                    prev[j] + 1
+                } else {
+                    prev[j + 1].max(cur[j])
+                };
+            }
+            prev = cur;
+        }
+        prev[b.len()]
+    }
+
+    #[test]
+    fn the_bit_parallel_lcs_agrees_with_the_table() {
+        // Small alphabets make many repeats, the hard case; lengths up to 128 both sides.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for round in 0..3000 {
+            let alphabet = [2, 5, 40, 65_536][round % 4];
+            let la = next(129) as usize;
+            let lb = next(129) as usize;
+            let a: Vec<u16> = (0..la).map(|_| next(alphabet) as u16).collect();
+            let b: Vec<u16> = (0..lb).map(|_| next(alphabet) as u16).collect();
+            assert_eq!(lcs_len(&a, &b), lcs_table(&a, &b), "{a:?} / {b:?}");
+        }
+        assert_eq!(lcs_len(&[], &[1]), 0);
+        assert_eq!(lcs_len(&[1, 2, 3], &[]), 0);
     }
 
     #[test]

@@ -232,14 +232,35 @@ impl Writer {
         self.last_retention = Some(Instant::now());
     }
 
+    /// Takes one message; false on `Close`.
+    fn handle(&mut self, msg: Msg) -> bool {
+        match msg {
+            Msg::Observe(o) => self.observe(&o),
+            Msg::Agent(ip, ua, at) => self.agent(ip, ua, at),
+            Msg::Close => return false,
+        }
+        true
+    }
+
     fn run(mut self, rx: Receiver<Msg>) {
         let mut next_flush = Instant::now() + self.flush_interval;
         loop {
             let wait = next_flush.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
-                Ok(Msg::Observe(o)) => self.observe(&o),
-                Ok(Msg::Agent(ip, ua, at)) => self.agent(ip, ua, at),
-                Ok(Msg::Close) | Err(RecvTimeoutError::Disconnected) => {
+                Ok(msg) => {
+                    // Let other connections' observations gather (see `LINGER`), then
+                    // take them all.
+                    std::thread::sleep(crate::writer_thread::LINGER.min(wait));
+                    let mut next = Some(msg);
+                    while let Some(msg) = next.take() {
+                        if !self.handle(msg) {
+                            self.flush();
+                            return;
+                        }
+                        next = rx.try_recv().ok();
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
                     self.flush();
                     return;
                 }

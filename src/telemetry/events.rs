@@ -195,6 +195,10 @@ impl Writer {
 
     fn run(mut self, rx: Receiver<Msg>) {
         while let Ok(msg) = rx.recv() {
+            // Let the lines of other connections gather: one wake-up and one write for
+            // all of them, not one per connection (a sender wakes this thread only while
+            // it waits in `recv`).
+            std::thread::sleep(crate::writer_thread::LINGER);
             let mut go_on = self.handle(msg);
             // Write whatever else is queued, then flush once.
             while go_on {

@@ -1256,7 +1256,11 @@ pub fn wait_with_timeout(mut child: std::process::Child, limit: Duration) -> Str
     }
     let _ = child.kill();
     let out = child.wait_with_output().unwrap();
-    format!("[timed out] {}", String::from_utf8_lossy(&out.stderr))
+    format!(
+        "[timed out] {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// The body of a `server_name` extension naming `name`.
