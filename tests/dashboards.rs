@@ -638,6 +638,17 @@ fn raw_hello_from(t: &Tlspeek, source: &str, silent: u16, hello: &[u8]) {
     });
 }
 
+/// A real Prometheus with `alerts.yml`, once it has scraped every one of `admin_ports`.
+fn prometheus_scraping(admin_ports: &[u16]) -> Prometheus {
+    let prom = Prometheus::start(admin_ports, &[&dir().join("alerts.yml")]);
+    let targets = admin_ports.len() as f64;
+    wait_for("every target up", 20, || {
+        prom.query("sum(up{job=\"tlspeek\"})", now())
+            .is_ok_and(|r| r.len() == 1 && r[0].value == targets)
+    });
+    prom
+}
+
 fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let end = Instant::now() + Duration::from_secs(secs);
     while !f() {
@@ -807,15 +818,8 @@ fn every_dashboard_query_answers_on_a_real_prometheus_scraping_two_instances() {
     );
     let inst1 = format!("127.0.0.1:{}", t1.admin_port);
     let inst2 = format!("127.0.0.1:{}", t2.admin_port);
-    let prom = Prometheus::start(
-        &[t1.admin_port, t2.admin_port],
-        &[&dir().join("alerts.yml")],
-    );
     // Both targets scraped before the traffic, so counters have a "before" sample.
-    wait_for("both targets up", 20, || {
-        prom.query("sum(up{job=\"tlspeek\"})", now())
-            .is_ok_and(|r| r.len() == 1 && r[0].value == 2.0)
-    });
+    let prom = prometheus_scraping(&[t1.admin_port, t2.admin_port]);
 
     // The traffic.
     assert_eq!(curl_from(&t1, S_MIXED, up, LOGIN, TLS10), "200");
@@ -1324,11 +1328,7 @@ fn retired_endpoint_and_front_end_panels_and_alerts_answer_on_a_real_prometheus(
     let (_a, accepting) = openssl_server(&[]);
     let (_r, refusing) = openssl_server(&["-min_protocol", "TLSv1.2"]);
     let t = Tlspeek::start(&format!("allowed_ports = [{accepting}, {refusing}]\n"), "");
-    let prom = Prometheus::start(&[t.admin_port], &[&dir().join("alerts.yml")]);
-    wait_for("the target up", 20, || {
-        prom.query("sum(up{job=\"tlspeek\"})", now())
-            .is_ok_and(|r| r.len() == 1 && r[0].value == 1.0)
-    });
+    let prom = prometheus_scraping(&[t.admin_port]);
     assert_eq!(curl_from(&t, S_FRONTS, accepting, LOGIN, TLS10), "200");
     assert_ne!(curl_from(&t, S_FRONTS, refusing, LOGIN, TLS10), "200");
     assert_ne!(curl_from(&t, S_FRONTS, refusing, LOGIN, TLS10), "200");

@@ -21,6 +21,7 @@ use std::collections::hash_map::Entry;
 use super::capture::Nanos;
 use super::link::{ACK, Endpoint, FIN, RST, SYN, Segment};
 use super::reassembly::Stream;
+use crate::config::StartTlsConfig;
 use crate::hello::{
     self, ClientHelloSummary, Detection, MAX_HELLO_BYTES, ServerDetection, ServerHelloSummary,
 };
@@ -145,13 +146,10 @@ struct Prelude {
 }
 
 impl Flow {
-    fn new(id: u64, key: FlowKey, ts: Nanos, starttls: &StartTlsPorts) -> Flow {
+    fn new(id: u64, key: FlowKey, ts: Nanos, starttls: &StartTlsConfig) -> Flow {
         Flow {
             starttls: None,
-            starttls_ports: [
-                starttls.ports.get(&key.a.port).copied(),
-                starttls.ports.get(&key.b.port).copied(),
-            ],
+            starttls_ports: [starttls.protocol(key.a.port), starttls.protocol(key.b.port)],
             prelude: None,
             upgraded: [false; 2],
             prelude_max: starttls.prelude_max_bytes,
@@ -514,13 +512,6 @@ fn worth_looking(data: &[u8], frontier: &mut usize, looked: &mut bool) -> bool {
     first || *frontier != before || data.len() >= MAX_HELLO_BYTES
 }
 
-/// The STARTTLS ports of `[starttls]` and the prelude's bound.
-#[derive(Clone, Debug, Default)]
-pub struct StartTlsPorts {
-    pub ports: std::collections::BTreeMap<u16, Protocol>,
-    pub prelude_max_bytes: usize,
-}
-
 /// Limits of the table.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -565,7 +556,7 @@ pub struct FlowTable {
     pub stats: TableStats,
     /// Flows that ended, for the caller to take.
     pub ended: Vec<Flow>,
-    starttls: StartTlsPorts,
+    starttls: StartTlsConfig,
 }
 
 impl FlowTable {
@@ -583,12 +574,12 @@ impl FlowTable {
             buffered: 0,
             stats: TableStats::default(),
             ended: Vec::new(),
-            starttls: StartTlsPorts::default(),
+            starttls: StartTlsConfig::default(),
         }
     }
 
     /// Reads the sessions to these ports past their STARTTLS prelude.
-    pub fn with_starttls(mut self, starttls: StartTlsPorts) -> FlowTable {
+    pub fn with_starttls(mut self, starttls: StartTlsConfig) -> FlowTable {
         self.starttls = starttls;
         self
     }

@@ -72,10 +72,7 @@ impl<'c> Analyzer<'c> {
     pub fn new(cfg: &'c Config, limits: Limits) -> Analyzer<'c> {
         Analyzer {
             cfg,
-            table: FlowTable::new(limits).with_starttls(flows::StartTlsPorts {
-                ports: cfg.starttls.ports.clone(),
-                prelude_max_bytes: cfg.starttls.prelude_max_bytes,
-            }),
+            table: FlowTable::new(limits).with_starttls(cfg.starttls.clone()),
             stats: Stats::default(),
             agents: Default::default(),
         }

@@ -131,19 +131,17 @@ pub fn connection(flow: &Flow, cfg: &Config) -> Option<Connection> {
     })
 }
 
-/// What the server answered the ClientHello, as the proxy judges it: a ServerHello accepts,
-/// an alert or a reset before any ServerHello rejects.
+/// What the server answered the ClientHello (`ServerAnswer::judge`).
 fn server_answer(flow: &Flow, outcome: Outcome) -> Option<ServerAnswer> {
-    match &flow.server_state {
-        ServerState::Hello(_) => Some(ServerAnswer::Accepted),
-        ServerState::Alert { description, .. } => Some(ServerAnswer::Rejected(
-            hello::alert_name(*description).to_string(),
-        )),
-        ServerState::Waiting | ServerState::Unknown if outcome == Outcome::UpstreamReset => {
-            Some(ServerAnswer::Rejected("reset".into()))
-        }
-        ServerState::Waiting | ServerState::Unknown => None,
-    }
+    let alert = match &flow.server_state {
+        ServerState::Alert { description, .. } => Some(hello::alert_name(*description)),
+        _ => None,
+    };
+    ServerAnswer::judge(
+        matches!(flow.server_state, ServerState::Hello(_)),
+        alert,
+        outcome == Outcome::UpstreamReset,
+    )
 }
 
 /// How the connection ended, in the proxy's terms.

@@ -302,7 +302,8 @@ impl Deprecation {
 }
 
 /// Ports whose sessions upgrade to TLS in-band, and the bounds of their cleartext prelude.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The default has no ports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StartTlsConfig {
     pub ports: std::collections::BTreeMap<u16, crate::starttls::Protocol>,
     pub prelude_timeout: Duration,
@@ -411,6 +412,14 @@ impl Config {
     /// The deprecation a call to `host` (at `path`, when known) falls under.
     pub fn deprecation_of(&self, host: &HostName, path: Option<&str>) -> Option<&Deprecation> {
         self.deprecations.iter().find(|d| d.matches(host, path))
+    }
+
+    /// The entry with paths a request to `host` at `path` falls under (the entries without
+    /// paths were judged at the ClientHello already).
+    pub fn path_deprecation_of(&self, host: &HostName, path: &str) -> Option<&Deprecation> {
+        self.deprecations
+            .iter()
+            .find(|d| !d.paths.is_empty() && d.matches(host, Some(path)))
     }
 
     /// Is `host` one of the watched destinations?

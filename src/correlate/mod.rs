@@ -348,25 +348,20 @@ fn observation(cfg: &Config, e: &serde_json::Value) -> Option<(Observation, IpAd
     Some((o, source_ip, at))
 }
 
-/// What the server answered, as an event line tells it: a negotiated version is an
-/// acceptance, `rejected_by_server` (with its alert) or a reset before any ServerHello a
-/// rejection. An upgraded connection's answer was to tlspeek's own hello: none.
+/// What the server answered, as an event line tells it (`ServerAnswer::judge`): a
+/// negotiated version, the server's alert, a reset of a TLS connection. An upgraded
+/// connection's answer was to tlspeek's own hello: none.
 fn server_answer(s: &impl Fn(&str) -> Option<String>) -> Option<ServerAnswer> {
     if s("action").as_deref() == Some("upgraded") {
         return None;
     }
-    if s("negotiated_version").is_some() {
-        return Some(ServerAnswer::Accepted);
-    }
-    match s("outcome")?.as_str() {
-        "rejected_by_server" => Some(ServerAnswer::Rejected(
-            s("server_alert").unwrap_or_else(|| "unknown".into()),
-        )),
-        "upstream_reset" if s("kind").as_deref() == Some("tls") => {
-            Some(ServerAnswer::Rejected("reset".into()))
-        }
-        _ => None,
-    }
+    let reset =
+        s("outcome").as_deref() == Some("upstream_reset") && s("kind").as_deref() == Some("tls");
+    ServerAnswer::judge(
+        s("negotiated_version").is_some(),
+        s("server_alert").as_deref(),
+        reset,
+    )
 }
 
 /// A process as logged: image, user, pid, host.

@@ -405,54 +405,41 @@ impl StackTable {
     /// The library of `shape` (cached).
     pub fn classify(&self, shape: &Shape) -> StackVerdict {
         let key = shape.key();
-        if let Some(v) = self.cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        if let Some(v) = cached(&self.cache, &key) {
             return v;
         }
-        let v = match self.exact_match(shape, &|_: &Entry| false) {
-            Some(v) => v,
-            None => {
-                let (eb, cb) = (Bits::of(&shape.extensions), Bits::of(&shape.ciphers));
-                let mut key = [0u64; 8];
-                key[..4].copy_from_slice(&eb.0);
-                key[4..].copy_from_slice(&cb.0);
-                let cached = self
-                    .candidates
-                    .lock()
-                    .ok()
-                    .and_then(|c| c.get(&key).cloned());
-                let first = match cached {
-                    Some(first) => first,
-                    None => {
-                        let first = self.first_look(eb, cb, |_| false);
-                        if let Ok(mut c) = self.candidates.lock() {
-                            if c.len() >= CACHE_MAX {
-                                c.clear();
-                            }
-                            c.insert(key, first.clone());
-                        }
-                        first
-                    }
-                };
-                self.nearest(shape, &first)
-            }
-        };
-        if let Ok(mut c) = self.cache.lock() {
-            if c.len() >= CACHE_MAX {
-                c.clear();
-            }
-            c.insert(key, v.clone());
-        }
+        let v = self.classify_with(shape, &|_| false, |eb, cb| {
+            let mut key = [0u64; 8];
+            key[..4].copy_from_slice(&eb.0);
+            key[4..].copy_from_slice(&cb.0);
+            cached(&self.candidates, &key).unwrap_or_else(|| {
+                let first = self.first_look(eb, cb, |_| false);
+                keep(&self.candidates, key, first.clone());
+                first
+            })
+        });
+        keep(&self.cache, key, v.clone());
         v
     }
 
     /// The library of `shape`, ignoring the entries `skip` names (the measurement leaves
     /// out the entry under test and every entry with its fingerprint). Not cached.
     pub fn classify_without(&self, shape: &Shape, skip: impl Fn(&Entry) -> bool) -> StackVerdict {
-        if let Some(v) = self.exact_match(shape, &skip) {
+        self.classify_with(shape, &skip, |eb, cb| self.first_look(eb, cb, &skip))
+    }
+
+    /// An exact shape, else the nearest of the candidates `first_look` gives for the
+    /// hello's extension and cipher sets.
+    fn classify_with(
+        &self,
+        shape: &Shape,
+        skip: &impl Fn(&Entry) -> bool,
+        first_look: impl FnOnce(Bits, Bits) -> Vec<usize>,
+    ) -> StackVerdict {
+        if let Some(v) = self.exact_match(shape, skip) {
             return v;
         }
-        let (eb, cb) = (Bits::of(&shape.extensions), Bits::of(&shape.ciphers));
-        let first = self.first_look(eb, cb, skip);
+        let first = first_look(Bits::of(&shape.extensions), Bits::of(&shape.ciphers));
         self.nearest(shape, &first)
     }
 
@@ -524,6 +511,21 @@ impl StackTable {
             software: Some(first.software.clone()),
             similarity: 1.0,
         })
+    }
+}
+
+/// A cached value, if any.
+fn cached<K: std::hash::Hash + Eq, V: Clone>(cache: &Mutex<HashMap<K, V>>, key: &K) -> Option<V> {
+    cache.lock().ok().and_then(|c| c.get(key).cloned())
+}
+
+/// Keeps a value; a full cache (`CACHE_MAX`) starts over.
+fn keep<K: std::hash::Hash + Eq, V>(cache: &Mutex<HashMap<K, V>>, key: K, value: V) {
+    if let Ok(mut c) = cache.lock() {
+        if c.len() >= CACHE_MAX {
+            c.clear();
+        }
+        c.insert(key, value);
     }
 }
 

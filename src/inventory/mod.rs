@@ -61,6 +61,21 @@ pub enum ServerAnswer {
     Rejected(String),
 }
 
+impl ServerAnswer {
+    /// The one rule the proxy, `analyze` and `correlate` judge by: a ServerHello accepts;
+    /// a handshake-ending alert, or a reset before any ServerHello, rejects; anything else
+    /// (no answer before the end) is neither.
+    pub fn judge(server_hello: bool, alert: Option<&str>, reset: bool) -> Option<ServerAnswer> {
+        if server_hello {
+            Some(ServerAnswer::Accepted)
+        } else if let Some(alert) = alert {
+            Some(ServerAnswer::Rejected(alert.to_string()))
+        } else {
+            reset.then(|| ServerAnswer::Rejected("reset".to_string()))
+        }
+    }
+}
+
 /// A caller's connections accepted and rejected by one server address.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ServerTally {
@@ -75,7 +90,7 @@ pub struct ServerTally {
 pub const MAX_SERVERS_PER_CALLER: usize = 16;
 
 /// The retired endpoint a caller calls (from `[[deprecations]]`, when read).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Retired {
     /// `YYYY-MM-DD`.
     pub since: String,
@@ -227,8 +242,8 @@ pub struct CallerRow {
 }
 
 impl CallerRow {
-    /// Server addresses that rejected some of this caller's hellos, and those that
-    /// accepted some: "rejected by 3 of 7 front ends" is `(3, 7)` with the total.
+    /// (server addresses that rejected some of this caller's hellos, those that accepted
+    /// some, all of them): "rejected by 3 of 7 front ends, accepted by 5" is `(3, 5, 7)`.
     pub fn front_ends(&self) -> (usize, usize, usize) {
         let rejecting = self.servers.iter().filter(|s| s.rejected > 0).count();
         let accepting = self.servers.iter().filter(|s| s.accepted > 0).count();
@@ -415,12 +430,13 @@ impl CallerRow {
             retired: None,
         };
         if let Some(answer) = &o.server_answer {
-            let rejected = matches!(answer, ServerAnswer::Rejected(_));
-            row.server_accepted = u64::from(!rejected);
-            row.server_rejected = u64::from(rejected);
-            if let ServerAnswer::Rejected(alert) = answer {
-                row.last_server_alert = Some(alert.clone());
-                row.last_rejected = Some(o.at);
+            match answer {
+                ServerAnswer::Accepted => row.server_accepted = 1,
+                ServerAnswer::Rejected(alert) => {
+                    row.server_rejected = 1;
+                    row.last_server_alert = Some(alert.clone());
+                    row.last_rejected = Some(o.at);
+                }
             }
             if let Some(ip) = &o.upstream_ip {
                 row.servers.push(ServerTally {

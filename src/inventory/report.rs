@@ -191,6 +191,7 @@ pub fn to_csv(rows: &[CallerRow]) -> String {
     let mut out = CSV_HEADER.join(",");
     out.push_str("\r\n");
     for r in rows {
+        let retired = r.retired.clone().unwrap_or_default();
         let cells = [
             rfc3339(r.last_seen),
             rfc3339(r.first_seen),
@@ -228,18 +229,9 @@ pub fn to_csv(rows: &[CallerRow]) -> String {
             r.last_server_alert.clone().unwrap_or_default(),
             r.last_rejected.map(rfc3339).unwrap_or_default(),
             servers_cell(r),
-            r.retired
-                .as_ref()
-                .map(|d| d.since.clone())
-                .unwrap_or_default(),
-            r.retired
-                .as_ref()
-                .map(|d| d.error.clone())
-                .unwrap_or_default(),
-            r.retired
-                .as_ref()
-                .map(|d| d.replacement.clone())
-                .unwrap_or_default(),
+            retired.since,
+            retired.error,
+            retired.replacement,
         ];
         let line: Vec<String> = cells.iter().map(|c| csv_cell(c)).collect();
         out.push_str(&line.join(","));
@@ -357,8 +349,8 @@ pub fn to_table(rows: &[CallerRow]) -> String {
     out
 }
 
-/// "accepted 4, rejected 3 (last handshake_failure, T); rejected by 2 of 5 front ends, 3
-/// accept": the server's answers to this caller, for the table.
+/// "accepted 4, rejected 3 (last handshake_failure, T); rejected by 2 of 5 front ends,
+/// accepted by 3": the server's answers to this caller, for the table.
 fn server_line(r: &CallerRow) -> String {
     let mut line = format!(
         "accepted {}, rejected {}",

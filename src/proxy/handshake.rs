@@ -115,8 +115,8 @@ pub struct Handshake {
     server: Option<ServerOutcome>,
     /// Upgrade mode: the answer is to tlspeek's own hello, not the client's.
     upgraded: bool,
-    /// The upstream reset the connection before any answer.
-    reset_unanswered: bool,
+    /// The upstream reset the connection (known at the end).
+    upstream_reset: bool,
     reported: bool,
     final_verdict: Option<Verdict>,
 }
@@ -230,7 +230,7 @@ impl Handshake {
         if let Some(Ok(outcome)) = self.answer.take().map(|mut rx| rx.try_recv()) {
             self.server = Some(outcome);
         }
-        self.reset_unanswered = self.server.is_none() && ended == Outcome::UpstreamReset;
+        self.upstream_reset = ended == Outcome::UpstreamReset;
         self.report(shared);
         match &self.server {
             Some(ServerOutcome::Hello(h)) => rec.set_server_hello(h),
@@ -263,12 +263,12 @@ impl Handshake {
         };
         let answer = match &self.server {
             _ if self.upgraded => None,
-            Some(ServerOutcome::Hello(_)) => Some(ServerAnswer::Accepted),
-            Some(ServerOutcome::Alert { description, .. }) => Some(ServerAnswer::Rejected(
-                hello::alert_name(*description).to_string(),
-            )),
-            None if self.reset_unanswered => Some(ServerAnswer::Rejected("reset".into())),
-            _ => None,
+            Some(ServerOutcome::Hello(_)) => ServerAnswer::judge(true, None, false),
+            Some(ServerOutcome::Alert { description, .. }) => {
+                ServerAnswer::judge(false, Some(hello::alert_name(*description)), false)
+            }
+            Some(ServerOutcome::Unknown) => None,
+            None => ServerAnswer::judge(false, None, self.upstream_reset),
         };
         if let Some(ServerAnswer::Rejected(alert)) = &answer {
             let who = Who {

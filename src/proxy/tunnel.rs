@@ -364,8 +364,7 @@ async fn upgrade(
     }
     // An entry with paths: the request says whether this call is one of its.
     if let Some(path) = r.request.as_deref().and_then(retired::request_path) {
-        let retired_path = s.cfg.deprecation_of(&plan.name, Some(path));
-        if let Some(d) = retired_path.filter(|d| !d.paths.is_empty()) {
+        if let Some(d) = s.cfg.path_deprecation_of(&plan.name, path) {
             handshake.retired_path(s.shared, d, path);
         }
     }

@@ -46,21 +46,6 @@ impl Protocol {
             Protocol::Xmpp => "xmpp",
         }
     }
-
-    pub fn parse(name: &str) -> Option<Protocol> {
-        Protocol::ALL.into_iter().find(|p| p.as_str() == name)
-    }
-
-    /// The standard ports (the config's defaults).
-    pub fn default_ports(self) -> &'static [u16] {
-        match self {
-            Protocol::Smtp => &[25, 587],
-            Protocol::Imap => &[143],
-            Protocol::Pop3 => &[110],
-            Protocol::Ldap => &[389],
-            Protocol::Xmpp => &[5222, 5269],
-        }
-    }
 }
 
 impl std::fmt::Display for Protocol {

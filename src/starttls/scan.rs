@@ -70,10 +70,6 @@ impl Scanner {
         }
     }
 
-    pub fn protocol(&self) -> Protocol {
-        self.protocol
-    }
-
     /// Prelude bytes read so far.
     pub fn prelude_bytes(&self) -> u64 {
         self.fed

@@ -352,7 +352,7 @@ impl Metrics {
         self.legacy_connection(who, reason, now);
     }
 
-    /// A ClientHello to a retired or retiring endpoint.
+    /// A call to a retired or retiring endpoint (a ClientHello, or a request under a path).
     pub fn deprecated_endpoint(&self, who: &Who<'_>, legacy: bool) {
         self.deprecated_endpoint_connections.inc(&Labels {
             values: &[who.source, who.destination],
