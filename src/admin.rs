@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::clock::unix_now;
-use crate::inventory::{Filter, Store, parse_since, report};
+use crate::inventory::{Db, Filter, Location, parse_since, report};
 use crate::shared::Shared;
 
 /// Admin connections served at once.
@@ -443,12 +443,14 @@ async fn legacy(shared: &Arc<Shared>, csv: bool, query: Option<&str>) -> Respons
             "the inventory is off ([inventory] path = \"\")\n",
         );
     };
-    let path = inv.path().to_path_buf();
+    let at = inv.location().clone();
     let rows = tokio::task::spawn_blocking(move || {
-        if !path.exists() {
-            return Ok(Vec::new());
+        if let Location::File(path) = &at {
+            if !path.exists() {
+                return Ok(Vec::new());
+            }
         }
-        Store::open_read_only(&path).and_then(|s| s.query(&filter))
+        Db::open_read_only(&at).and_then(|mut db| db.query(&filter))
     })
     .await;
     let mut rows = match rows {

@@ -8,7 +8,7 @@ use crate::clock::unix_now;
 use crate::config::{Config, LoadError};
 use crate::inventory::CallerRow;
 use crate::inventory::report;
-use crate::inventory::{Filter, Store, StoreError, parse_since};
+use crate::inventory::{Db, Filter, Location, StoreError, parse_since};
 use crate::upgrade::ca::{self, CaError};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +36,7 @@ pub enum CommandError {
     NoPassword { user: String },
     #[error("{0}")]
     BadUser(String),
-    #[error("the inventory is off in this config ([inventory] path = \"\")")]
+    #[error("the inventory is off in this config ([inventory] path = \"\" and no url)")]
     InventoryOff,
     #[error("no inventory at {}", .0.display())]
     NoInventory(PathBuf),
@@ -141,7 +141,8 @@ pub fn parse_when(flag: &str, v: Option<&str>) -> Result<Option<i64>, CommandErr
 /// What `tlspeek report` is asked for.
 pub struct ReportRequest {
     pub config: Option<PathBuf>,
-    pub db: Vec<PathBuf>,
+    /// Files or `postgresql://` URLs.
+    pub db: Vec<String>,
     pub all: bool,
     pub since: Option<String>,
     pub destination: Option<String>,
@@ -150,19 +151,20 @@ pub struct ReportRequest {
 /// `report`: the merged inventories' callers — legacy ones, and those of a retired
 /// endpoint (`[[deprecations]]` of the configuration) — and the line that says why the
 /// list is empty when it is (for `report::print`).
-pub fn report(req: ReportRequest) -> Result<(Vec<CallerRow>, Option<String>), CommandError> {
+pub fn report(req: ReportRequest) -> Result<Report, CommandError> {
     let cfg = load_config(req.config.as_deref())?;
-    let dbs: Vec<PathBuf> = if !req.db.is_empty() {
+    let dbs: Vec<Location> = if !req.db.is_empty() {
         req.db
+            .iter()
+            .map(|d| Location::parse(d))
+            .collect::<Result<_, _>>()?
     } else {
-        vec![
-            cfg.inventory
-                .path
-                .clone()
-                .ok_or(CommandError::InventoryOff)?,
-        ]
+        vec![cfg.inventory.location().ok_or(CommandError::InventoryOff)?]
     };
-    if let Some(missing) = dbs.iter().find(|db| !db.exists()) {
+    if let Some(Location::File(missing)) = dbs
+        .iter()
+        .find(|db| matches!(db, Location::File(p) if !p.exists()))
+    {
         return Err(CommandError::NoInventory(missing.clone()));
     }
     let since = parse_when("--since", req.since.as_deref())?;
@@ -174,8 +176,7 @@ pub fn report(req: ReportRequest) -> Result<(Vec<CallerRow>, Option<String>), Co
         legacy: None,
         limit: None,
     };
-    let paths: Vec<&Path> = dbs.iter().map(PathBuf::as_path).collect();
-    let mut rows = Store::merged(&paths, &filter)?;
+    let (mut rows, warnings) = crate::inventory::location::merged(&dbs, &filter)?;
     for r in &mut rows {
         r.mark_retired(&cfg);
     }
@@ -185,8 +186,8 @@ pub fn report(req: ReportRequest) -> Result<(Vec<CallerRow>, Option<String>), Co
     let mut empty_line = None;
     if rows.is_empty() {
         let mut began = None;
-        for p in &paths {
-            if let Some(t) = Store::open_read_only(p)?.earliest()? {
+        for l in &dbs {
+            if let Some(t) = Db::open_read_only(l)?.earliest()? {
                 began = Some(began.map_or(t, |b: i64| b.min(t)));
             }
         }
@@ -197,7 +198,20 @@ pub fn report(req: ReportRequest) -> Result<(Vec<CallerRow>, Option<String>), Co
         let what = if req.all { "callers" } else { "legacy callers" };
         empty_line = Some(format!("no {what} seen since {from}"));
     }
-    Ok((rows, empty_line))
+    Ok(Report {
+        rows,
+        empty_line,
+        warnings,
+    })
+}
+
+/// What `report` found: the rows, the line that says why the list is empty when it is (for
+/// `report::print`), and warnings for stderr.
+#[derive(Debug)]
+pub struct Report {
+    pub rows: Vec<CallerRow>,
+    pub empty_line: Option<String>,
+    pub warnings: Vec<String>,
 }
 
 #[cfg(test)]
@@ -230,7 +244,7 @@ mod tests {
         assert_eq!(parse_when("--since", None).unwrap(), None);
         let e = report(ReportRequest {
             config: None,
-            db: vec![PathBuf::from("/nonexistent/inv.sqlite")],
+            db: vec!["/nonexistent/inv.sqlite".into()],
             all: false,
             since: None,
             destination: None,

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tlspeek::app::{self, Control};
 use tlspeek::commands;
 use tlspeek::config::{Config, LoadError, Overrides};
+use tlspeek::inventory::Location;
 use tlspeek::inventory::report::{self, Format};
 
 #[derive(Parser)]
@@ -81,9 +82,10 @@ struct ReportArgs {
     /// Read the inventory named by this config's [inventory] path.
     #[arg(long, value_name = "FILE", conflicts_with = "db")]
     config: Option<PathBuf>,
-    /// An inventory database; repeat to merge the inventories of several instances.
-    #[arg(long, value_name = "PATH")]
-    db: Vec<PathBuf>,
+    /// An inventory: a SQLite file, or a shared database (postgresql://user@host/db, the
+    /// password from PGPASSWORD); repeat to merge the inventories of several instances.
+    #[arg(long, value_name = "PATH|URL")]
+    db: Vec<String>,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
     /// Include callers that are not legacy.
@@ -105,9 +107,10 @@ struct CorrelateArgs {
     /// Event lines of the proxy or of `tlspeek analyze` (repeat).
     #[arg(long, value_name = "FILE")]
     events: Vec<PathBuf>,
-    /// Inventories (repeat); without --events and --db, the configured inventory.
-    #[arg(long, value_name = "FILE")]
-    db: Vec<PathBuf>,
+    /// Inventories, files or postgresql:// URLs (repeat); without --events and --db, the
+    /// configured inventory.
+    #[arg(long, value_name = "PATH|URL")]
+    db: Vec<String>,
     /// Sysmon Event 3 / Security 5156 XML (wevtutil, Event Viewer) or Winlogbeat JSON lines.
     #[arg(long, value_name = "FILE")]
     sysmon: Vec<PathBuf>,
@@ -133,8 +136,8 @@ struct CorrelateArgs {
     format: Format,
     /// Store who each joined caller is (process, Windows user, account, app) in this
     /// inventory; `tlspeek report`, `/legacy` and `/legacy.csv` then show it.
-    #[arg(long = "write-db", value_name = "FILE")]
-    write_db: Option<PathBuf>,
+    #[arg(long = "write-db", value_name = "PATH|URL")]
+    write_db: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -145,9 +148,10 @@ struct AnalyzeArgs {
     /// Write one JSON event line per connection to PATH ("-": stdout, and no report).
     #[arg(long, value_name = "PATH|-")]
     events: Option<PathBuf>,
-    /// Also merge the callers into this inventory database (SQLite, as the proxy's).
-    #[arg(long, value_name = "PATH")]
-    db: Option<PathBuf>,
+    /// Also merge the callers into this inventory: a SQLite file, or a shared database
+    /// (postgresql://…, the password from PGPASSWORD).
+    #[arg(long, value_name = "PATH|URL")]
+    db: Option<String>,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
     /// Report every caller, not only legacy ones.
@@ -245,8 +249,11 @@ fn main() -> ExitCode {
                 destination: args.destination,
             };
             match commands::report(req) {
-                Ok((rows, empty_line)) => {
-                    report::print(&rows, format, empty_line.as_deref());
+                Ok(r) => {
+                    for w in &r.warnings {
+                        eprintln!("tlspeek: warning: {w}");
+                    }
+                    report::print(&r.rows, format, r.empty_line.as_deref());
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -316,10 +323,15 @@ fn correlate(args: CorrelateArgs) -> anyhow::Result<ExitCode> {
         }
         None => Vec::new(),
     };
-    let mut db = args.db;
+    let mut db = args
+        .db
+        .iter()
+        .map(|d| Location::parse(d))
+        .collect::<Result<Vec<_>, _>>()?;
     if args.events.is_empty() && db.is_empty() {
-        db.extend(config.inventory.path.clone());
+        db.extend(config.inventory.location());
     }
+    let write_db = args.write_db.as_deref().map(Location::parse).transpose()?;
     let opts = Options {
         config,
         events: args.events,
@@ -332,11 +344,10 @@ fn correlate(args: CorrelateArgs) -> anyhow::Result<ExitCode> {
         columns,
     };
     let mut c = correlate::run(&opts);
-    if let Some(path) = &args.write_db {
-        match correlate::write_db(&c, path) {
+    if let Some(at) = &write_db {
+        match correlate::write_db(&c, at) {
             Ok((updated, added)) => eprintln!(
-                "tlspeek: correlate: {}: who is who stored for {updated} callers already there, {added} added",
-                path.display()
+                "tlspeek: correlate: {at}: who is who stored for {updated} callers already there, {added} added"
             ),
             Err(e) => c.problems.push(e.to_string()),
         }
@@ -373,7 +384,7 @@ fn analyze(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
     let opts = Options {
         files: args.files,
         events,
-        db: args.db,
+        db: args.db.as_deref().map(Location::parse).transpose()?,
         filter: Filter {
             destination: args.destination.as_deref().map(Destination::parse),
             legacy_only: args.legacy_only,

@@ -32,7 +32,7 @@ pub use record::Connection;
 
 use crate::config::Config;
 use crate::inventory::report::{self, Format};
-use crate::inventory::{CallerKey, CallerRow, Store};
+use crate::inventory::{CallerKey, CallerRow, Db};
 use crate::names::{HostName, HostPattern};
 
 /// Inventory rows held in memory at most; past nine tenths of it only legacy callers get
@@ -258,7 +258,7 @@ pub struct Options {
     pub files: Vec<PathBuf>,
     pub events: Option<EventsTo>,
     /// An inventory file to merge the results into.
-    pub db: Option<PathBuf>,
+    pub db: Option<crate::inventory::Location>,
     pub filter: Filter,
     pub limits: Limits,
     pub quiet: bool,
@@ -479,10 +479,15 @@ fn keep_rows(
     rows: &mut [CallerRow],
 ) -> Result<(), AnalyzeError> {
     if let Some(db) = &opts.db {
-        let mut store = Store::open(db)?;
-        store.apply_agents(agents.all())?;
-        store.apply(rows.iter())?;
-        store.apply_connections(connections)?;
+        let batch = crate::inventory::Batch {
+            rows: rows.to_vec(),
+            agents: agents
+                .all()
+                .map(|(ip, ua, at)| (ip.to_string(), ua.to_string(), at))
+                .collect(),
+            connections: connections.to_vec(),
+        };
+        Db::open(db)?.apply(&batch)?;
     }
     for row in rows.iter_mut() {
         let seen = agents.of(&row.source_ip).to_vec();

@@ -39,6 +39,8 @@ pub enum RunError {
     Events(std::io::Error),
     #[error("{0}")]
     Setup(#[from] crate::shared::BuildError),
+    #[error("{0}")]
+    Inventory(#[from] crate::inventory::StoreError),
 }
 
 /// Signals the running proxy reacts to.
@@ -121,7 +123,7 @@ fn build_shared(
 ) -> Result<Arc<Shared>, RunError> {
     let cfg = built.cfg;
     let events = EventLog::start(&cfg.events, metrics.clone()).map_err(RunError::Events)?;
-    let inventory = Inventory::start(&cfg.inventory, metrics.clone()).map_err(RunError::Events)?;
+    let inventory = Inventory::start(&cfg.inventory, metrics.clone())?;
     let dns = cfg
         .dns
         .reverse_lookup

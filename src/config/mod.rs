@@ -272,9 +272,32 @@ pub struct AuthConfig {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InventoryConfig {
+    /// The SQLite file (one per instance); `None` with `url`, or when the inventory is off.
     pub path: Option<PathBuf>,
+    /// A shared PostgreSQL database (`postgresql://…`), instead of `path`.
+    pub url: Option<String>,
+    /// The database password (else `PGPASSWORD`, else none).
+    pub password_file: Option<PathBuf>,
     pub flush_interval: Duration,
     pub retention: Duration,
+    /// Distinct rows held in memory while the database cannot be written; past it new
+    /// rows are dropped and counted.
+    pub max_pending: usize,
+}
+
+impl InventoryConfig {
+    /// Where the inventory is written; `None` when it is off.
+    pub fn location(&self) -> Option<crate::inventory::Location> {
+        if let Some(url) = &self.url {
+            // Checked when the configuration was read.
+            let target = crate::inventory::pg::target::Target::parse(url).ok()?;
+            return Some(crate::inventory::Location::Postgres {
+                target: Box::new(target),
+                password_file: self.password_file.clone(),
+            });
+        }
+        self.path.clone().map(crate::inventory::Location::File)
+    }
 }
 
 /// A retired or retiring endpoint: callers of it get `error` (from `date`) and should call

@@ -153,8 +153,11 @@ pub struct RawUpgrade {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct RawInventory {
     pub path: String,
+    pub url: String,
+    pub password_file: String,
     pub flush_interval: String,
     pub retention: String,
+    pub max_pending: i64,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -44,6 +44,7 @@ pub(super) fn merge_and_deserialize(
             .unwrap_or_default();
         one("(syntax)", format!("{}{at}", e.message().trim()))
     })?;
+    inventory_url_or_path(&mut base, &over)?;
     merge(&mut base, over);
 
     let mut unknown = Vec::new();
@@ -71,6 +72,27 @@ pub(super) fn merge_and_deserialize(
             Err(ConfigErrors(errors))
         }
     }
+}
+
+/// `[inventory] url` and `path` written in the same file are an error; `url` alone replaces
+/// the embedded default's `path`.
+fn inventory_url_or_path(base: &mut toml::Table, over: &toml::Table) -> Result<(), ConfigErrors> {
+    let Some(toml::Value::Table(inv)) = over.get("inventory") else {
+        return Ok(());
+    };
+    let written = |k: &str| inv.get(k).is_some_and(|v| v.as_str() != Some(""));
+    if written("url") && written("path") {
+        return Err(one(
+            "inventory",
+            "url and path are both set: the inventory is either a shared database (url) or a file (path)".into(),
+        ));
+    }
+    if written("url") {
+        if let Some(toml::Value::Table(b)) = base.get_mut("inventory") {
+            b.insert("path".into(), toml::Value::String(String::new()));
+        }
+    }
+    Ok(())
 }
 
 fn merge(base: &mut toml::Table, over: toml::Table) {
@@ -295,8 +317,33 @@ pub(super) fn validate(raw: RawConfig, earlier: Vec<ConfigError>) -> Result<Conf
         .enumerate()
         .map(|(i, r)| rule(&mut c, i, r, &names))
         .collect();
+    let url = match raw.inventory.url.as_str() {
+        "" => None,
+        u => match crate::inventory::pg::target::Target::parse(u) {
+            Ok(_) => Some(u.to_string()),
+            Err(reason) => {
+                c.err("inventory.url", reason);
+                None
+            }
+        },
+    };
+    let password_file = c.optional_path(&raw.inventory.password_file);
+    if password_file.is_some() && raw.inventory.url.is_empty() {
+        c.err(
+            "inventory.password_file",
+            "is for inventory.url (a SQLite file needs no password)",
+        );
+    }
     let inventory = InventoryConfig {
-        path: c.optional_path(&raw.inventory.path),
+        // `url` replaces the default file (`merge_and_deserialize` refuses both written).
+        path: if raw.inventory.url.is_empty() {
+            c.optional_path(&raw.inventory.path)
+        } else {
+            None
+        },
+        url,
+        password_file,
+        max_pending: c.count("inventory.max_pending", raw.inventory.max_pending, 1),
         flush_interval: c.duration(
             "inventory.flush_interval",
             &raw.inventory.flush_interval,

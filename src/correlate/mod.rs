@@ -19,8 +19,9 @@ use crate::config::Config;
 use crate::hello::TlsLibrary;
 use crate::inventory::report::{self, Format};
 use crate::inventory::software::SoftwareDb;
-use crate::inventory::store::{Filter, Store, StoreError};
+use crate::inventory::store::{Filter, StoreError};
 use crate::inventory::{Attribution, CallerKey, CallerRow, Observation, ServerAnswer};
+use crate::inventory::{Db, Location};
 use processes::ProcessConn;
 use signins::SignIn;
 use text::DateOrder;
@@ -29,7 +30,7 @@ use text::DateOrder;
 pub struct Options {
     pub config: Config,
     pub events: Vec<PathBuf>,
-    pub db: Vec<PathBuf>,
+    pub db: Vec<Location>,
     pub sysmon: Vec<PathBuf>,
     pub signins: Vec<PathBuf>,
     /// The site's egress addresses, as sign-in logs see them; none: every sign-in counts.
@@ -169,14 +170,14 @@ pub fn run(o: &Options) -> Correlation {
             Err(e) => problems.push(e),
         }
     }
-    for path in &o.db {
-        match read_inventory(path, &mut rows, &mut seen) {
+    for at in &o.db {
+        match read_inventory(at, &mut rows, &mut seen) {
             Ok(true) => {}
             Ok(false) => warnings.push(format!(
                 "{}: this inventory keeps no per-connection records (written by an older tlspeek): processes and sign-ins cannot be joined to its rows",
-                path.display()
+                at
             )),
-            Err(e) => problems.push(format!("{}: {e}", path.display())),
+            Err(e) => problems.push(format!("{at}: {e}")),
         }
     }
     let mut logged: Vec<ProcessConn> = Vec::new();
@@ -223,11 +224,11 @@ pub fn run(o: &Options) -> Correlation {
 
 /// An inventory's caller rows, and its recent connections; `false` when it keeps none.
 fn read_inventory(
-    path: &std::path::Path,
+    at: &Location,
     rows: &mut BTreeMap<CallerKey, CallerRow>,
     seen: &mut Vec<Seen>,
 ) -> Result<bool, crate::inventory::store::StoreError> {
-    let store = Store::open_read_only(path)?;
+    let mut store = Db::open_read_only(at)?;
     for r in store.query(&Filter::default())? {
         rows.entry(r.key()).and_modify(|x| x.merge(&r)).or_insert(r);
     }
@@ -516,7 +517,7 @@ pub fn attribution(c: &Caller) -> Option<Attribution> {
 
 /// Stores who each joined caller is in the inventory at `path` (created if needed): shown
 /// by `tlspeek report`, `/legacy` and `/legacy.csv`. Returns (rows updated, rows added).
-pub fn write_db(c: &Correlation, path: &Path) -> Result<(usize, usize), StoreError> {
+pub fn write_db(c: &Correlation, at: &Location) -> Result<(usize, usize), StoreError> {
     let rows: Vec<CallerRow> = c
         .callers
         .iter()
@@ -527,7 +528,7 @@ pub fn write_db(c: &Correlation, path: &Path) -> Result<(usize, usize), StoreErr
             Some(row)
         })
         .collect();
-    Store::open(path)?.attribute(&rows)
+    Db::open(at)?.attribute(&rows)
 }
 
 /// A sign-in is explained only by a connection to an Entra ID host: a watched destination.

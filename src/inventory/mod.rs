@@ -1,10 +1,13 @@
 //! The inventory of callers: one row per source × destination × JA4 with first and last
 //! seen, counts, versions offered and negotiated, ciphers negotiated, legacy reasons,
 //! likely software and the fix. Persisted in SQLite by a writer thread (batched, WAL, a
-//! bounded queue) so the proxy never waits on the disk; read by `/legacy`, `tlspeek
-//! report` and `tlspeek analyze`.
+//! bounded queue) so the proxy never waits on the disk, or, for a fleet, in one
+//! PostgreSQL database every instance writes (`pg`); read by `/legacy`, `tlspeek report`,
+//! `tlspeek correlate` and `tlspeek analyze`.
 
 pub mod agents;
+pub mod location;
+pub mod pg;
 pub mod report;
 pub mod software;
 pub mod store;
@@ -12,8 +15,24 @@ pub mod writer;
 
 use serde::Serialize;
 
+pub use location::{Db, Location};
 pub use store::{Filter, Store, StoreError, parse_since};
 pub use writer::Inventory;
+
+/// One flush's worth of inventory writes: rows aggregated by key, the User-Agents seen
+/// (`(source_ip, user_agent, unix)`), and the recent connections kept for joins.
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    pub rows: Vec<CallerRow>,
+    pub agents: Vec<(String, String, i64)>,
+    pub connections: Vec<ConnectionSeen>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty() && self.agents.is_empty() && self.connections.is_empty()
+    }
+}
 
 /// What one connection contributes to the inventory.
 #[derive(Clone, Debug, Default)]
@@ -357,7 +376,7 @@ fn union(a: &mut Vec<String>, b: &[String]) {
     a.dedup();
 }
 
-fn union_reasons(a: &mut Vec<String>, b: &[String]) {
+pub(crate) fn union_reasons(a: &mut Vec<String>, b: &[String]) {
     union(a, b);
     // Priority order (`LegacyReason::ALL`); a reason this version does not know goes last.
     a.sort_by_key(|r| {
@@ -520,7 +539,8 @@ impl CallerRow {
     }
 }
 
-fn rank(confidence: &str) -> u8 {
+/// How certain a software identification is, as a number (higher is surer).
+pub(crate) fn rank(confidence: &str) -> u8 {
     software::Confidence::parse(confidence).map_or(0, software::Confidence::rank)
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::agents::{self, SeenAgent};
-use super::{CallerKey, CallerRow, ConnectionSeen};
+use super::{CallerRow, ConnectionSeen};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -22,6 +22,32 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    #[error("inventory database {url}: {reason}")]
+    Postgres {
+        url: String,
+        reason: String,
+        /// Worth retrying (the server away or restarting), not a refusal.
+        transient: bool,
+    },
+    #[error(
+        "inventory database {url} has schema version {found}, newer than this tlspeek knows ({known}): \
+         upgrade tlspeek on this host before it writes there (README, \"Many instances\")"
+    )]
+    SchemaNewer { url: String, found: i32, known: i32 },
+}
+
+impl StoreError {
+    /// Worth retrying later: a database server away or restarting. A file that cannot
+    /// be written, a refused login or a missing database is not.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Postgres {
+                transient: true,
+                ..
+            }
+        )
+    }
 }
 
 /// The mode a new inventory gets, whatever the umask: it names weak internal hosts, so
@@ -251,6 +277,129 @@ fn row_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<CallerRow> {
     })
 }
 
+/// Merges `rows` into the stored rows (read, merge, write: one writer per file).
+fn apply_rows<'a>(
+    tx: &rusqlite::Transaction<'_>,
+    select: &str,
+    rows: impl IntoIterator<Item = &'a CallerRow>,
+) -> rusqlite::Result<usize> {
+    let mut n = 0;
+    {
+        let mut get = tx.prepare_cached(&format!(
+            "SELECT {select} FROM callers WHERE source_ip = ?1 AND destination = ?2 AND ja4 = ?3"
+        ))?;
+        let mut put = tx
+                .prepare_cached(&format!(
+                    "INSERT OR REPLACE INTO callers ({COLUMNS}, tls_library, process, process_user, account, app, \
+                     server_accepted, server_rejected, last_server_alert, last_rejected, servers, retired_path) VALUES \
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, \
+                     ?27, ?28, ?29, ?30, ?31, ?32)"
+                ))
+                ?;
+        for row in rows {
+            let (ip, dest, ja4) = row.key();
+            let stored = get.query_row(params![ip, dest, ja4], row_from).optional()?;
+            let merged = match stored {
+                Some(mut s) => {
+                    s.merge(row);
+                    s
+                }
+                None => row.clone(),
+            };
+            put.execute(params![
+                merged.source_ip,
+                merged.destination,
+                merged.ja4,
+                merged.source,
+                merged.source_name,
+                merged.first_seen,
+                merged.last_seen,
+                merged.last_legacy_seen,
+                to_i64(merged.connections),
+                to_i64(merged.legacy_connections),
+                i64::from(merged.legacy),
+                list(&merged.versions_offered),
+                list(&merged.versions_negotiated),
+                list(&merged.ciphers_negotiated),
+                list(&merged.legacy_reasons),
+                merged.ja3_hash,
+                merged.software,
+                merged.software_confidence,
+                merged.fix,
+                merged.last_sni,
+                merged.user_agent,
+                merged.tls_library,
+                merged.who.process,
+                merged.who.process_user,
+                merged.who.account,
+                merged.who.app,
+                to_i64(merged.server_accepted),
+                to_i64(merged.server_rejected),
+                merged.last_server_alert,
+                merged.last_rejected,
+                serde_json::to_string(&merged.servers).unwrap_or_else(|_| "[]".into()),
+                merged.retired_path,
+            ])?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Records recent connections for joins, keeping at most `MAX_CONNECTIONS` (the oldest
+/// go first); returns how many older ones were dropped for room.
+fn apply_connections<'a>(
+    tx: &rusqlite::Transaction<'_>,
+    seen: impl IntoIterator<Item = &'a ConnectionSeen>,
+) -> rusqlite::Result<usize> {
+    let mut put = tx.prepare_cached(
+        "INSERT INTO connections (source_ip, source_port, at, destination, ja4, legacy) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for c in seen {
+        put.execute(params![
+            c.source_ip,
+            c.source_port,
+            c.at,
+            c.destination,
+            c.ja4,
+            i64::from(c.legacy)
+        ])?;
+    }
+    tx.execute(
+        "DELETE FROM connections WHERE rowid IN (SELECT rowid FROM connections \
+         ORDER BY at DESC LIMIT -1 OFFSET ?1)",
+        params![i64::try_from(MAX_CONNECTIONS).unwrap_or(i64::MAX)],
+    )
+}
+
+/// Records User-Agents seen from sources (`(source_ip, user_agent, unix)`), keeping the
+/// `agents::MAX_PER_SOURCE` most recent of each source.
+fn apply_agents<'a>(
+    tx: &rusqlite::Transaction<'_>,
+    seen: impl IntoIterator<Item = (&'a str, &'a str, i64)>,
+) -> rusqlite::Result<usize> {
+    let mut put = tx.prepare_cached(
+        "INSERT INTO source_agents (source_ip, user_agent, first_seen, last_seen) \
+         VALUES (?1, ?2, ?3, ?3) ON CONFLICT (source_ip, user_agent) DO UPDATE SET \
+         last_seen = MAX(last_seen, excluded.last_seen), \
+         first_seen = MIN(first_seen, excluded.first_seen)",
+    )?;
+    let mut cap = tx.prepare_cached(
+        "DELETE FROM source_agents WHERE source_ip = ?1 AND user_agent NOT IN \
+         (SELECT user_agent FROM source_agents WHERE source_ip = ?1 \
+          ORDER BY last_seen DESC LIMIT ?2)",
+    )?;
+    let keep = i64::try_from(agents::MAX_PER_SOURCE).unwrap_or(8);
+    let mut n = 0;
+    for (ip, ua, at) in seen {
+        put.execute(params![ip, ua, at])?;
+        cap.execute(params![ip, keep])?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -339,74 +488,24 @@ impl Store {
         rows: impl IntoIterator<Item = &'a CallerRow>,
     ) -> Result<usize, StoreError> {
         let select = self.select.clone();
+        self.transaction(|tx| apply_rows(tx, &select, rows))
+    }
+
+    /// Writes one flush (User-Agents, rows, recent connections) in one transaction, so a
+    /// failed write leaves nothing half done and the whole batch is retried; returns how
+    /// many recent connections were dropped for room.
+    pub fn write(&mut self, batch: &super::Batch) -> Result<usize, StoreError> {
+        let select = self.select.clone();
         self.transaction(|tx| {
-        let mut n = 0;
-        {
-            let mut get = tx
-                .prepare_cached(&format!(
-                    "SELECT {select} FROM callers WHERE source_ip = ?1 AND destination = ?2 AND ja4 = ?3"
-                ))
-                ?;
-            let mut put = tx
-                .prepare_cached(&format!(
-                    "INSERT OR REPLACE INTO callers ({COLUMNS}, tls_library, process, process_user, account, app, \
-                     server_accepted, server_rejected, last_server_alert, last_rejected, servers, retired_path) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, \
-                     ?27, ?28, ?29, ?30, ?31, ?32)"
-                ))
-                ?;
-            for row in rows {
-                let (ip, dest, ja4) = row.key();
-                let stored = get
-                    .query_row(params![ip, dest, ja4], row_from)
-                    .optional()
-                    ?;
-                let merged = match stored {
-                    Some(mut s) => {
-                        s.merge(row);
-                        s
-                    }
-                    None => row.clone(),
-                };
-                put.execute(params![
-                    merged.source_ip,
-                    merged.destination,
-                    merged.ja4,
-                    merged.source,
-                    merged.source_name,
-                    merged.first_seen,
-                    merged.last_seen,
-                    merged.last_legacy_seen,
-                    to_i64(merged.connections),
-                    to_i64(merged.legacy_connections),
-                    i64::from(merged.legacy),
-                    list(&merged.versions_offered),
-                    list(&merged.versions_negotiated),
-                    list(&merged.ciphers_negotiated),
-                    list(&merged.legacy_reasons),
-                    merged.ja3_hash,
-                    merged.software,
-                    merged.software_confidence,
-                    merged.fix,
-                    merged.last_sni,
-                    merged.user_agent,
-                    merged.tls_library,
-                    merged.who.process,
-                    merged.who.process_user,
-                    merged.who.account,
-                    merged.who.app,
-                    to_i64(merged.server_accepted),
-                    to_i64(merged.server_rejected),
-                    merged.last_server_alert,
-                    merged.last_rejected,
-                    serde_json::to_string(&merged.servers).unwrap_or_else(|_| "[]".into()),
-                    merged.retired_path,
-                ])
-                ?;
-                n += 1;
-            }
-        }
-        Ok(n)
+            apply_agents(
+                tx,
+                batch
+                    .agents
+                    .iter()
+                    .map(|(ip, ua, at)| (ip.as_str(), ua.as_str(), *at)),
+            )?;
+            apply_rows(tx, &select, batch.rows.iter())?;
+            apply_connections(tx, batch.connections.iter())
         })
     }
 
@@ -468,39 +567,12 @@ impl Store {
         Ok(n)
     }
 
-    /// Records recent connections for joins, keeping at most `MAX_CONNECTIONS` (the oldest
-    /// go first); returns how many older ones were dropped for room.
+    /// Records recent connections for joins (see [`apply_connections`]).
     pub fn apply_connections<'a>(
         &mut self,
         seen: impl IntoIterator<Item = &'a ConnectionSeen>,
     ) -> Result<usize, StoreError> {
-        self.transaction(|tx| {
-        let dropped = {
-            let mut put = tx
-                .prepare(
-                    "INSERT INTO connections (source_ip, source_port, at, destination, ja4, legacy) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )
-                ?;
-            for c in seen {
-                put.execute(params![
-                    c.source_ip,
-                    c.source_port,
-                    c.at,
-                    c.destination,
-                    c.ja4,
-                    i64::from(c.legacy)
-                ])
-                ?;
-            }
-            tx.execute(
-                "DELETE FROM connections WHERE rowid IN (SELECT rowid FROM connections \
-                 ORDER BY at DESC LIMIT -1 OFFSET ?1)",
-                params![i64::try_from(MAX_CONNECTIONS).unwrap_or(i64::MAX)],
-            )?
-        };
-        Ok(dropped)
-        })
+        self.transaction(|tx| apply_connections(tx, seen))
     }
 
     /// The recent connections kept for joins; `None` in an inventory older than them.
@@ -529,35 +601,12 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Records User-Agents seen from sources (`(source_ip, user_agent, unix)`), keeping the
-    /// `agents::MAX_PER_SOURCE` most recent of each source.
+    /// Records User-Agents seen from sources (see [`apply_agents`]).
     pub fn apply_agents<'a>(
         &mut self,
         seen: impl IntoIterator<Item = (&'a str, &'a str, i64)>,
     ) -> Result<usize, StoreError> {
-        self.transaction(|tx| {
-            let mut n = 0;
-            {
-                let mut put = tx.prepare(
-                    "INSERT INTO source_agents (source_ip, user_agent, first_seen, last_seen) \
-                     VALUES (?1, ?2, ?3, ?3) ON CONFLICT (source_ip, user_agent) DO UPDATE SET \
-                     last_seen = MAX(last_seen, excluded.last_seen), \
-                     first_seen = MIN(first_seen, excluded.first_seen)",
-                )?;
-                let mut cap = tx.prepare(
-                    "DELETE FROM source_agents WHERE source_ip = ?1 AND user_agent NOT IN \
-                     (SELECT user_agent FROM source_agents WHERE source_ip = ?1 \
-                      ORDER BY last_seen DESC LIMIT ?2)",
-                )?;
-                let keep = i64::try_from(agents::MAX_PER_SOURCE).unwrap_or(8);
-                for (ip, ua, at) in seen {
-                    put.execute(params![ip, ua, at])?;
-                    cap.execute(params![ip, keep])?;
-                    n += 1;
-                }
-            }
-            Ok(n)
-        })
+        self.transaction(|tx| apply_agents(tx, seen))
     }
 
     /// The User-Agents kept for `source_ip` (none in an inventory older than them).
@@ -637,32 +686,6 @@ impl Store {
         self.conn
             .query_row("SELECT MIN(first_seen) FROM callers", [], |r| r.get(0))
             .map_err(|e| self.err(e))
-    }
-
-    /// Reads every row of each file and merges rows with the same key (one inventory per
-    /// instance, several instances per report).
-    pub fn merged(paths: &[&Path], f: &Filter) -> Result<Vec<CallerRow>, StoreError> {
-        let mut by_key: std::collections::BTreeMap<CallerKey, CallerRow> = Default::default();
-        let all = Filter {
-            limit: None,
-            ..f.clone()
-        };
-        for p in paths {
-            for row in Store::open_read_only(p)?.query(&all)? {
-                match by_key.entry(row.key()) {
-                    std::collections::btree_map::Entry::Occupied(mut r) => r.get_mut().merge(&row),
-                    std::collections::btree_map::Entry::Vacant(v) => {
-                        v.insert(row);
-                    }
-                }
-            }
-        }
-        let mut rows: Vec<CallerRow> = by_key.into_values().collect();
-        CallerRow::sort_for_report(&mut rows);
-        if let Some(l) = f.limit {
-            rows.truncate(l);
-        }
-        Ok(rows)
     }
 }
 
@@ -887,7 +910,15 @@ mod tests {
         let b = dir.path().join("b.sqlite");
         let mut t = Store::open(&b).unwrap();
         t.apply(&[row("10.0.0.1", 50, true)]).unwrap();
-        let merged = Store::merged(&[&a, &b], &Filter::default()).unwrap();
+        let (merged, warnings) = super::super::location::merged(
+            &[
+                super::super::Location::File(a.clone()),
+                super::super::Location::File(b.clone()),
+            ],
+            &Filter::default(),
+        )
+        .unwrap();
+        assert!(warnings.is_empty());
         assert_eq!(merged.len(), 2);
         assert_eq!((merged[0].first_seen, merged[0].connections), (50, 3));
 

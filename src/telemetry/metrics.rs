@@ -39,6 +39,8 @@ pub struct Metrics {
     pub events_dropped: IntCounter,
     pub inventory_errors: IntCounter,
     pub inventory_dropped: IntCounter,
+    pub inventory_pending: IntGauge,
+    pub inventory_behind: IntGauge,
     pub ptr_lookups: IntCounterVec,
     pub auth_failures: IntCounterVec,
     pub auth_password_hashes: IntCounter,
@@ -175,7 +177,15 @@ impl Metrics {
 
         let inventory_errors = IntCounter::new(
             "tlspeek_inventory_errors_total",
-            "Failed inventory database writes (disk full, file unwritable); rows are kept and retried.",
+            "Failed inventory database writes (disk full, file unwritable, database away); rows are kept and retried.",
+        )?;
+        let inventory_pending = IntGauge::new(
+            "tlspeek_inventory_pending_rows",
+            "Inventory rows held in memory, not yet written (bounded by [inventory] max_pending).",
+        )?;
+        let inventory_behind = IntGauge::new(
+            "tlspeek_inventory_behind_seconds",
+            "How long the oldest unwritten inventory row has waited; above flush_interval, the database is behind.",
         )?;
         let inventory_dropped = IntCounter::new(
             "tlspeek_inventory_dropped_total",
@@ -244,6 +254,8 @@ impl Metrics {
         registry.register(Box::new(starttls_sessions.clone()))?;
         registry.register(Box::new(inventory_errors.clone()))?;
         registry.register(Box::new(inventory_dropped.clone()))?;
+        registry.register(Box::new(inventory_pending.clone()))?;
+        registry.register(Box::new(inventory_behind.clone()))?;
         registry.register(Box::new(ptr_lookups.clone()))?;
         registry.register(Box::new(label_overflow.clone()))?;
         registry.register(Box::new(connections.clone()))?;
@@ -311,6 +323,8 @@ impl Metrics {
             events_dropped,
             inventory_errors,
             inventory_dropped,
+            inventory_pending,
+            inventory_behind,
             ptr_lookups,
             auth_failures,
             auth_password_hashes,
