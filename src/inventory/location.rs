@@ -74,12 +74,19 @@ pub enum Db {
 }
 
 impl Db {
-    /// Opens for writing: a file is created, a database's schema brought up to date.
+    /// Opens for writing: a file is created, a database's schema brought up to date (a
+    /// schema newer than this tlspeek is refused).
     pub fn open(at: &Location) -> Result<Db, StoreError> {
+        Db::open_writer(at, false)
+    }
+
+    /// Like `open`; with `newer_ok`, a newer schema is written on with a warning (a
+    /// running writer reconnecting after another instance upgraded the database).
+    pub fn open_writer(at: &Location, newer_ok: bool) -> Result<Db, StoreError> {
         match at {
             Location::File(p) => Store::open(p).map(Db::Sqlite),
             Location::Postgres { target, .. } => {
-                PgStore::open(target, at.password(target)?.as_deref()).map(Db::Postgres)
+                PgStore::open(target, at.password(target)?.as_deref(), newer_ok).map(Db::Postgres)
             }
         }
     }

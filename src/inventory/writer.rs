@@ -79,6 +79,7 @@ impl Inventory {
             pending_connections: Vec::new(),
             inflight: None,
             instance: instance_id(),
+            opened: false,
             seq: 0,
             max_pending: cfg.max_pending,
             flush_interval: cfg.flush_interval,
@@ -166,6 +167,8 @@ struct Writer {
     /// The batch being written: retried as it is until a write succeeds.
     inflight: Option<Batch>,
     instance: String,
+    /// Opened once already (a newer schema met later is written on).
+    opened: bool,
     /// The sequence number of `inflight` (or of the last batch written).
     seq: i64,
     max_pending: usize,
@@ -181,9 +184,11 @@ struct Writer {
 
 impl Writer {
     fn open(&mut self) -> Result<(), StoreError> {
-        match Db::open(&self.location) {
+        // Once started, a writer writes on across another instance's upgrade.
+        match Db::open_writer(&self.location, self.opened) {
             Ok(db) => {
                 self.db = Some(db);
+                self.opened = true;
                 if self.last_retention.is_none() {
                     self.apply_retention();
                 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 pub use serde_json::Value;
 
 pub mod netns;
+pub mod postgres;
 #[allow(unused_imports)]
 pub use netns::{NetNs, is_root};
 

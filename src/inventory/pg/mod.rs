@@ -327,10 +327,15 @@ impl PgStore {
         error(&self.url, e)
     }
 
-    /// Connects for writing: the schema is brought up to date (or a newer one refused).
-    pub fn open(target: &Target, password: Option<&str>) -> Result<PgStore, StoreError> {
+    /// Connects for writing: the schema is brought up to date; a newer one is refused
+    /// unless `newer_ok` (see `schema::migrate`).
+    pub fn open(
+        target: &Target,
+        password: Option<&str>,
+        newer_ok: bool,
+    ) -> Result<PgStore, StoreError> {
         let mut client = connect(target, password)?;
-        schema::migrate(&mut client, &target.url)?;
+        schema::migrate(&mut client, &target.url, newer_ok)?;
         Ok(PgStore {
             client,
             url: target.url.clone(),

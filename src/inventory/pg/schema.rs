@@ -94,8 +94,10 @@ fn by() -> String {
     format!("tlspeek {}", env!("CARGO_PKG_VERSION"))
 }
 
-/// Brings the schema to `KNOWN`; refuses a newer one.
-pub fn migrate(client: &mut postgres::Client, url: &str) -> Result<(), StoreError> {
+/// Brings the schema to `KNOWN`. A newer one is refused, unless `newer_ok` (a writer that
+/// started on a schema it knew reconnects after another instance upgraded it: it writes
+/// on, since migrations only add).
+pub fn migrate(client: &mut postgres::Client, url: &str, newer_ok: bool) -> Result<(), StoreError> {
     let e = |err: postgres::Error| super::error(url, &err);
     let mut tx = client.transaction().map_err(e)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
@@ -106,6 +108,15 @@ pub fn migrate(client: &mut postgres::Client, url: &str) -> Result<(), StoreErro
         .and_then(|r| r.try_get(0))
         .map_err(e)?;
     let current = current.unwrap_or(0);
+    if current > KNOWN && newer_ok {
+        tracing::warn!(
+            url,
+            version = current,
+            known = KNOWN,
+            "the inventory schema is newer than this tlspeek: writing on (migrations only add); upgrade this instance"
+        );
+        return tx.commit().map_err(e);
+    }
     if current > KNOWN {
         return Err(StoreError::SchemaNewer {
             url: url.to_string(),
