@@ -593,3 +593,110 @@ fn a_late_acknowledged_batch_is_not_applied_twice_and_concurrent_writers_lose_no
         assert_eq!(r.versions_negotiated, ["TLS1.0", "TLS1.1"]);
     }
 }
+
+/// A tlspeek command with PGPASSWORD set: (exit code, stdout, stderr).
+fn tlspeek_pg(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(exe())
+        .args(args)
+        .env("PGPASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn correlate_and_analyze_read_and_write_the_shared_inventory() {
+    if !require(&["curl", "openssl"]) {
+        return;
+    }
+    let Some(pg) = Postgres::start() else { return };
+    let pw = pg.password_file("pw", PASSWORD);
+    let url = pg.url("tlspeek", "sslmode=disable");
+    let (_srv, up) = openssl_server(&[]);
+    let t = Tlspeek::start(
+        &format!("allowed_ports = [{up}]\n"),
+        &inventory_section(&url, &pw),
+    );
+    call(&t, up, "127.0.0.61", 1, true);
+    let ev = t.wait_events("the legacy caller", |ev| {
+        ev.iter()
+            .any(|e| e["source_ip"] == "127.0.0.61" && e["legacy"] == true)
+    });
+    let e = ev.iter().find(|e| e["source_ip"] == "127.0.0.61").unwrap();
+    let at = humantime::format_rfc3339_millis(
+        humantime::parse_rfc3339(e["ts"].as_str().unwrap()).unwrap(),
+    )
+    .to_string();
+    let port = e["source_port"].as_u64().unwrap();
+    wait_connections(&url, "127.0.0.61", 1);
+
+    // Security Event 5156 naming the process behind that source port.
+    let dir = tempfile::tempdir().unwrap();
+    let wfp = dir.path().join("security-5156.xml");
+    std::fs::write(
+        &wfp,
+        format!("<Events><Event xmlns='http://schemas.microsoft.com/win/2004/08/events/event'><System><Provider Name='Microsoft-Windows-Security-Auditing'/><EventID>5156</EventID><TimeCreated SystemTime='{at}'/><Computer>APP01.contoso.com</Computer></System><EventData><Data Name='ProcessID'>5150</Data><Data Name='Application'>\\device\\harddiskvolume2\\legacy\\agent.exe</Data><Data Name='Direction'>%%14593</Data><Data Name='SourceAddress'>127.0.0.61</Data><Data Name='SourcePort'>{port}</Data><Data Name='DestAddress'>127.0.0.1</Data><Data Name='DestPort'>{}</Data><Data Name='Protocol'>6</Data></EventData></Event></Events>\r\n", t.proxy_port),
+    )
+    .unwrap();
+    let (code, out, err) = tlspeek_pg(&[
+        "correlate",
+        "--db",
+        &url,
+        "--sysmon",
+        wfp.to_str().unwrap(),
+        "--write-db",
+        &url,
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("agent.exe"),
+        "joined from the shared inventory: {out}"
+    );
+    assert!(
+        err.contains("stored for 1 callers already there, 0 added"),
+        "{err}"
+    );
+    let (_, rows, _) = report(&url);
+    let row = rows
+        .iter()
+        .find(|r| r["source_ip"] == "127.0.0.61")
+        .unwrap();
+    assert!(
+        row["process"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("agent.exe")),
+        "{row}"
+    );
+    assert_eq!(row["connections"], 1, "counts stay the proxy's");
+
+    // A capture analysed offline lands in the same inventory, with the same counts the
+    // analysis reports.
+    let pcap = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/pcap/curl_tls10_to_13.pcap"
+    );
+    let (code, alone, err) = tlspeek_pg(&["analyze", "--quiet", "--all", "--format", "json", pcap]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = tlspeek_pg(&["analyze", "--quiet", "--all", "--db", &url, pcap]);
+    assert_eq!(code, 0, "{err}");
+    let alone: Vec<Value> = serde_json::from_str(&alone).unwrap();
+    assert!(!alone.is_empty());
+    let (_, rows, _) = report(&url);
+    for a in &alone {
+        let stored = rows
+            .iter()
+            .find(|r| {
+                r["source_ip"] == a["source_ip"]
+                    && r["destination"] == a["destination"]
+                    && r["ja4"] == a["ja4"]
+            })
+            .unwrap_or_else(|| panic!("{a} not in the shared inventory"));
+        assert_eq!(stored["connections"], a["connections"], "{a}");
+    }
+}
