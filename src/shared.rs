@@ -36,7 +36,7 @@ pub enum BuildError {
     #[error("{0}")]
     Credentials(#[from] crate::access::auth::AuthFileError),
     #[error("{0}")]
-    AdminToken(#[from] crate::secrets::SecretError),
+    Secret(#[from] crate::secrets::SecretError),
     #[error("reload task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }

@@ -1288,7 +1288,7 @@ fn every_dashboard_query_answers_on_a_real_prometheus_scraping_two_instances() {
             names.push(rule["name"].as_str().unwrap().to_string());
         }
     }
-    assert_eq!(names.len(), 11, "{names:?}");
+    assert_eq!(names.len(), 12, "{names:?}");
     // The sign-in burst figure is recorded for the sources that reached an identity host.
     wait_for("the identity-connection figure to be recorded", 10, || {
         prom.query("source:tlspeek_identity_connections:increase5m", now())
@@ -1301,6 +1301,7 @@ fn every_dashboard_query_answers_on_a_real_prometheus_scraping_two_instances() {
         "TlspeekDown",
         "TlspeekTargetsMissing",
         "TlspeekLabelOverflow",
+        "TlspeekInventoryBehind",
         "TlspeekUpstreamErrorRatioHigh",
         "TlspeekBlockedConnectionsRising",
     ] {

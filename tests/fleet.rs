@@ -378,6 +378,20 @@ fn bad_urls_passwords_and_settings_fail_at_start_with_a_clear_error() {
             "is for inventory.url",
         ),
     ];
+    let exposed = pg.password_file("exposed", PASSWORD);
+    std::fs::set_permissions(
+        &exposed,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let cases = cases.into_iter().chain([(
+        format!(
+            "[inventory]\nurl = \"{}\"\npassword_file = \"{}\"\n",
+            pg.url("tlspeek", "sslmode=disable"),
+            exposed.display()
+        ),
+        "inventory.password_file",
+    )]);
     for (text, want) in cases {
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, &text).unwrap();
@@ -699,4 +713,53 @@ fn correlate_and_analyze_read_and_write_the_shared_inventory() {
             .unwrap_or_else(|| panic!("{a} not in the shared inventory"));
         assert_eq!(stored["connections"], a["connections"], "{a}");
     }
+}
+
+#[test]
+fn retention_runs_from_one_instance_at_a_time() {
+    use tlspeek::inventory::{Batch, Db, Filter};
+    let Some(pg) = Postgres::start() else { return };
+    let pw = pg.password_file("pw", PASSWORD);
+    let url = pg.url("tlspeek", "sslmode=disable");
+    let at = location(&url, &pw);
+    let mut db = Db::open(&at).unwrap();
+    let batch = Batch {
+        rows: vec![
+            row("10.3.0.1", 100, "TLS1.0"),
+            row("10.3.0.2", 5_000, "TLS1.0"),
+        ],
+        ..Batch::default()
+    };
+    db.apply(&batch).unwrap();
+    // Another instance is pruning: this one leaves it alone.
+    let mut other = ::postgres::Client::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=postgres password={PASSWORD} dbname=tlspeek",
+            pg.port
+        ),
+        ::postgres::NoTls,
+    )
+    .unwrap();
+    other
+        .execute(
+            "SELECT pg_advisory_lock($1)",
+            &[&tlspeek::inventory::pg::schema::RETENTION_LOCK],
+        )
+        .unwrap();
+    assert_eq!(
+        db.prune(1_000).unwrap(),
+        None,
+        "another instance holds the lock"
+    );
+    assert_eq!(db.query(&Filter::default()).unwrap().len(), 2);
+    other
+        .execute(
+            "SELECT pg_advisory_unlock($1)",
+            &[&tlspeek::inventory::pg::schema::RETENTION_LOCK],
+        )
+        .unwrap();
+    assert_eq!(db.prune(1_000).unwrap(), Some(1));
+    let left = db.query(&Filter::default()).unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].source_ip, "10.3.0.2");
 }

@@ -52,6 +52,11 @@ pub fn build(
         Some(path) => Some(Arc::new(crate::secrets::read_token_file(path)?)),
         None => None,
     };
+    // Read again at each connection to the database; checked here so that `check-config`
+    // and a reload judge it as `run` does.
+    if let Some(path) = &cfg.inventory.password_file {
+        crate::secrets::read_secret_file("inventory.password_file", path)?;
+    }
     Ok(Built {
         cfg,
         upgrader,
