@@ -84,16 +84,35 @@ fn call(t: &Tlspeek, up: u16, source: &str, n: usize, legacy: bool) {
 
 #[test]
 fn two_instances_write_one_inventory_with_exact_counts() {
-    if !require(&["curl", "openssl"]) {
+    if !require(&["curl", "openssl", "python3"]) {
         return;
     }
     let Some(pg) = Postgres::start() else { return };
     let pw = pg.password_file("pw", PASSWORD);
     let url = pg.url("tlspeek", "sslmode=disable");
     let (_srv, up) = openssl_server(&[]);
-    let ports = format!("allowed_ports = [{up}]\n");
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("root.crl"), b"crl\n").unwrap();
+    let (_origin, http_port) = http_origin(site.path());
+    let ports = format!("allowed_ports = [{up}]\nallowed_http_ports = [{http_port}]\n");
     let a = Tlspeek::start(&ports, &inventory_section(&url, &pw));
     let b = Tlspeek::start(&ports, &inventory_section(&url, &pw));
+    // The caller's host fetches a CRL in the clear through B: its User-Agent names the OS.
+    let crl = Command::new("curl")
+        .args(["-s", "-m", "10", "--interface", "127.0.0.21", "-x"])
+        .arg(format!("http://127.0.0.1:{}", b.proxy_port))
+        .args([
+            "-A",
+            "Microsoft-CryptoAPI/6.1",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .arg(format!("http://127.0.0.1:{http_port}/root.crl"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&crl.stdout), "200");
     std::thread::scope(|s| {
         s.spawn(|| call(&a, up, "127.0.0.21", 12, true));
         s.spawn(|| call(&b, up, "127.0.0.21", 12, true));
@@ -121,6 +140,18 @@ fn two_instances_write_one_inventory_with_exact_counts() {
         .unwrap();
     assert_eq!(r["versions_negotiated"], serde_json::json!(["TLS1.0"]));
     assert_eq!(r["legacy"], true);
+    // Per server address, both instances' answers summed; the OS from B's plain request.
+    assert_eq!(r["servers"][0]["address"], "127.0.0.1", "{r}");
+    assert_eq!(
+        (
+            r["servers"][0]["accepted"].as_u64(),
+            r["servers"][0]["rejected"].as_u64()
+        ),
+        (Some(24), Some(0)),
+        "{r}"
+    );
+    assert_eq!(r["server_accepted"], 24);
+    assert_eq!(r["source_os"]["name"], "Windows 7 / Server 2008 R2", "{r}");
     // Each instance's /legacy reads the shared inventory: A shows B's caller too.
     let (status, body) = a.admin_get("/legacy");
     assert_eq!(status, 200, "{body}");

@@ -105,8 +105,23 @@ INSERT INTO callers AS c (source_ip, destination, ja4, source, source_name, firs
     ciphers_negotiated, legacy_reasons, ja3_hash, tls_library, software, software_confidence,
     software_rank, fix, last_sni, user_agent, process, process_user, account, app,
     server_accepted, server_rejected, last_server_alert, last_rejected, retired_path)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
-    $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32)
+SELECT source_ip, destination, ja4, source, source_name, first_seen, last_seen, last_legacy_seen,
+    connections, legacy_connections, legacy, string_to_array(versions_offered, ','),
+    string_to_array(versions_negotiated, ','), string_to_array(ciphers_negotiated, ','),
+    string_to_array(legacy_reasons, ','), ja3_hash, tls_library, software, software_confidence,
+    software_rank, fix, last_sni, user_agent, process, process_user, account, app,
+    server_accepted, server_rejected, last_server_alert, last_rejected, retired_path
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[],
+    $8::bigint[], $9::bigint[], $10::bigint[], $11::boolean[], $12::text[], $13::text[], $14::text[],
+    $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::smallint[], $21::text[],
+    $22::text[], $23::text[], $24::text[], $25::text[], $26::text[], $27::text[], $28::bigint[],
+    $29::bigint[], $30::text[], $31::bigint[], $32::text[])
+    AS u(source_ip, destination, ja4, source, source_name, first_seen, last_seen, last_legacy_seen,
+    connections, legacy_connections, legacy, versions_offered, versions_negotiated,
+    ciphers_negotiated, legacy_reasons, ja3_hash, tls_library, software, software_confidence,
+    software_rank, fix, last_sni, user_agent, process, process_user, account, app,
+    server_accepted, server_rejected, last_server_alert, last_rejected, retired_path)
+ORDER BY source_ip, destination, ja4
 ON CONFLICT (source_ip, destination, ja4) DO UPDATE SET
     first_seen = LEAST(c.first_seen, excluded.first_seen),
     last_seen = GREATEST(c.last_seen, excluded.last_seen),
@@ -155,24 +170,31 @@ ON CONFLICT (source_ip, destination, ja4) DO UPDATE SET
 
 const UPSERT_SERVER: &str = "
 INSERT INTO caller_servers AS s (source_ip, destination, ja4, address, accepted, rejected, last_seen)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[])
+    AS u(source_ip, destination, ja4, address, accepted, rejected, last_seen)
+ORDER BY source_ip, destination, ja4, address
 ON CONFLICT (source_ip, destination, ja4, address) DO UPDATE SET
     accepted = s.accepted + excluded.accepted,
     rejected = s.rejected + excluded.rejected,
     last_seen = GREATEST(s.last_seen, excluded.last_seen)";
 
 const UPSERT_AGENT: &str = "
-INSERT INTO source_agents AS a (source_ip, user_agent, first_seen, last_seen) VALUES ($1, $2, $3, $3)
+INSERT INTO source_agents AS a (source_ip, user_agent, first_seen, last_seen)
+SELECT source_ip, user_agent, at, at FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(source_ip, user_agent, at)
+ORDER BY source_ip, user_agent
 ON CONFLICT (source_ip, user_agent) DO UPDATE SET
     first_seen = LEAST(a.first_seen, excluded.first_seen),
     last_seen = GREATEST(a.last_seen, excluded.last_seen)";
 
 const CAP_AGENTS: &str = "
-DELETE FROM source_agents WHERE source_ip = $1 AND user_agent NOT IN
-    (SELECT user_agent FROM source_agents WHERE source_ip = $1 ORDER BY last_seen DESC LIMIT $2)";
+DELETE FROM source_agents a USING (SELECT source_ip, user_agent, row_number() OVER
+    (PARTITION BY source_ip ORDER BY last_seen DESC, user_agent) AS n
+    FROM source_agents WHERE source_ip = ANY($1)) k
+WHERE a.source_ip = k.source_ip AND a.user_agent = k.user_agent AND k.n > $2";
 
 const INSERT_CONNECTION: &str = "
-INSERT INTO connections (source_ip, source_port, at, destination, ja4, legacy) VALUES ($1, $2, $3, $4, $5, $6)";
+INSERT INTO connections (source_ip, source_port, at, destination, ja4, legacy)
+SELECT * FROM unnest($1::text[], $2::integer[], $3::bigint[], $4::text[], $5::text[], $6::boolean[])";
 
 const COLUMNS: &str = "source_ip, destination, ja4, source, source_name, first_seen, last_seen, \
     last_legacy_seen, connections, legacy_connections, legacy, versions_offered, versions_negotiated, \
@@ -224,100 +246,165 @@ fn row_from(r: &postgres::Row) -> Result<CallerRow, postgres::Error> {
     })
 }
 
-/// Upserts `batch` inside `tx`, every table in key order.
-fn upsert(tx: &mut postgres::Transaction<'_>, batch: &Batch) -> Result<(), postgres::Error> {
-    let mut rows: Vec<&CallerRow> = batch.rows.iter().collect();
-    rows.sort_by(|a, b| {
-        (&a.source_ip, &a.destination, &a.ja4).cmp(&(&b.source_ip, &b.destination, &b.ja4))
-    });
-    if !rows.is_empty() {
-        let put = tx.prepare(UPSERT_CALLER)?;
-        let server = tx.prepare(UPSERT_SERVER)?;
-        for r in &rows {
-            let rank = i16::from(super::rank(&r.software_confidence));
-            let params: [&(dyn ToSql + Sync); 32] = [
-                &r.source_ip,
-                &r.destination,
-                &r.ja4,
-                &r.source,
-                &r.source_name,
-                &r.first_seen,
-                &r.last_seen,
-                &r.last_legacy_seen,
-                &to_i64(r.connections),
-                &to_i64(r.legacy_connections),
-                &r.legacy,
-                &r.versions_offered,
-                &r.versions_negotiated,
-                &r.ciphers_negotiated,
-                &r.legacy_reasons,
-                &r.ja3_hash,
-                &r.tls_library,
-                &r.software,
-                &r.software_confidence,
-                &rank,
-                &r.fix,
-                &r.last_sni,
-                &r.user_agent,
-                &r.who.process,
-                &r.who.process_user,
-                &r.who.account,
-                &r.who.app,
-                &to_i64(r.server_accepted),
-                &to_i64(r.server_rejected),
-                &r.last_server_alert,
-                &r.last_rejected,
-                &r.retired_path,
-            ];
-            tx.execute(&put, &params)?;
-            let mut servers: Vec<&ServerTally> = r.servers.iter().collect();
-            servers.sort_by(|a, b| a.address.cmp(&b.address));
-            for s in servers {
-                tx.execute(
-                    &server,
-                    &[
-                        &r.source_ip,
-                        &r.destination,
-                        &r.ja4,
-                        &s.address,
-                        &to_i64(s.accepted),
-                        &to_i64(s.rejected),
-                        &s.last_seen,
-                    ],
-                )?;
+/// `batch`'s rows, one per key (rows of one key merged: one statement may touch a row
+/// once), in key order.
+fn unique_rows(batch: &Batch) -> Vec<CallerRow> {
+    let mut by_key: std::collections::BTreeMap<CallerKey, CallerRow> = Default::default();
+    for r in &batch.rows {
+        match by_key.entry(r.key()) {
+            std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().merge(r),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(r.clone());
             }
         }
     }
-    let mut seen: Vec<&(String, String, i64)> = batch.agents.iter().collect();
-    seen.sort();
-    if !seen.is_empty() {
-        let put = tx.prepare(UPSERT_AGENT)?;
-        let cap = tx.prepare(CAP_AGENTS)?;
-        let keep = i64::try_from(agents::MAX_PER_SOURCE).unwrap_or(8);
-        for (ip, ua, at) in &seen {
-            tx.execute(&put, &[ip, ua, at])?;
-        }
-        let mut ips: Vec<&String> = seen.iter().map(|(ip, _, _)| ip).collect();
-        ips.dedup();
-        for ip in ips {
-            tx.execute(&cap, &[ip, &keep])?;
-        }
+    by_key.into_values().collect()
+}
+
+/// `batch`'s User-Agents, one per (source, User-Agent): the latest time.
+fn unique_agents(batch: &Batch) -> Vec<(String, String, i64)> {
+    let mut by_key: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
+    for (ip, ua, at) in &batch.agents {
+        let e = by_key.entry((ip, ua)).or_insert(*at);
+        *e = (*e).max(*at);
     }
-    if !batch.connections.is_empty() {
-        let put = tx.prepare(INSERT_CONNECTION)?;
-        for c in &batch.connections {
+    by_key
+        .into_iter()
+        .map(|((ip, ua), at)| (ip.to_string(), ua.to_string(), at))
+        .collect()
+}
+
+fn column<T, F: Fn(&CallerRow) -> T>(rows: &[CallerRow], f: F) -> Vec<T> {
+    rows.iter().map(f).collect()
+}
+
+/// Upserts `batch` inside `tx`: one statement per table, whatever the batch's size (one
+/// round trip each, which matters for a database across a WAN), rows in key order.
+fn upsert(tx: &mut postgres::Transaction<'_>, batch: &Batch) -> Result<(), postgres::Error> {
+    let rows = unique_rows(batch);
+    if !rows.is_empty() {
+        let text = |f: fn(&CallerRow) -> &String| column(&rows, |r| f(r).clone());
+        let opt = |f: fn(&CallerRow) -> &Option<String>| column(&rows, |r| f(r).clone());
+        let count = |f: fn(&CallerRow) -> u64| column(&rows, |r| to_i64(f(r)));
+        let list = |f: fn(&CallerRow) -> &Vec<String>| column(&rows, |r| f(r).join(","));
+        let ip = text(|r| &r.source_ip);
+        let dest = text(|r| &r.destination);
+        let ja4 = text(|r| &r.ja4);
+        let source = text(|r| &r.source);
+        let source_name = opt(|r| &r.source_name);
+        let first = column(&rows, |r| r.first_seen);
+        let last = column(&rows, |r| r.last_seen);
+        let last_legacy = column(&rows, |r| r.last_legacy_seen);
+        let conns = count(|r| r.connections);
+        let legacy_conns = count(|r| r.legacy_connections);
+        let legacy = column(&rows, |r| r.legacy);
+        let offered = list(|r| &r.versions_offered);
+        let negotiated = list(|r| &r.versions_negotiated);
+        let ciphers = list(|r| &r.ciphers_negotiated);
+        let reasons = list(|r| &r.legacy_reasons);
+        let ja3 = text(|r| &r.ja3_hash);
+        let library = text(|r| &r.tls_library);
+        let software = text(|r| &r.software);
+        let confidence = text(|r| &r.software_confidence);
+        let rank = column(&rows, |r| i16::from(super::rank(&r.software_confidence)));
+        let fix = text(|r| &r.fix);
+        let sni = opt(|r| &r.last_sni);
+        let ua = opt(|r| &r.user_agent);
+        let process = opt(|r| &r.who.process);
+        let process_user = opt(|r| &r.who.process_user);
+        let account = opt(|r| &r.who.account);
+        let app = opt(|r| &r.who.app);
+        let accepted = count(|r| r.server_accepted);
+        let rejected = count(|r| r.server_rejected);
+        let alert = opt(|r| &r.last_server_alert);
+        let last_rejected = column(&rows, |r| r.last_rejected);
+        let retired = opt(|r| &r.retired_path);
+        let params: [&(dyn ToSql + Sync); 32] = [
+            &ip,
+            &dest,
+            &ja4,
+            &source,
+            &source_name,
+            &first,
+            &last,
+            &last_legacy,
+            &conns,
+            &legacy_conns,
+            &legacy,
+            &offered,
+            &negotiated,
+            &ciphers,
+            &reasons,
+            &ja3,
+            &library,
+            &software,
+            &confidence,
+            &rank,
+            &fix,
+            &sni,
+            &ua,
+            &process,
+            &process_user,
+            &account,
+            &app,
+            &accepted,
+            &rejected,
+            &alert,
+            &last_rejected,
+            &retired,
+        ];
+        tx.execute(UPSERT_CALLER, &params)?;
+        let servers: Vec<(&CallerRow, &ServerTally)> = rows
+            .iter()
+            .flat_map(|r| r.servers.iter().map(move |s| (r, s)))
+            .collect();
+        if !servers.is_empty() {
+            let of = |f: fn(&(&CallerRow, &ServerTally)) -> String| -> Vec<String> {
+                servers.iter().map(f).collect()
+            };
+            let n = |f: fn(&(&CallerRow, &ServerTally)) -> i64| -> Vec<i64> {
+                servers.iter().map(f).collect()
+            };
             tx.execute(
-                &put,
+                UPSERT_SERVER,
                 &[
-                    &c.source_ip,
-                    &i32::from(c.source_port),
-                    &c.at,
-                    &c.destination,
-                    &c.ja4,
-                    &c.legacy,
+                    &of(|(r, _)| r.source_ip.clone()),
+                    &of(|(r, _)| r.destination.clone()),
+                    &of(|(r, _)| r.ja4.clone()),
+                    &of(|(_, s)| s.address.clone()),
+                    &n(|(_, s)| to_i64(s.accepted)),
+                    &n(|(_, s)| to_i64(s.rejected)),
+                    &n(|(_, s)| s.last_seen),
                 ],
             )?;
         }
+    }
+    let agents = unique_agents(batch);
+    if !agents.is_empty() {
+        let ips: Vec<&str> = agents.iter().map(|(ip, _, _)| ip.as_str()).collect();
+        let uas: Vec<&str> = agents.iter().map(|(_, ua, _)| ua.as_str()).collect();
+        let ats: Vec<i64> = agents.iter().map(|(_, _, at)| *at).collect();
+        tx.execute(UPSERT_AGENT, &[&ips, &uas, &ats])?;
+        let mut sources = ips.clone();
+        sources.dedup();
+        let keep = i64::try_from(agents::MAX_PER_SOURCE).unwrap_or(8);
+        tx.execute(CAP_AGENTS, &[&sources, &keep])?;
+    }
+    let c = &batch.connections;
+    if !c.is_empty() {
+        tx.execute(
+            INSERT_CONNECTION,
+            &[
+                &c.iter().map(|x| x.source_ip.as_str()).collect::<Vec<_>>(),
+                &c.iter()
+                    .map(|x| i32::from(x.source_port))
+                    .collect::<Vec<_>>(),
+                &c.iter().map(|x| x.at).collect::<Vec<_>>(),
+                &c.iter().map(|x| x.destination.as_str()).collect::<Vec<_>>(),
+                &c.iter().map(|x| x.ja4.as_str()).collect::<Vec<_>>(),
+                &c.iter().map(|x| x.legacy).collect::<Vec<_>>(),
+            ],
+        )?;
     }
     Ok(())
 }
