@@ -352,6 +352,9 @@ fn a_newer_schema_is_written_on_by_running_writers_refused_at_start_and_read_wit
 
 #[test]
 fn bad_urls_passwords_and_settings_fail_at_start_with_a_clear_error() {
+    if !require(&["curl", "openssl"]) {
+        return;
+    }
     let Some(pg) = Postgres::start() else { return };
     let dir = tempfile::tempdir().unwrap();
     let good = pg.password_file("pw", PASSWORD);
@@ -432,13 +435,32 @@ fn bad_urls_passwords_and_settings_fail_at_start_with_a_clear_error() {
     }
 
     // A database that is away (nothing listens) is not a refusal: the proxy starts,
-    // ready, and keeps the rows for later.
+    // ready, and keeps the rows for later, up to max_pending distinct rows.
     let away = format!(
         "postgresql://postgres@127.0.0.1:{}/tlspeek?sslmode=disable",
         free_port()
     );
-    let t = Tlspeek::start("", &inventory_section(&away, &good));
+    let (_srv, up) = openssl_server(&[]);
+    let t = Tlspeek::start(
+        &format!("allowed_ports = [{up}]\n"),
+        &(inventory_section(&away, &good) + "max_pending = 2\n"),
+    );
     assert_eq!(t.admin_get("/readyz").0, 200);
+    for source in ["127.0.0.71", "127.0.0.72", "127.0.0.73"] {
+        call(&t, up, source, 1, true);
+    }
+    t.wait_metric(
+        "tlspeek_inventory_pending_rows",
+        &[],
+        Duration::from_secs(10),
+        |v| v == 2.0,
+    );
+    t.wait_metric(
+        "tlspeek_inventory_dropped_total",
+        &[],
+        Duration::from_secs(10),
+        |v| v >= 1.0,
+    );
     assert!(
         t.stderr().contains("cannot write the inventory"),
         "{}",
