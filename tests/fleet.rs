@@ -14,6 +14,43 @@ use std::time::{Duration, Instant};
 use common::postgres::{PASSWORD, Postgres};
 use common::*;
 
+/// A database with one TLS upstream for its callers, and a way to start instances on it.
+struct Site {
+    pg: Postgres,
+    pw: PathBuf,
+    url: String,
+    _srv: Proc,
+    up: u16,
+}
+
+impl Site {
+    /// `None` (SKIP, or a failure under CI) without curl, openssl or PostgreSQL.
+    fn start() -> Option<Site> {
+        if !require(&["curl", "openssl"]) {
+            return None;
+        }
+        let pg = Postgres::start()?;
+        let pw = pg.password_file("pw", PASSWORD);
+        let url = pg.url("tlspeek", "sslmode=disable");
+        let (_srv, up) = openssl_server(&[]);
+        Some(Site {
+            pg,
+            pw,
+            url,
+            _srv,
+            up,
+        })
+    }
+
+    /// An instance writing to the site's database, `proxy_extra` after `allowed_ports`.
+    fn instance(&self, proxy_extra: &str) -> Tlspeek {
+        Tlspeek::start(
+            &format!("allowed_ports = [{}]\n{proxy_extra}", self.up),
+            &inventory_section(&self.url, &self.pw),
+        )
+    }
+}
+
 fn inventory_section(url: &str, password_file: &Path) -> String {
     format!(
         "[inventory]\npath = \"\"\nurl = \"{url}\"\npassword_file = \"{}\"\nflush_interval = \"200ms\"\n",
@@ -23,17 +60,8 @@ fn inventory_section(url: &str, password_file: &Path) -> String {
 
 /// `tlspeek report --db URL --all --format json`, the password from PGPASSWORD.
 fn report(url: &str) -> (i32, Vec<Value>, String) {
-    let out = Command::new(exe())
-        .args(["report", "--db", url, "--all", "--format", "json"])
-        .env("PGPASSWORD", PASSWORD)
-        .output()
-        .unwrap();
-    let rows = serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap_or_default();
-    (
-        out.status.code().unwrap_or(-1),
-        rows,
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    let (code, out, err) = tlspeek_pg(&["report", "--db", url, "--all", "--format", "json"]);
+    (code, serde_json::from_str(&out).unwrap_or_default(), err)
 }
 
 /// (connections, legacy connections, rows) of `source` to login.microsoftonline.com.
@@ -84,19 +112,17 @@ fn call(t: &Tlspeek, up: u16, source: &str, n: usize, legacy: bool) {
 
 #[test]
 fn two_instances_write_one_inventory_with_exact_counts() {
-    if !require(&["curl", "openssl", "python3"]) {
+    if !require(&["python3"]) {
         return;
     }
-    let Some(pg) = Postgres::start() else { return };
-    let pw = pg.password_file("pw", PASSWORD);
-    let url = pg.url("tlspeek", "sslmode=disable");
-    let (_srv, up) = openssl_server(&[]);
-    let site = tempfile::tempdir().unwrap();
-    std::fs::write(site.path().join("root.crl"), b"crl\n").unwrap();
-    let (_origin, http_port) = http_origin(site.path());
-    let ports = format!("allowed_ports = [{up}]\nallowed_http_ports = [{http_port}]\n");
-    let a = Tlspeek::start(&ports, &inventory_section(&url, &pw));
-    let b = Tlspeek::start(&ports, &inventory_section(&url, &pw));
+    let Some(site) = Site::start() else { return };
+    let (pg, url, up) = (&site.pg, &site.url, site.up);
+    let www = tempfile::tempdir().unwrap();
+    std::fs::write(www.path().join("root.crl"), b"crl\n").unwrap();
+    let (_origin, http_port) = http_origin(www.path());
+    let http = format!("allowed_http_ports = [{http_port}]\n");
+    let a = site.instance(&http);
+    let b = site.instance(&http);
     // The caller's host fetches a CRL in the clear through B: its User-Agent names the OS.
     let crl = Command::new("curl")
         .args(["-s", "-m", "10", "--interface", "127.0.0.21", "-x"])
@@ -118,9 +144,9 @@ fn two_instances_write_one_inventory_with_exact_counts() {
         s.spawn(|| call(&b, up, "127.0.0.21", 12, true));
         s.spawn(|| call(&b, up, "127.0.0.22", 6, false));
     });
-    let rows = wait_connections(&url, "127.0.0.21", 24);
+    let rows = wait_connections(url, "127.0.0.21", 24);
     let rows = if counts(&rows, "127.0.0.22").0 < 6 {
-        wait_connections(&url, "127.0.0.22", 6)
+        wait_connections(url, "127.0.0.22", 6)
     } else {
         rows
     };
@@ -132,7 +158,7 @@ fn two_instances_write_one_inventory_with_exact_counts() {
     assert_eq!(counts(&rows, "127.0.0.22"), (6, 0, 1));
     // More flushes come and go: nothing is counted again.
     std::thread::sleep(Duration::from_millis(1200));
-    let (_, rows, _) = report(&url);
+    let (_, rows, _) = report(url);
     assert_eq!(counts(&rows, "127.0.0.21"), (24, 24, 1));
     let r = rows
         .iter()
@@ -182,19 +208,11 @@ fn two_instances_write_one_inventory_with_exact_counts() {
 
 #[test]
 fn a_database_restart_loses_nothing_and_the_proxy_stays_ready() {
-    if !require(&["curl", "openssl"]) {
-        return;
-    }
-    let Some(pg) = Postgres::start() else { return };
-    let pw = pg.password_file("pw", PASSWORD);
-    let url = pg.url("tlspeek", "sslmode=disable");
-    let (_srv, up) = openssl_server(&[]);
-    let t = Tlspeek::start(
-        &format!("allowed_ports = [{up}]\n"),
-        &inventory_section(&url, &pw),
-    );
+    let Some(site) = Site::start() else { return };
+    let (pg, url, up) = (&site.pg, &site.url, site.up);
+    let t = site.instance("");
     call(&t, up, "127.0.0.31", 5, true);
-    wait_connections(&url, "127.0.0.31", 5);
+    wait_connections(url, "127.0.0.31", 5);
 
     pg.stop();
     call(&t, up, "127.0.0.31", 3, true);
@@ -223,7 +241,7 @@ fn a_database_restart_loses_nothing_and_the_proxy_stays_ready() {
     call(&t, up, "127.0.0.32", 1, true);
 
     pg.start_again();
-    let rows = wait_connections(&url, "127.0.0.32", 8);
+    let rows = wait_connections(url, "127.0.0.32", 8);
     assert_eq!(counts(&rows, "127.0.0.32"), (8, 8, 1));
     assert_eq!(
         counts(&rows, "127.0.0.31"),
@@ -296,19 +314,11 @@ fn run_must_fail(cfg: &Path) -> (i32, String) {
 
 #[test]
 fn a_newer_schema_is_written_on_by_running_writers_refused_at_start_and_read_with_a_warning() {
-    if !require(&["curl", "openssl"]) {
-        return;
-    }
-    let Some(pg) = Postgres::start() else { return };
-    let pw = pg.password_file("pw", PASSWORD);
-    let url = pg.url("tlspeek", "sslmode=disable");
-    let (_srv, up) = openssl_server(&[]);
-    let mut t = Tlspeek::start(
-        &format!("allowed_ports = [{up}]\n"),
-        &inventory_section(&url, &pw),
-    );
+    let Some(site) = Site::start() else { return };
+    let (pg, pw, url, up) = (&site.pg, &site.pw, &site.url, site.up);
+    let mut t = site.instance("");
     call(&t, up, "127.0.0.41", 2, true);
-    wait_connections(&url, "127.0.0.41", 2);
+    wait_connections(url, "127.0.0.41", 2);
 
     // Another instance, newer, migrates the database; this one reconnects (the server
     // restarts) and writes on: migrations only add.
@@ -320,7 +330,7 @@ fn a_newer_schema_is_written_on_by_running_writers_refused_at_start_and_read_wit
     pg.stop();
     pg.start_again();
     call(&t, up, "127.0.0.41", 3, true);
-    wait_connections(&url, "127.0.0.41", 5);
+    wait_connections(url, "127.0.0.41", 5);
     assert!(
         t.stderr()
             .contains("the inventory schema is newer than this tlspeek: writing on"),
@@ -332,7 +342,7 @@ fn a_newer_schema_is_written_on_by_running_writers_refused_at_start_and_read_wit
     // But a tlspeek that starts on a schema newer than it knows refuses: a stale
     // deployment is noticed.
     let dir = tempfile::tempdir().unwrap();
-    let cfg = run_config(dir.path(), &inventory_section(&url, &pw));
+    let cfg = run_config(dir.path(), &inventory_section(url, pw));
     let (code, err) = run_must_fail(&cfg);
     assert_ne!(code, 0);
     assert!(
@@ -341,7 +351,7 @@ fn a_newer_schema_is_written_on_by_running_writers_refused_at_start_and_read_wit
         "{err}"
     );
     // Readers read on (migrations only add), with a warning.
-    let (code, rows, err) = report(&url);
+    let (code, rows, err) = report(url);
     assert_eq!(code, 0, "{err}");
     assert_eq!(counts(&rows, "127.0.0.41").0, 5);
     assert!(
@@ -677,17 +687,9 @@ fn tlspeek_pg(args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn correlate_and_analyze_read_and_write_the_shared_inventory() {
-    if !require(&["curl", "openssl"]) {
-        return;
-    }
-    let Some(pg) = Postgres::start() else { return };
-    let pw = pg.password_file("pw", PASSWORD);
-    let url = pg.url("tlspeek", "sslmode=disable");
-    let (_srv, up) = openssl_server(&[]);
-    let t = Tlspeek::start(
-        &format!("allowed_ports = [{up}]\n"),
-        &inventory_section(&url, &pw),
-    );
+    let Some(site) = Site::start() else { return };
+    let (url, up) = (&site.url, site.up);
+    let t = site.instance("");
     call(&t, up, "127.0.0.61", 1, true);
     let ev = t.wait_events("the legacy caller", |ev| {
         ev.iter()
@@ -699,7 +701,7 @@ fn correlate_and_analyze_read_and_write_the_shared_inventory() {
     )
     .to_string();
     let port = e["source_port"].as_u64().unwrap();
-    wait_connections(&url, "127.0.0.61", 1);
+    wait_connections(url, "127.0.0.61", 1);
 
     // Security Event 5156 naming the process behind that source port.
     let dir = tempfile::tempdir().unwrap();
@@ -712,11 +714,11 @@ fn correlate_and_analyze_read_and_write_the_shared_inventory() {
     let (code, out, err) = tlspeek_pg(&[
         "correlate",
         "--db",
-        &url,
+        url,
         "--sysmon",
         wfp.to_str().unwrap(),
         "--write-db",
-        &url,
+        url,
         "--format",
         "json",
     ]);
@@ -729,7 +731,7 @@ fn correlate_and_analyze_read_and_write_the_shared_inventory() {
         err.contains("stored for 1 callers already there, 0 added"),
         "{err}"
     );
-    let (_, rows, _) = report(&url);
+    let (_, rows, _) = report(url);
     let row = rows
         .iter()
         .find(|r| r["source_ip"] == "127.0.0.61")
@@ -750,11 +752,11 @@ fn correlate_and_analyze_read_and_write_the_shared_inventory() {
     );
     let (code, alone, err) = tlspeek_pg(&["analyze", "--quiet", "--all", "--format", "json", pcap]);
     assert_eq!(code, 0, "{err}");
-    let (code, _, err) = tlspeek_pg(&["analyze", "--quiet", "--all", "--db", &url, pcap]);
+    let (code, _, err) = tlspeek_pg(&["analyze", "--quiet", "--all", "--db", url, pcap]);
     assert_eq!(code, 0, "{err}");
     let alone: Vec<Value> = serde_json::from_str(&alone).unwrap();
     assert!(!alone.is_empty());
-    let (_, rows, _) = report(&url);
+    let (_, rows, _) = report(url);
     for a in &alone {
         let stored = rows
             .iter()
