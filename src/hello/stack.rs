@@ -235,6 +235,8 @@ pub struct Entry {
     pub shape: Shape,
     ext_bits: Bits,
     cipher_bits: Bits,
+    /// `shape` prepared for `similarity` (made once, when the table is read).
+    prepared: Prepared,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -368,6 +370,7 @@ impl StackTable {
                 max_version,
                 ext_bits: Bits::of(&shape.extensions),
                 cipher_bits: Bits::of(&shape.ciphers),
+                prepared: Prepared::of(&shape),
                 shape,
             });
         }
@@ -466,11 +469,12 @@ impl StackTable {
     /// when it is similar enough and clearly ahead of the next library.
     fn nearest(&self, shape: &Shape, first: &[usize]) -> StackVerdict {
         let mut best: Vec<(TlsLibrary, f32, usize)> = Vec::new();
+        let mine = Prepared::of(shape);
         for &i in first {
             let Some(e) = self.entries.get(i) else {
                 continue;
             };
-            let s = similarity(shape, &e.shape);
+            let s = mine.similarity(&e.prepared);
             match best.iter_mut().find(|b| b.0 == e.library) {
                 Some(b) if b.1 >= s => {}
                 Some(b) => *b = (e.library, s, i),
@@ -543,6 +547,126 @@ fn jaccard(a: &[u16], b: &[u16]) -> f32 {
     inter as f32 / union.max(1) as f32
 }
 
+/// One list of a shape, prepared for comparisons: its values sorted (set overlap by one
+/// merge walk) and, per value, the positions where it stands (a bit each, for the
+/// bit-parallel LCS). The table's entries are prepared once; a hello once per verdict.
+#[derive(Clone, Debug, Default)]
+struct List {
+    order: Vec<u16>,
+    sorted: Vec<u16>,
+    /// (value, positions among the first `MAX_COMPARED`), sorted by value.
+    positions: Vec<(u16, u128)>,
+}
+
+impl List {
+    fn of(order: &[u16]) -> List {
+        let mut sorted = order.to_vec();
+        sorted.sort_unstable();
+        let mut positions: Vec<(u16, u128)> = Vec::new();
+        for (j, &v) in order.iter().take(MAX_COMPARED).enumerate() {
+            match positions.iter_mut().find(|(x, _)| *x == v) {
+                Some((_, m)) => *m |= 1u128 << j,
+                None => positions.push((v, 1u128 << j)),
+            }
+        }
+        positions.sort_unstable_by_key(|(v, _)| *v);
+        List {
+            order: order.to_vec(),
+            sorted,
+            positions,
+        }
+    }
+
+    /// |a ∩ b| / |a ∪ b|, counting each of `self`'s values present in `other` (repeats
+    /// too), over `self`'s length plus `other`'s values absent from `self`.
+    fn jaccard(&self, other: &List) -> f32 {
+        let (a, b) = (&self.sorted, &other.sorted);
+        if a.is_empty() && b.is_empty() {
+            return 1.0;
+        }
+        let (mut i, mut j, mut inter, mut extra) = (0, 0, 0usize, 0usize);
+        while i < a.len() || j < b.len() {
+            let v = match (a.get(i), b.get(j)) {
+                (Some(&x), Some(&y)) => x.min(y),
+                (Some(&x), None) => x,
+                (None, Some(&y)) => y,
+                (None, None) => break,
+            };
+            let run = |list: &[u16], from: usize| {
+                list.get(from..)
+                    .map_or(0, |r| r.iter().take_while(|&&x| x == v).count())
+            };
+            let (ca, cb) = (run(a, i), run(b, j));
+            if cb > 0 {
+                inter += ca;
+            }
+            if ca == 0 {
+                extra += cb;
+            }
+            i += ca;
+            j += cb;
+        }
+        inter as f32 / (a.len() + extra).max(1) as f32
+    }
+
+    /// `order(self, other)`: the LCS share, with `other`'s positions looked up per value.
+    fn order(&self, other: &List) -> f32 {
+        let (a, b) = (&self.order, &other.order);
+        if a.is_empty() && b.is_empty() {
+            return 1.0;
+        }
+        let lcs = if b.is_empty() {
+            0
+        } else {
+            let n = b.len().min(MAX_COMPARED);
+            let mut v: u128 = !0;
+            for x in a.iter().take(MAX_COMPARED) {
+                let matches = other
+                    .positions
+                    .binary_search_by_key(x, |(y, _)| *y)
+                    .ok()
+                    .and_then(|k| other.positions.get(k))
+                    .map_or(0, |(_, m)| *m);
+                let u = v & matches;
+                v = v.wrapping_add(u) | (v & !matches);
+            }
+            let beyond = if n >= 128 { 0 } else { !0u128 << n };
+            (v | beyond).count_zeros()
+        };
+        2.0 * lcs as f32 / (a.len() + b.len()) as f32
+    }
+}
+
+/// A shape's four lists, prepared (see `List`).
+#[derive(Clone, Debug, Default)]
+struct Prepared {
+    extensions: List,
+    ciphers: List,
+    groups: List,
+    sig_algs: List,
+}
+
+impl Prepared {
+    fn of(s: &Shape) -> Prepared {
+        Prepared {
+            extensions: List::of(&s.extensions),
+            ciphers: List::of(&s.ciphers),
+            groups: List::of(&s.groups),
+            sig_algs: List::of(&s.sig_algs),
+        }
+    }
+
+    /// `similarity(self, other)`, the same figure to the bit.
+    fn similarity(&self, other: &Prepared) -> f32 {
+        0.3 * self.extensions.jaccard(&other.extensions)
+            + 0.2 * self.extensions.order(&other.extensions)
+            + 0.2 * self.ciphers.order(&other.ciphers)
+            + 0.1 * self.ciphers.jaccard(&other.ciphers)
+            + 0.1 * self.groups.order(&other.groups)
+            + 0.1 * self.sig_algs.order(&other.sig_algs)
+    }
+}
+
 /// Longest common subsequence, as a share of both lengths: how alike two orders are.
 fn order(a: &[u16], b: &[u16]) -> f32 {
     if a.is_empty() && b.is_empty() {
@@ -575,7 +699,9 @@ fn lcs_len(a: &[u16], b: &[u16]) -> u32 {
 }
 
 /// How alike two hellos are, 0 to 1: the extension set weighs most, then the extension
-/// and cipher orders, then the cipher set, the groups and the signature algorithms.
+/// and cipher orders, then the cipher set, the groups and the signature algorithms. (The
+/// verdict uses `Prepared::similarity`, the same figure from prepared lists; this plain
+/// form is the reference it is tested against.)
 pub fn similarity(a: &Shape, b: &Shape) -> f32 {
     0.3 * jaccard(&a.extensions, &b.extensions)
         + 0.2 * order(&a.extensions, &b.extensions)
@@ -619,6 +745,42 @@ mod tests {
             prev = cur;
         }
         prev[b.len()]
+    }
+
+    #[test]
+    fn prepared_lists_give_the_same_similarity_to_the_bit() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut list = |alphabet: u64, max: u64| -> Vec<u16> {
+            let n = next(max + 1) as usize;
+            (0..n).map(|_| next(alphabet) as u16).collect()
+        };
+        let t = StackTable::parse(TLS_STACKS_TSV).unwrap();
+        for round in 0..2000 {
+            // Small alphabets repeat values (GREASE folds to one), the hard case.
+            let alphabet = [3, 12, 60, 65_536][round % 4];
+            let mut shape = || Shape {
+                ciphers: list(alphabet, 40),
+                extensions: list(alphabet, 24),
+                groups: list(alphabet, 8),
+                sig_algs: list(alphabet, 16),
+            };
+            let (a, b) = (shape(), shape());
+            let fast = Prepared::of(&a).similarity(&Prepared::of(&b));
+            assert_eq!(
+                fast.to_bits(),
+                similarity(&a, &b).to_bits(),
+                "{a:?} / {b:?}"
+            );
+            let e = &t.entries[round % t.entries.len()];
+            let fast = Prepared::of(&a).similarity(&e.prepared);
+            assert_eq!(fast.to_bits(), similarity(&a, &e.shape).to_bits());
+        }
     }
 
     #[test]
