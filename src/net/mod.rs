@@ -28,7 +28,10 @@ pub async fn write_all_within(stream: &TcpStream, bytes: &[u8], limit: Duration)
 pub async fn lingering_close(client: &TcpStream) {
     let _ = socket2::SockRef::from(client).shutdown(std::net::Shutdown::Write);
     let deadline = Instant::now() + Duration::from_secs(1);
-    let mut sink = [0u8; 4096];
+    // On the heap: a buffer in the future itself would make every connection's task 4 KiB
+    // larger for as long as it lives (a future is as large as its largest await), idle
+    // tunnels included, for a path only refused and blocked connections take.
+    let mut sink = vec![0u8; 4096];
     let mut drained = 0usize;
     while drained < 64 * 1024 {
         match tokio::time::timeout_at(deadline, client.readable()).await {

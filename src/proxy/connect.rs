@@ -57,7 +57,9 @@ async fn run(
     }
     rec.user = authenticate(s, &head).await?;
     let target = admit(s, &head, rec)?;
-    let upstream = connect(s, &target, rec).await?;
+    // Boxed: the dial's state is large and lives only until the upstream answers; held
+    // inline it would stay in every tunnel's task for the tunnel's whole life.
+    let upstream = Box::pin(connect(s, &target, rec)).await?;
     let active = tunnel::ActiveTunnel::open(&s.shared.metrics.active_tunnels);
     if let Err(e) = write_all_within(s.client, ESTABLISHED, RESPONSE_WRITE_LIMIT).await {
         splice::reset_on_close(&upstream);

@@ -71,7 +71,8 @@ async fn run(
         return Err(ConnError::Refused(Refusal::port(target.port)));
     }
     let metric = &s.shared.metrics.upstream_connect_seconds;
-    let up = upstream::open(cfg, &target, Purpose::Tunnel, metric).await?;
+    // Boxed, as the CONNECT path's dial: its state would stay in every tunnel's task.
+    let up = Box::pin(upstream::open(cfg, &target, Purpose::Tunnel, metric)).await?;
     rec.upstream_ip = Some(up.addr.ip().to_string());
     if let Some(parent) = up.parent {
         rec.note = Some(format!("via parent proxy {parent}"));

@@ -89,7 +89,11 @@ pub async fn serve(
     };
     match relay(s, upstream, target, early, rec, handshake).await? {
         TunnelEnd::Done(outcome) => Ok(outcome),
-        TunnelEnd::Upgrade { held, plan } => upgrade(s, upstream, held, plan, rec, handshake).await,
+        // Boxed: re-origination's state (two TLS sessions) would otherwise make every
+        // tunnel's task as large, upgraded or not.
+        TunnelEnd::Upgrade { held, plan } => {
+            Box::pin(upgrade(s, upstream, held, plan, rec, handshake)).await
+        }
     }
 }
 
