@@ -124,21 +124,13 @@ fn two_instances_write_one_inventory_with_exact_counts() {
     let a = site.instance(&http);
     let b = site.instance(&http);
     // The caller's host fetches a CRL in the clear through B: its User-Agent names the OS.
-    let crl = Command::new("curl")
-        .args(["-s", "-m", "10", "--interface", "127.0.0.21", "-x"])
-        .arg(format!("http://127.0.0.1:{}", b.proxy_port))
-        .args([
-            "-A",
-            "Microsoft-CryptoAPI/6.1",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-        ])
-        .arg(format!("http://127.0.0.1:{http_port}/root.crl"))
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&crl.stdout), "200");
+    let crl = curl_http_from(
+        b.proxy_port,
+        "127.0.0.21",
+        "Microsoft-CryptoAPI/6.1",
+        &format!("http://127.0.0.1:{http_port}/root.crl"),
+    );
+    assert_eq!(crl, "200");
     std::thread::scope(|s| {
         s.spawn(|| call(&a, up, "127.0.0.21", 12, true));
         s.spawn(|| call(&b, up, "127.0.0.21", 12, true));

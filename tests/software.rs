@@ -59,21 +59,13 @@ fn a_windows_7_host_is_named_by_its_crl_fetch_and_each_hello_by_its_library() {
         &format!("allowed_ports = [{up}]\nallowed_http_ports = [{http_port}]\n"),
         "",
     );
-    let proxy = format!("http://127.0.0.1:{}", t.proxy_port);
-    let crl = Command::new("curl")
-        .args(["-s", "-m", "10", "--interface", "127.0.0.5", "-x", &proxy])
-        .args([
-            "-A",
-            "Microsoft-CryptoAPI/6.1",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-        ])
-        .arg(format!("http://127.0.0.1:{http_port}/root.crl"))
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&crl.stdout), "200");
+    let crl = curl_http_from(
+        t.proxy_port,
+        "127.0.0.5",
+        "Microsoft-CryptoAPI/6.1",
+        &format!("http://127.0.0.1:{http_port}/root.crl"),
+    );
+    assert_eq!(crl, "200");
     let mut args = vec!["--interface", "127.0.0.5"];
     args.extend_from_slice(TLS10_ONLY);
     assert_eq!(curl_via(t.proxy_port, up, LOGIN, &args).0, "200");

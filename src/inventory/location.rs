@@ -18,12 +18,6 @@ pub enum Location {
     },
 }
 
-impl PartialEq for Location {
-    fn eq(&self, other: &Location) -> bool {
-        self.to_string() == other.to_string() && self.password_file() == other.password_file()
-    }
-}
-
 impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

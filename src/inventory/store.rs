@@ -567,14 +567,6 @@ impl Store {
         Ok(n)
     }
 
-    /// Records recent connections for joins (see [`apply_connections`]).
-    pub fn apply_connections<'a>(
-        &mut self,
-        seen: impl IntoIterator<Item = &'a ConnectionSeen>,
-    ) -> Result<usize, StoreError> {
-        self.transaction(|tx| apply_connections(tx, seen))
-    }
-
     /// The recent connections kept for joins; `None` in an inventory older than them.
     pub fn connections(&self) -> Result<Option<Vec<ConnectionSeen>>, StoreError> {
         if !self.has_table("connections")? {
@@ -599,14 +591,6 @@ impl Store {
         rows.collect::<Result<Vec<_>, _>>()
             .map(Some)
             .map_err(|e| self.err(e))
-    }
-
-    /// Records User-Agents seen from sources (see [`apply_agents`]).
-    pub fn apply_agents<'a>(
-        &mut self,
-        seen: impl IntoIterator<Item = (&'a str, &'a str, i64)>,
-    ) -> Result<usize, StoreError> {
-        self.transaction(|tx| apply_agents(tx, seen))
     }
 
     /// The User-Agents kept for `source_ip` (none in an inventory older than them).
@@ -728,11 +712,11 @@ mod tests {
             ja4: "j".into(),
             legacy: true,
         };
-        assert_eq!(
-            s.apply_connections(&[c(50001, 100), c(50002, 200)])
-                .unwrap(),
-            0
-        );
+        let batch = super::super::Batch {
+            connections: vec![c(50001, 100), c(50002, 200)],
+            ..Default::default()
+        };
+        assert_eq!(s.write(&batch).unwrap(), 0);
         let kept = s.connections().unwrap().unwrap();
         assert_eq!(
             kept.iter().map(|x| x.source_port).collect::<Vec<_>>(),

@@ -1417,6 +1417,26 @@ pub fn upgrade_config(
     )
 }
 
+/// curl from `source` through the proxy to a plain `http://` `url`, sending `user_agent`;
+/// returns the HTTP status curl got ("000" when none).
+pub fn curl_http_from(proxy_port: u16, source: &str, user_agent: &str, url: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "10", "--interface", source, "-x"])
+        .arg(format!("http://127.0.0.1:{proxy_port}"))
+        .args([
+            "-A",
+            user_agent,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            url,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 /// A plain-HTTP origin on 127.0.0.1 serving `dir` (`python3 -m http.server`).
 pub fn http_origin(dir: &Path) -> (Proc, u16) {
     let port = free_port();
