@@ -77,6 +77,10 @@ pub async fn run(
         shared.watched_addresses.refresh(&watched),
     )
     .await;
+    // The embedded tables are read before the first connection: the first caller does
+    // not wait for them, and their memory is the process's, not its first tunnels'.
+    crate::hello::load_tables();
+    crate::inventory::software::SoftwareDb::embedded();
     let tasks = Tasks::start(&shared, listeners);
     serve_control(&shared, control, reload_rx).await;
     tasks.shut_down(&shared).await;

@@ -38,6 +38,14 @@ pub use verdict::{LegacyReason, Verdict, classify_client_hello, classify_negotia
 
 use record::{Framed, Side};
 
+/// Reads the embedded tables (cipher-suite classes, the TLS-library table with its
+/// prepared lists) now, so the first hello does not wait for them and what they hold is
+/// part of the process's start, not of its first connections. Idempotent.
+pub fn load_tables() {
+    suites::class(0);
+    stack::StackTable::embedded();
+}
+
 /// Bound on the bytes held while waiting for a hello.
 pub const MAX_HELLO_BYTES: usize = 64 * 1024;
 

@@ -235,8 +235,9 @@ pub struct Entry {
     pub shape: Shape,
     ext_bits: Bits,
     cipher_bits: Bits,
-    /// `shape` prepared for `similarity` (made once, when the table is read).
-    prepared: Prepared,
+    /// `shape`'s lists sorted, for the set overlaps of `similarity` (made once, when the
+    /// table is read; the orders are `shape`'s own).
+    sorted: SortedLists,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -297,7 +298,8 @@ const CANDIDATES: usize = 30;
 
 pub struct StackTable {
     entries: Vec<Entry>,
-    exact: HashMap<Shape, Vec<usize>>,
+    /// Entries by their shape's hash (`Shape::key`; a hit is checked against the shape).
+    exact: HashMap<u64, Vec<usize>>,
     cache: Mutex<HashMap<u64, StackVerdict>>,
     /// The first look's candidates by the hello's order-free sets: a library that shuffles
     /// its extension order per connection (Chrome, rustls) misses the verdict cache every
@@ -370,7 +372,7 @@ impl StackTable {
                 max_version,
                 ext_bits: Bits::of(&shape.extensions),
                 cipher_bits: Bits::of(&shape.ciphers),
-                prepared: Prepared::of(&shape),
+                sorted: SortedLists::of(&shape),
                 shape,
             });
         }
@@ -378,9 +380,9 @@ impl StackTable {
     }
 
     pub fn from_entries(entries: Vec<Entry>) -> StackTable {
-        let mut exact: HashMap<Shape, Vec<usize>> = HashMap::new();
+        let mut exact: HashMap<u64, Vec<usize>> = HashMap::new();
         for (i, e) in entries.iter().enumerate() {
-            exact.entry(e.shape.clone()).or_default().push(i);
+            exact.entry(e.shape.key()).or_default().push(i);
         }
         StackTable {
             entries,
@@ -474,7 +476,7 @@ impl StackTable {
             let Some(e) = self.entries.get(i) else {
                 continue;
             };
-            let s = mine.similarity(&e.prepared);
+            let s = mine.similarity(&e.shape, &e.sorted);
             match best.iter_mut().find(|b| b.0 == e.library) {
                 Some(b) if b.1 >= s => {}
                 Some(b) => *b = (e.library, s, i),
@@ -500,10 +502,10 @@ impl StackTable {
     fn exact_match(&self, shape: &Shape, skip: &impl Fn(&Entry) -> bool) -> Option<StackVerdict> {
         let hits: Vec<&Entry> = self
             .exact
-            .get(shape)?
+            .get(&shape.key())?
             .iter()
             .filter_map(|&i| self.entries.get(i))
-            .filter(|e| !skip(e))
+            .filter(|e| e.shape == *shape && !skip(e))
             .collect();
         let first = hits.first()?;
         if hits.iter().any(|e| e.library != first.library) {
@@ -547,9 +549,11 @@ fn jaccard(a: &[u16], b: &[u16]) -> f32 {
     inter as f32 / union.max(1) as f32
 }
 
-/// One list of a shape, prepared for comparisons: its values sorted (set overlap by one
-/// merge walk) and, per value, the positions where it stands (a bit each, for the
-/// bit-parallel LCS). The table's entries are prepared once; a hello once per verdict.
+/// One list of a hello, prepared for comparisons with the table's entries: its values
+/// sorted (set overlap by one merge walk) and, per value, the positions where it stands (a
+/// bit each, for the bit-parallel LCS). A hello is prepared once per verdict; an entry
+/// keeps only its sorted values (`SortedLists`), since the LCS is the same length whichever
+/// side holds the positions.
 #[derive(Clone, Debug, Default)]
 struct List {
     order: Vec<u16>,
@@ -578,9 +582,10 @@ impl List {
     }
 
     /// |a ∩ b| / |a ∪ b|, counting each of `self`'s values present in `other` (repeats
-    /// too), over `self`'s length plus `other`'s values absent from `self`.
-    fn jaccard(&self, other: &List) -> f32 {
-        let (a, b) = (&self.sorted, &other.sorted);
+    /// too), over `self`'s length plus `other`'s values absent from `self`. `other` is
+    /// sorted.
+    fn jaccard(&self, other: &[u16]) -> f32 {
+        let (a, b) = (&self.sorted, other);
         if a.is_empty() && b.is_empty() {
             return 1.0;
         }
@@ -609,9 +614,10 @@ impl List {
         inter as f32 / (a.len() + extra).max(1) as f32
     }
 
-    /// `order(self, other)`: the LCS share, with `other`'s positions looked up per value.
-    fn order(&self, other: &List) -> f32 {
-        let (a, b) = (&self.order, &other.order);
+    /// `order(self, other)`: the LCS share, walking `other`'s values and looking up
+    /// `self`'s positions per value (the LCS of two lists has one length either way).
+    fn order(&self, other: &[u16]) -> f32 {
+        let (a, b) = (other, &self.order);
         if a.is_empty() && b.is_empty() {
             return 1.0;
         }
@@ -621,11 +627,11 @@ impl List {
             let n = b.len().min(MAX_COMPARED);
             let mut v: u128 = !0;
             for x in a.iter().take(MAX_COMPARED) {
-                let matches = other
+                let matches = self
                     .positions
                     .binary_search_by_key(x, |(y, _)| *y)
                     .ok()
-                    .and_then(|k| other.positions.get(k))
+                    .and_then(|k| self.positions.get(k))
                     .map_or(0, |(_, m)| *m);
                 let u = v & matches;
                 v = v.wrapping_add(u) | (v & !matches);
@@ -637,7 +643,28 @@ impl List {
     }
 }
 
-/// A shape's four lists, prepared (see `List`).
+/// An entry's lists, sorted (the other side of `List::jaccard`).
+#[derive(Clone, Debug, Default)]
+struct SortedLists {
+    extensions: Box<[u16]>,
+    ciphers: Box<[u16]>,
+}
+
+impl SortedLists {
+    fn of(s: &Shape) -> SortedLists {
+        let sorted = |v: &[u16]| {
+            let mut v = v.to_vec();
+            v.sort_unstable();
+            v.into_boxed_slice()
+        };
+        SortedLists {
+            extensions: sorted(&s.extensions),
+            ciphers: sorted(&s.ciphers),
+        }
+    }
+}
+
+/// A hello's four lists, prepared (see `List`).
 #[derive(Clone, Debug, Default)]
 struct Prepared {
     extensions: List,
@@ -656,12 +683,12 @@ impl Prepared {
         }
     }
 
-    /// `similarity(self, other)`, the same figure to the bit.
-    fn similarity(&self, other: &Prepared) -> f32 {
-        0.3 * self.extensions.jaccard(&other.extensions)
+    /// `similarity(self, other)`, the same figure to the bit; `sorted` is `other`'s.
+    fn similarity(&self, other: &Shape, sorted: &SortedLists) -> f32 {
+        0.3 * self.extensions.jaccard(&sorted.extensions)
             + 0.2 * self.extensions.order(&other.extensions)
             + 0.2 * self.ciphers.order(&other.ciphers)
-            + 0.1 * self.ciphers.jaccard(&other.ciphers)
+            + 0.1 * self.ciphers.jaccard(&sorted.ciphers)
             + 0.1 * self.groups.order(&other.groups)
             + 0.1 * self.sig_algs.order(&other.sig_algs)
     }
@@ -771,14 +798,14 @@ mod tests {
                 sig_algs: list(alphabet, 16),
             };
             let (a, b) = (shape(), shape());
-            let fast = Prepared::of(&a).similarity(&Prepared::of(&b));
+            let fast = Prepared::of(&a).similarity(&b, &SortedLists::of(&b));
             assert_eq!(
                 fast.to_bits(),
                 similarity(&a, &b).to_bits(),
                 "{a:?} / {b:?}"
             );
             let e = &t.entries[round % t.entries.len()];
-            let fast = Prepared::of(&a).similarity(&e.prepared);
+            let fast = Prepared::of(&a).similarity(&e.shape, &e.sorted);
             assert_eq!(fast.to_bits(), similarity(&a, &e.shape).to_bits());
         }
     }
