@@ -248,7 +248,12 @@ impl Handshake {
         if self.reported {
             return;
         }
-        let Some(ctx) = self.ctx.as_mut() else { return };
+        // Taken: after the report nothing reads it, and a tunnel should not hold the
+        // hello and its observation for the rest of its life.
+        let Some(mut ctx) = self.ctx.take() else {
+            return;
+        };
+        let ctx = &mut ctx;
         self.reported = true;
         let verdict = match &self.server {
             Some(ServerOutcome::Hello(sh)) => negotiated(shared, ctx, sh),

@@ -207,7 +207,9 @@ async fn relay(
             rec.note = Some("not upgraded: the upstream spoke first".into());
         }
     }
-    if let Err(error) = splice::write_all(upstream, &peeked.held).await {
+    // Taken, and dropped once sent: the tunnel lives on, the hello's bytes need not.
+    let held = std::mem::take(&mut peeked.held);
+    if let Err(error) = splice::write_all(upstream, &held).await {
         return Err(reset_other(
             s,
             upstream,
@@ -218,7 +220,8 @@ async fn relay(
         ));
     }
     let up_flow = s.stats.flow(Side::Client, &m.bytes_up);
-    up_flow.moved(peeked.held.len());
+    up_flow.moved(held.len());
+    drop(held);
     if peeked.client_eof {
         let _ = socket2::SockRef::from(upstream).shutdown(std::net::Shutdown::Write);
     }

@@ -183,7 +183,9 @@ pub struct ConnectionRecord {
     pub client_version: Option<&'static str>,
     pub supported_versions: Vec<&'static str>,
     pub max_version: Option<&'static str>,
-    pub cipher_suites: Vec<String>,
+    /// As offered (a 3-byte SSLv2 spec above 0xffff); written as hex strings, `0x1301`.
+    #[serde(serialize_with = "hex_suites")]
+    pub cipher_suites: Vec<u32>,
     pub offers_3des: Option<bool>,
     pub sni: Option<String>,
     pub alpn: Vec<String>,
@@ -216,6 +218,17 @@ pub struct ConnectionRecord {
     /// Plain-HTTP connections write one line per request instead of this one.
     #[serde(skip)]
     pub written_elsewhere: bool,
+}
+
+/// Suites as `hello::ClientHelloSummary::cipher_suites_hex` writes them, formatted only
+/// when the line is written (a tunnel holds 4 bytes per suite, not a string).
+fn hex_suites<S: serde::Serializer>(suites: &[u32], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(suites.len()))?;
+    for &c in suites {
+        seq.serialize_element(&hello::suite_hex(c))?;
+    }
+    seq.end()
 }
 
 fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -292,7 +305,7 @@ impl ConnectionRecord {
             .map(|v| hello::version_name(*v))
             .collect();
         self.max_version = Some(hello::version_name(h.max_version()));
-        self.cipher_suites = h.cipher_suites_hex();
+        self.cipher_suites = h.cipher_suites.clone();
         self.offers_3des = Some(h.offers_3des());
         self.sni = h.sni.clone();
         self.alpn = h.alpn.clone();
