@@ -301,11 +301,15 @@ pub struct StackTable {
     /// Entries by their shape's hash (`Shape::key`; a hit is checked against the shape).
     exact: HashMap<u64, Vec<usize>>,
     cache: Mutex<HashMap<u64, StackVerdict>>,
-    /// The first look's candidates by the hello's order-free sets: a library that shuffles
-    /// its extension order per connection (Chrome, rustls) misses the verdict cache every
-    /// time, but not this one.
-    candidates: Mutex<HashMap<[u64; 8], Vec<usize>>>,
+    /// The first look's candidates, each with the parts of its similarity that do not
+    /// depend on the extension order, by the hello with its extensions sorted: a library
+    /// that shuffles its extension order per connection (Chrome, rustls) misses the verdict
+    /// cache every time, but not this one, and then only the extension orders are compared.
+    candidates: Mutex<HashMap<Shape, Vec<Candidate>>>,
 }
+
+/// Candidates cached (`StackTable::candidates`); a full cache starts over.
+const CANDIDATES_CACHE_MAX: usize = 1024;
 
 const CACHE_MAX: usize = 4096;
 
@@ -413,13 +417,17 @@ impl StackTable {
         if let Some(v) = cached(&self.cache, &key) {
             return v;
         }
-        let v = self.classify_with(shape, &|_| false, |eb, cb| {
-            let mut key = [0u64; 8];
-            key[..4].copy_from_slice(&eb.0);
-            key[4..].copy_from_slice(&cb.0);
-            cached(&self.candidates, &key).unwrap_or_else(|| {
-                let first = self.first_look(eb, cb, |_| false);
-                keep(&self.candidates, key, first.clone());
+        let v = self.classify_with(shape, &|_| false, |mine| {
+            let mut order_free = shape.clone();
+            order_free.extensions.sort_unstable();
+            cached(&self.candidates, &order_free).unwrap_or_else(|| {
+                let first = self.candidates_of(mine, |_| false);
+                keep_within(
+                    &self.candidates,
+                    CANDIDATES_CACHE_MAX,
+                    order_free,
+                    first.clone(),
+                );
                 first
             })
         });
@@ -430,22 +438,35 @@ impl StackTable {
     /// The library of `shape`, ignoring the entries `skip` names (the measurement leaves
     /// out the entry under test and every entry with its fingerprint). Not cached.
     pub fn classify_without(&self, shape: &Shape, skip: impl Fn(&Entry) -> bool) -> StackVerdict {
-        self.classify_with(shape, &skip, |eb, cb| self.first_look(eb, cb, &skip))
+        self.classify_with(shape, &skip, |mine| self.candidates_of(mine, &skip))
     }
 
-    /// An exact shape, else the nearest of the candidates `first_look` gives for the
-    /// hello's extension and cipher sets.
+    /// An exact shape, else the nearest of the candidates `candidates` gives for the
+    /// prepared hello.
     fn classify_with(
         &self,
         shape: &Shape,
         skip: &impl Fn(&Entry) -> bool,
-        first_look: impl FnOnce(Bits, Bits) -> Vec<usize>,
+        candidates: impl FnOnce(&Prepared) -> Vec<Candidate>,
     ) -> StackVerdict {
         if let Some(v) = self.exact_match(shape, skip) {
             return v;
         }
-        let first = first_look(Bits::of(&shape.extensions), Bits::of(&shape.ciphers));
-        self.nearest(shape, &first)
+        let mine = Prepared::of(shape);
+        let first = candidates(&mine);
+        self.nearest(&mine, &first)
+    }
+
+    /// The first look's entries, each with the order-free parts of its similarity.
+    fn candidates_of(&self, mine: &Prepared, skip: impl Fn(&Entry) -> bool) -> Vec<Candidate> {
+        let (eb, cb) = (
+            Bits::of(&mine.extensions.order),
+            Bits::of(&mine.ciphers.order),
+        );
+        self.first_look(eb, cb, skip)
+            .into_iter()
+            .filter_map(|i| Some(mine.candidate(i, self.entries.get(i)?)))
+            .collect()
     }
 
     /// The first look: the CANDIDATES entries whose extension and cipher sets are most
@@ -469,14 +490,14 @@ impl StackTable {
 
     /// The verdict from the first look's candidates: the library of the most similar,
     /// when it is similar enough and clearly ahead of the next library.
-    fn nearest(&self, shape: &Shape, first: &[usize]) -> StackVerdict {
+    fn nearest(&self, mine: &Prepared, first: &[Candidate]) -> StackVerdict {
         let mut best: Vec<(TlsLibrary, f32, usize)> = Vec::new();
-        let mine = Prepared::of(shape);
-        for &i in first {
+        for c in first {
+            let i = c.entry;
             let Some(e) = self.entries.get(i) else {
                 continue;
             };
-            let s = mine.similarity(&e.shape, &e.sorted);
+            let s = mine.similarity_to(c, &e.shape);
             match best.iter_mut().find(|b| b.0 == e.library) {
                 Some(b) if b.1 >= s => {}
                 Some(b) => *b = (e.library, s, i),
@@ -527,8 +548,18 @@ fn cached<K: std::hash::Hash + Eq, V: Clone>(cache: &Mutex<HashMap<K, V>>, key: 
 
 /// Keeps a value; a full cache (`CACHE_MAX`) starts over.
 fn keep<K: std::hash::Hash + Eq, V>(cache: &Mutex<HashMap<K, V>>, key: K, value: V) {
+    keep_within(cache, CACHE_MAX, key, value);
+}
+
+/// Keeps a value; a cache with `max` values starts over.
+fn keep_within<K: std::hash::Hash + Eq, V>(
+    cache: &Mutex<HashMap<K, V>>,
+    max: usize,
+    key: K,
+    value: V,
+) {
     if let Ok(mut c) = cache.lock() {
-        if c.len() >= CACHE_MAX {
+        if c.len() >= max {
             c.clear();
         }
         c.insert(key, value);
@@ -664,6 +695,17 @@ impl SortedLists {
     }
 }
 
+/// A candidate entry with the order-free terms of its similarity (`Prepared::candidate`).
+#[derive(Clone, Copy, Debug)]
+struct Candidate {
+    entry: usize,
+    extension_set: f32,
+    cipher_order: f32,
+    cipher_set: f32,
+    group_order: f32,
+    sig_alg_order: f32,
+}
+
 /// A hello's four lists, prepared (see `List`).
 #[derive(Clone, Debug, Default)]
 struct Prepared {
@@ -683,14 +725,29 @@ impl Prepared {
         }
     }
 
-    /// `similarity(self, other)`, the same figure to the bit; `sorted` is `other`'s.
-    fn similarity(&self, other: &Shape, sorted: &SortedLists) -> f32 {
-        0.3 * self.extensions.jaccard(&sorted.extensions)
+    /// Entry `i` as a candidate: the parts of `similarity` that the hello's extension
+    /// order does not change.
+    fn candidate(&self, i: usize, e: &Entry) -> Candidate {
+        Candidate {
+            entry: i,
+            extension_set: self.extensions.jaccard(&e.sorted.extensions),
+            cipher_order: self.ciphers.order(&e.shape.ciphers),
+            cipher_set: self.ciphers.jaccard(&e.sorted.ciphers),
+            group_order: self.groups.order(&e.shape.groups),
+            sig_alg_order: self.sig_algs.order(&e.shape.sig_algs),
+        }
+    }
+
+    /// `similarity(self, other)` from `c` (made by `candidate` for `other`, from a hello
+    /// with the same lists but perhaps another extension order): the same figure to the
+    /// bit, the same terms summed in the same order.
+    fn similarity_to(&self, c: &Candidate, other: &Shape) -> f32 {
+        0.3 * c.extension_set
             + 0.2 * self.extensions.order(&other.extensions)
-            + 0.2 * self.ciphers.order(&other.ciphers)
-            + 0.1 * self.ciphers.jaccard(&sorted.ciphers)
-            + 0.1 * self.groups.order(&other.groups)
-            + 0.1 * self.sig_algs.order(&other.sig_algs)
+            + 0.2 * c.cipher_order
+            + 0.1 * c.cipher_set
+            + 0.1 * c.group_order
+            + 0.1 * c.sig_alg_order
     }
 }
 
@@ -798,16 +855,63 @@ mod tests {
                 sig_algs: list(alphabet, 16),
             };
             let (a, b) = (shape(), shape());
-            let fast = Prepared::of(&a).similarity(&b, &SortedLists::of(&b));
+            let e = &t.entries[round % t.entries.len()];
+            let mine = Prepared::of(&a);
+            let fast = mine.similarity_to(&mine.candidate(0, e), &e.shape);
+            assert_eq!(fast.to_bits(), similarity(&a, &e.shape).to_bits());
+            // Against a random entry too (random lists on both sides).
+            let other = Entry {
+                sorted: SortedLists::of(&b),
+                shape: b.clone(),
+                ..e.clone()
+            };
+            let fast = mine.similarity_to(&mine.candidate(0, &other), &b);
             assert_eq!(
                 fast.to_bits(),
                 similarity(&a, &b).to_bits(),
                 "{a:?} / {b:?}"
             );
-            let e = &t.entries[round % t.entries.len()];
-            let fast = Prepared::of(&a).similarity(&e.shape, &e.sorted);
-            assert_eq!(fast.to_bits(), similarity(&a, &e.shape).to_bits());
+            // The candidate's order-free terms stand for a hello with its extensions in
+            // another order: only the extension order is compared again.
+            let mut shuffled = a.clone();
+            shuffled.extensions.reverse();
+            let again = Prepared::of(&shuffled);
+            let fast = again.similarity_to(&mine.candidate(0, &other), &b);
+            assert_eq!(fast.to_bits(), similarity(&shuffled, &b).to_bits());
         }
+    }
+
+    #[test]
+    fn cached_candidates_give_the_uncached_verdict_for_shuffled_extensions() {
+        let mut seed = 0x853c_49e6_748f_ea9bu64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let t = StackTable::parse(TLS_STACKS_TSV).unwrap();
+        let mut named = 0;
+        for e in t.entries.iter().step_by(9) {
+            for _ in 0..4 {
+                // Shuffled (Fisher-Yates) and one entry dropped, so no exact match.
+                let mut shape = e.shape.clone();
+                for i in (1..shape.extensions.len()).rev() {
+                    let j = next(i as u64 + 1) as usize;
+                    shape.extensions.swap(i, j);
+                }
+                shape.ciphers.pop();
+                let cached = t.classify(&shape);
+                let plain = t.classify_without(&shape, |_| false);
+                assert_eq!(cached.library, plain.library, "{shape:?}");
+                assert_eq!(cached.confidence, plain.confidence);
+                assert_eq!(cached.similarity.to_bits(), plain.similarity.to_bits());
+                named += usize::from(plain.library != TlsLibrary::Unknown);
+            }
+        }
+        // The candidates cache was used: shuffles of one entry share its key.
+        assert!(!t.candidates.lock().unwrap().is_empty());
+        assert!(named > 100, "{named} named");
     }
 
     #[test]
