@@ -80,9 +80,9 @@ impl TunnelStats {
 
     /// The flow of the direction that reads from `from`, counted in `metric`.
     pub fn flow<'a>(&'a self, from: Side, metric: &'a IntCounter) -> Flow<'a> {
-        let (count, state) = match from {
-            Side::Client => (&self.bytes_up, &self.up_state),
-            Side::Upstream => (&self.bytes_down, &self.down_state),
+        let (count, state, other) = match from {
+            Side::Client => (&self.bytes_up, &self.up_state, &self.down_state),
+            Side::Upstream => (&self.bytes_down, &self.down_state, &self.up_state),
         };
         Flow {
             from,
@@ -90,6 +90,7 @@ impl TunnelStats {
             metric,
             activity: &self.activity,
             state,
+            other,
         }
     }
 
@@ -148,6 +149,11 @@ pub struct PumpState {
 impl PumpState {
     pub fn set_path(&self, p: PumpPath) {
         self.path.store(p as u8, Ordering::Relaxed);
+    }
+
+    /// The pump has returned (end of stream, or an error).
+    pub fn ended(&self) -> bool {
+        self.path.load(Ordering::Relaxed) == PumpPath::Ended as u8
     }
 
     pub fn set_waiting(&self, w: PumpWait) {
@@ -287,9 +293,22 @@ pub struct Flow<'a> {
     pub metric: &'a IntCounter,
     pub activity: &'a Activity,
     pub state: &'a PumpState,
+    /// The other direction's pump.
+    pub other: &'a PumpState,
 }
 
 impl Flow<'_> {
+    /// End of stream from `from`: pass the half-close on to `to`, unless the other
+    /// direction's pump has already ended. Then both sides are done, the tunnel closes
+    /// both sockets at once, and `close()` sends the FIN that `shutdown()` would have
+    /// (nothing is left unread), one syscall fewer per connection. ENOTCONN means the
+    /// other side is already fully closed, which the other pump reports.
+    fn pass_half_close(&self, to: &TcpStream) {
+        if !self.other.ended() {
+            let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
+        }
+    }
+
     /// `n` bytes went this way: the count, the metric, the activity clock.
     pub(crate) fn moved(&self, n: usize) {
         self.count.fetch_add(n as u64, Ordering::Relaxed);
@@ -355,7 +374,7 @@ pub async fn pump<T: Tap + Send + ?Sized>(
                 state.set_path(PumpPath::Splice);
                 match zero_copy::pump(from, to, &flow).await {
                     zero_copy::End::Eof => {
-                        let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
+                        flow.pass_half_close(to);
                         return Ok(());
                     }
                     zero_copy::End::Failed(e) => return Err(e),
@@ -371,9 +390,7 @@ pub async fn pump<T: Tap + Send + ?Sized>(
             let mut buf = PooledBuf::take();
             let n = match read_drained(from, buf.as_mut()) {
                 Ok(0) => {
-                    // End of stream: pass the half-close on. ENOTCONN means the other side is
-                    // already fully closed, which the other pump reports.
-                    let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
+                    flow.pass_half_close(to);
                     return Ok(());
                 }
                 Ok(n) => n,
