@@ -814,6 +814,16 @@ mod tests {
         let _ = t.classify(&shape);
     }
 
+    /// A small deterministic generator: `next(n)` is in `0..n`.
+    fn xorshift(mut seed: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        }
+    }
+
     /// The textbook table, to check the bit-parallel form against.
     fn lcs_table(a: &[u16], b: &[u16]) -> u32 {
         let mut prev = vec![0u32; b.len() + 1];
@@ -833,13 +843,7 @@ mod tests {
 
     #[test]
     fn prepared_lists_give_the_same_similarity_to_the_bit() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15u64);
         let mut list = |alphabet: u64, max: u64| -> Vec<u16> {
             let n = next(max + 1) as usize;
             (0..n).map(|_| next(alphabet) as u16).collect()
@@ -883,13 +887,7 @@ mod tests {
 
     #[test]
     fn cached_candidates_give_the_uncached_verdict_for_shuffled_extensions() {
-        let mut seed = 0x853c_49e6_748f_ea9bu64;
-        let mut next = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = xorshift(0x853c_49e6_748f_ea9bu64);
         let t = StackTable::parse(TLS_STACKS_TSV).unwrap();
         let mut named = 0;
         for e in t.entries.iter().step_by(9) {
@@ -917,13 +915,7 @@ mod tests {
     #[test]
     fn the_bit_parallel_lcs_agrees_with_the_table() {
         // Small alphabets make many repeats, the hard case; lengths up to 128 both sides.
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1du64);
         for round in 0..3000 {
             let alphabet = [2, 5, 40, 65_536][round % 4];
             let la = next(129) as usize;
