@@ -143,16 +143,24 @@ impl ClientHelloSummary {
     /// Suites as `"0x002f"`; SSLv2 cipher specs as `"0x0700c0"`, except TLS suites carried
     /// as `0x00XXXX`, which are written like any other suite.
     pub fn cipher_suites_hex(&self) -> Vec<String> {
-        self.cipher_suites.iter().map(|&s| suite_hex(s)).collect()
+        self.cipher_suites
+            .iter()
+            .map(|&s| SuiteHex(s).to_string())
+            .collect()
     }
 }
 
-/// A suite as hex: `0x1301`, or `0x010080` for a 3-byte SSLv2 cipher spec.
-pub fn suite_hex(s: u32) -> String {
-    if s > 0xffff {
-        format!("{s:#08x}")
-    } else {
-        format!("{s:#06x}")
+/// A suite written as hex: `0x1301`, or `0x010080` for a 3-byte SSLv2 cipher spec.
+pub struct SuiteHex(pub u32);
+
+impl std::fmt::Display for SuiteHex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.0;
+        if s > 0xffff {
+            write!(f, "{s:#08x}")
+        } else {
+            write!(f, "{s:#06x}")
+        }
     }
 }
 

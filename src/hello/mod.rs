@@ -27,7 +27,7 @@ mod suites;
 mod verdict;
 
 pub use alert::{alert_record, block_alert};
-pub use client::{ClientHelloSummary, HelloFormat, suite_hex};
+pub use client::{ClientHelloSummary, HelloFormat, SuiteHex};
 pub use ext::MAX_SNI_BYTES;
 pub use grease::is_grease;
 pub use names::{alert_name, cipher_label, cipher_name, sslv2_cipher_name, version_name};

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::ClientHelloSummary;
 
@@ -305,7 +305,7 @@ pub struct StackTable {
     /// depend on the extension order, by the hello with its extensions sorted: a library
     /// that shuffles its extension order per connection (Chrome, rustls) misses the verdict
     /// cache every time, but not this one, and then only the extension orders are compared.
-    candidates: Mutex<HashMap<Shape, Vec<Candidate>>>,
+    candidates: Mutex<HashMap<Shape, Arc<[Candidate]>>>,
 }
 
 /// Candidates cached (`StackTable::candidates`); a full cache starts over.
@@ -417,11 +417,11 @@ impl StackTable {
         if let Some(v) = cached(&self.cache, &key) {
             return v;
         }
-        let v = self.classify_with(shape, &|_| false, |mine| {
+        let v = self.classify_with(shape, &|_| false, || {
             let mut order_free = shape.clone();
             order_free.extensions.sort_unstable();
             cached(&self.candidates, &order_free).unwrap_or_else(|| {
-                let first = self.candidates_of(mine, |_| false);
+                let first: Arc<[Candidate]> = self.candidates_of(shape, |_| false).into();
                 keep_within(
                     &self.candidates,
                     CANDIDATES_CACHE_MAX,
@@ -438,27 +438,27 @@ impl StackTable {
     /// The library of `shape`, ignoring the entries `skip` names (the measurement leaves
     /// out the entry under test and every entry with its fingerprint). Not cached.
     pub fn classify_without(&self, shape: &Shape, skip: impl Fn(&Entry) -> bool) -> StackVerdict {
-        self.classify_with(shape, &skip, |mine| self.candidates_of(mine, &skip))
+        self.classify_with(shape, &skip, || self.candidates_of(shape, &skip).into())
     }
 
-    /// An exact shape, else the nearest of the candidates `candidates` gives for the
-    /// prepared hello.
+    /// An exact shape, else the nearest of the candidates `candidates` gives. Only the
+    /// hello's extension order is prepared here: the rest is in the candidates.
     fn classify_with(
         &self,
         shape: &Shape,
         skip: &impl Fn(&Entry) -> bool,
-        candidates: impl FnOnce(&Prepared) -> Vec<Candidate>,
+        candidates: impl FnOnce() -> Arc<[Candidate]>,
     ) -> StackVerdict {
         if let Some(v) = self.exact_match(shape, skip) {
             return v;
         }
-        let mine = Prepared::of(shape);
-        let first = candidates(&mine);
-        self.nearest(&mine, &first)
+        let first = candidates();
+        self.nearest(&List::of(&shape.extensions), &first)
     }
 
     /// The first look's entries, each with the order-free parts of its similarity.
-    fn candidates_of(&self, mine: &Prepared, skip: impl Fn(&Entry) -> bool) -> Vec<Candidate> {
+    fn candidates_of(&self, shape: &Shape, skip: impl Fn(&Entry) -> bool) -> Vec<Candidate> {
+        let mine = Prepared::of(shape);
         let (eb, cb) = (
             Bits::of(&mine.extensions.order),
             Bits::of(&mine.ciphers.order),
@@ -490,14 +490,14 @@ impl StackTable {
 
     /// The verdict from the first look's candidates: the library of the most similar,
     /// when it is similar enough and clearly ahead of the next library.
-    fn nearest(&self, mine: &Prepared, first: &[Candidate]) -> StackVerdict {
+    fn nearest(&self, extensions: &List, first: &[Candidate]) -> StackVerdict {
         let mut best: Vec<(TlsLibrary, f32, usize)> = Vec::new();
         for c in first {
             let i = c.entry;
             let Some(e) = self.entries.get(i) else {
                 continue;
             };
-            let s = mine.similarity_to(c, &e.shape);
+            let s = c.similarity(extensions, &e.shape);
             match best.iter_mut().find(|b| b.0 == e.library) {
                 Some(b) if b.1 >= s => {}
                 Some(b) => *b = (e.library, s, i),
@@ -737,17 +737,20 @@ impl Prepared {
             sig_alg_order: self.sig_algs.order(&e.shape.sig_algs),
         }
     }
+}
 
-    /// `similarity(self, other)` from `c` (made by `candidate` for `other`, from a hello
-    /// with the same lists but perhaps another extension order): the same figure to the
-    /// bit, the same terms summed in the same order.
-    fn similarity_to(&self, c: &Candidate, other: &Shape) -> f32 {
-        0.3 * c.extension_set
-            + 0.2 * self.extensions.order(&other.extensions)
-            + 0.2 * c.cipher_order
-            + 0.1 * c.cipher_set
-            + 0.1 * c.group_order
-            + 0.1 * c.sig_alg_order
+impl Candidate {
+    /// `similarity(hello, other)`, with `extensions` the hello's prepared extension list
+    /// (the candidate was made from a hello with the same lists, perhaps in another
+    /// extension order): the same figure to the bit, the same terms summed in the same
+    /// order.
+    fn similarity(&self, extensions: &List, other: &Shape) -> f32 {
+        0.3 * self.extension_set
+            + 0.2 * extensions.order(&other.extensions)
+            + 0.2 * self.cipher_order
+            + 0.1 * self.cipher_set
+            + 0.1 * self.group_order
+            + 0.1 * self.sig_alg_order
     }
 }
 
@@ -784,7 +787,7 @@ fn lcs_len(a: &[u16], b: &[u16]) -> u32 {
 
 /// How alike two hellos are, 0 to 1: the extension set weighs most, then the extension
 /// and cipher orders, then the cipher set, the groups and the signature algorithms. (The
-/// verdict uses `Prepared::similarity`, the same figure from prepared lists; this plain
+/// verdict uses `Candidate::similarity`, the same figure from prepared lists; this plain
 /// form is the reference it is tested against.)
 pub fn similarity(a: &Shape, b: &Shape) -> f32 {
     0.3 * jaccard(&a.extensions, &b.extensions)
@@ -861,7 +864,7 @@ mod tests {
             let (a, b) = (shape(), shape());
             let e = &t.entries[round % t.entries.len()];
             let mine = Prepared::of(&a);
-            let fast = mine.similarity_to(&mine.candidate(0, e), &e.shape);
+            let fast = mine.candidate(0, e).similarity(&mine.extensions, &e.shape);
             assert_eq!(fast.to_bits(), similarity(&a, &e.shape).to_bits());
             // Against a random entry too (random lists on both sides).
             let other = Entry {
@@ -869,7 +872,7 @@ mod tests {
                 shape: b.clone(),
                 ..e.clone()
             };
-            let fast = mine.similarity_to(&mine.candidate(0, &other), &b);
+            let fast = mine.candidate(0, &other).similarity(&mine.extensions, &b);
             assert_eq!(
                 fast.to_bits(),
                 similarity(&a, &b).to_bits(),
@@ -880,7 +883,7 @@ mod tests {
             let mut shuffled = a.clone();
             shuffled.extensions.reverse();
             let again = Prepared::of(&shuffled);
-            let fast = again.similarity_to(&mine.candidate(0, &other), &b);
+            let fast = mine.candidate(0, &other).similarity(&again.extensions, &b);
             assert_eq!(fast.to_bits(), similarity(&shuffled, &b).to_bits());
         }
     }

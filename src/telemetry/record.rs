@@ -223,12 +223,13 @@ pub struct ConnectionRecord {
 /// Suites as `hello::ClientHelloSummary::cipher_suites_hex` writes them, formatted only
 /// when the line is written (a tunnel holds 4 bytes per suite, not a string).
 fn hex_suites<S: serde::Serializer>(suites: &[u32], s: S) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeSeq;
-    let mut seq = s.serialize_seq(Some(suites.len()))?;
-    for &c in suites {
-        seq.serialize_element(&hello::suite_hex(c))?;
+    struct Hex(u32);
+    impl Serialize for Hex {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_str(&hello::SuiteHex(self.0))
+        }
     }
-    seq.end()
+    s.collect_seq(suites.iter().map(|&c| Hex(c)))
 }
 
 fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
