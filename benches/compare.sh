@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Compares tlspeek with direct connections, a floor (HAProxy forwarding TCP, no CONNECT),
-# Squid (plain CONNECT, and ssl_bump peek + splice logging SNI and TLS version) and
+# Compares tlspeek with direct connections, a floor (HAProxy forwarding TCP, no CONNECT;
+# once copying through user space, its default, and once with splice(2), as tlspeek's
+# pass-through does), Squid (plain CONNECT, and ssl_bump peek + splice logging SNI and TLS version) and
 # tinyproxy, on 127.0.0.1 only, with tlspeek-loadgen, and prints one table of ratios to
 # direct (medians over the runs). The TLS upstream is nginx (what users run); the load
 # generator's own server is a second upstream, so both figures are visible.
@@ -26,7 +27,9 @@ Options:
   --quick           small sizes and counts, one run (a check that everything works)
   --idle-tunnels K  idle tunnels per proxy for the RSS comparison (default 1000)
   --big-idle K      tunnels tlspeek alone must hold at once (default 8000; 0 to skip)
-  --only LIST       comma-separated targets (direct,floor,tlspeek,squid-peek,squid-connect,tinyproxy)
+  --only LIST       comma-separated targets (direct,floor,floor-splice,tlspeek,tlspeek-copy,
+                    squid-peek,squid-connect,tinyproxy); tlspeek-copy is tlspeek with
+                    TLSPEEK_SPLICE=0 (its copy path), floor-splice HAProxy with splice
   --no-strace       skip the syscall count (a separate, untimed run under strace -c -f)
   --results FILE    also keep the raw JSON lines there
   --dry-run         check the script and print the plan; install and start nothing
@@ -39,7 +42,7 @@ RUNS=5
 QUICK=0
 IDLE_K=1000
 BIG_IDLE=8000
-ONLY="direct,floor,tlspeek,squid-peek,squid-connect,tinyproxy"
+ONLY="direct,floor,floor-splice,tlspeek,tlspeek-copy,squid-peek,squid-connect,tinyproxy"
 RESULTS=""
 DRY=0
 STRACE=1
@@ -77,6 +80,10 @@ PORT_TINYPROXY=23131; PORT_NGINX=23140
 # The floor's frontends: one per upstream (HAProxy forwards TCP; the client connects to it
 # as to the server).
 PORT_FLOOR_NGINX=23141; PORT_FLOOR_TLS=23142; PORT_FLOOR_RAW=23143
+# The same with splice(2) (HAProxy's option splice-request/splice-response).
+PORT_SPLICE_NGINX=23144; PORT_SPLICE_TLS=23145; PORT_SPLICE_RAW=23146
+# tlspeek on its copy path (TLSPEEK_SPLICE=0).
+PORT_TLSPEEK_COPY=23132; PORT_ADMIN_COPY=29749
 
 plan() {
   cat <<EOF
@@ -85,8 +92,9 @@ plan:
   build:    cargo build --release -p tlspeek -p tlspeek-loadgen   (into $TARGET_DIR)
   upstream: nginx 127.0.0.1:$PORT_NGINX (TLS 1.2/1.3, ECDSA P-256: GET / and GET /bulk/N)
             $BIN/tlspeek-loadgen serve                              (TLS + raw, 127.0.0.1)
-  floor:    haproxy mode tcp 127.0.0.1:$PORT_FLOOR_NGINX/$PORT_FLOOR_TLS/$PORT_FLOOR_RAW (no CONNECT)
-  proxies:  tlspeek 127.0.0.1:$PORT_TLSPEEK, squid peek+splice 127.0.0.1:$PORT_SQUID_PEEK,
+  floor:    haproxy mode tcp 127.0.0.1:$PORT_FLOOR_NGINX/$PORT_FLOOR_TLS/$PORT_FLOOR_RAW (no CONNECT),
+            and with splice 127.0.0.1:$PORT_SPLICE_NGINX/$PORT_SPLICE_TLS/$PORT_SPLICE_RAW
+  proxies:  tlspeek 127.0.0.1:$PORT_TLSPEEK (and TLSPEEK_SPLICE=0 127.0.0.1:$PORT_TLSPEEK_COPY), squid peek+splice 127.0.0.1:$PORT_SQUID_PEEK,
             squid CONNECT 127.0.0.1:$PORT_SQUID_CONNECT, tinyproxy 127.0.0.1:$PORT_TINYPROXY
   targets:  $ONLY
   runs:     $RUNS, targets alternating within each run
@@ -168,7 +176,8 @@ wait_port() { # port
 ulimit -n 20000 2>/dev/null || true
 
 for p in $PORT_TLSPEEK $PORT_ADMIN $PORT_SQUID_PEEK $PORT_SQUID_CONNECT $PORT_TINYPROXY \
-  $PORT_NGINX $PORT_FLOOR_NGINX $PORT_FLOOR_TLS $PORT_FLOOR_RAW; do
+  $PORT_NGINX $PORT_FLOOR_NGINX $PORT_FLOOR_TLS $PORT_FLOOR_RAW $PORT_SPLICE_NGINX \
+  $PORT_SPLICE_TLS $PORT_SPLICE_RAW $PORT_TLSPEEK_COPY $PORT_ADMIN_COPY; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
     echo "127.0.0.1:$p is already in use: stop what listens there first" >&2
     exit 1
@@ -217,44 +226,52 @@ NGX="127.0.0.1:$PORT_NGINX"
 
 wait_port "$PORT_NGINX" || { cat "$W/nginx/error.log" "$W/nginx/stderr.log" >&2; exit 1; }
 
-declare -A PROXY PID_OF FLOOR_OF
+declare -A PROXY PID_OF FRONT
 PROXY[direct]=""
 
-if want floor; then
-  # The floor: HAProxy in TCP mode, what the kernel costs per forwarded connection here.
-  d="$W/haproxy"; mkdir -p "$d"
+# The floor: HAProxy in TCP mode, what the kernel costs per forwarded connection here. It
+# is connected to as if it were the server (no CONNECT): one frontend per upstream, which
+# FRONT maps to ("target|upstream" -> frontend).
+start_haproxy() { # target nginx-port tls-port raw-port extra-defaults-line
+  local d="$W/$1"; mkdir -p "$d"
   cat >"$d/haproxy.cfg" <<EOF
 global
-  maxconn 9000
+  maxconn 4000
 defaults
   mode tcp
   timeout connect 10s
   timeout client 10m
   timeout server 10m
+  $5
 listen to_nginx
-  bind 127.0.0.1:$PORT_FLOOR_NGINX
+  bind 127.0.0.1:$2
   server nginx $NGX
 listen to_tls
-  bind 127.0.0.1:$PORT_FLOOR_TLS
+  bind 127.0.0.1:$3
   server tls $TLS
 listen to_raw
-  bind 127.0.0.1:$PORT_FLOOR_RAW
+  bind 127.0.0.1:$4
   server raw $RAW
 EOF
   haproxy -db -f "$d/haproxy.cfg" 2>"$d/stderr.log" &
-  PIDS+=($!); PID_OF[floor]=$!; PROXY[floor]=""
-  FLOOR_OF[$NGX]="127.0.0.1:$PORT_FLOOR_NGINX"
-  FLOOR_OF[$TLS]="127.0.0.1:$PORT_FLOOR_TLS"
-  FLOOR_OF[$RAW]="127.0.0.1:$PORT_FLOOR_RAW"
-  for p in $PORT_FLOOR_NGINX $PORT_FLOOR_TLS $PORT_FLOOR_RAW; do
+  PIDS+=($!); PID_OF[$1]=$!; PROXY[$1]=""
+  FRONT["$1|$NGX"]="127.0.0.1:$2"
+  FRONT["$1|$TLS"]="127.0.0.1:$3"
+  FRONT["$1|$RAW"]="127.0.0.1:$4"
+  local p
+  for p in "$2" "$3" "$4"; do
     wait_port "$p" || { cat "$d/stderr.log" >&2; exit 1; }
   done
-fi
+}
+want floor && start_haproxy floor $PORT_FLOOR_NGINX $PORT_FLOOR_TLS $PORT_FLOOR_RAW ""
+want floor-splice && start_haproxy floor-splice $PORT_SPLICE_NGINX $PORT_SPLICE_TLS \
+  $PORT_SPLICE_RAW "option splice-request
+  option splice-response"
 
-if want tlspeek; then
-  cat >"$W/tlspeek.toml" <<EOF
+start_tlspeek() { # target port admin-port splice(1/0)
+  cat >"$W/$1.toml" <<EOF
 [proxy]
-listen = "127.0.0.1:$PORT_TLSPEEK"
+listen = "127.0.0.1:$2"
 deny_destinations = []
 allowed_ports = [$TLS_PORT, $RAW_PORT, $PORT_NGINX]
 max_connections = 20000
@@ -263,14 +280,16 @@ max_connections_per_source = 20000
 # never looked up. TLSPEEK_NAME_LOCAL=true measures a host-local deployment instead.
 name_local_processes = ${TLSPEEK_NAME_LOCAL:-false}
 [admin]
-listen = "127.0.0.1:$PORT_ADMIN"
+listen = "127.0.0.1:$3"
 [events]
-path = "$W/tlspeek-events.jsonl"
+path = "$W/$1-events.jsonl"
 EOF
-  "$BIN/tlspeek" run --config "$W/tlspeek.toml" 2>"$W/tlspeek.err" &
-  PIDS+=($!); PID_OF[tlspeek]=$!; PROXY[tlspeek]="127.0.0.1:$PORT_TLSPEEK"
-  wait_port "$PORT_TLSPEEK"
-fi
+  TLSPEEK_SPLICE=$4 "$BIN/tlspeek" run --config "$W/$1.toml" 2>"$W/$1.err" &
+  PIDS+=($!); PID_OF[$1]=$!; PROXY[$1]="127.0.0.1:$2"
+  wait_port "$2"
+}
+want tlspeek && start_tlspeek tlspeek $PORT_TLSPEEK $PORT_ADMIN 1
+want tlspeek-copy && start_tlspeek tlspeek-copy $PORT_TLSPEEK_COPY $PORT_ADMIN_COPY 0
 
 squid_conf() { # name port extra-http-port-options extra-lines
   local d="$W/$1"
@@ -354,7 +373,7 @@ EOF
 fi
 
 TARGETS=()
-for t in direct floor tlspeek squid-peek squid-connect tinyproxy; do want "$t" && TARGETS+=("$t"); done
+for t in direct floor floor-splice tlspeek tlspeek-copy squid-peek squid-connect tinyproxy; do want "$t" && TARGETS+=("$t"); done
 
 OUT="$W/results.jsonl"
 : >"$OUT"
@@ -363,13 +382,12 @@ lg() { # target scenario run args...
   local target="$1" scenario="$2" run="$3"; shift 3
   local via=(--direct)
   [ -n "${PROXY[$target]}" ] && via=(--proxy "${PROXY[$target]}")
-  # The floor is connected to as if it were the server: its frontend for that upstream.
+  # A floor is connected to as if it were the server: its frontend for that upstream.
   local args=("${@:2}") i
-  if [ "$target" = floor ]; then
-    for i in "${!args[@]}"; do
-      [ -n "${args[$i]}" ] && [ -n "${FLOOR_OF[${args[$i]}]:-}" ] && args[$i]="${FLOOR_OF[${args[$i]}]}"
-    done
-  fi
+  for i in "${!args[@]}"; do
+    [ -n "${args[$i]}" ] && [ -n "${FRONT["$target|${args[$i]}"]:-}" ] &&
+      args[$i]="${FRONT["$target|${args[$i]}"]}"
+  done
   local line
   if line=$("$BIN/tlspeek-loadgen" "$1" "${via[@]}" "${args[@]}" 2>>"$W/loadgen.err"); then
     echo "{\"target\":\"$target\",\"scenario\":\"$scenario\",\"run\":$run,\"r\":$line}" >>"$OUT"
@@ -460,7 +478,9 @@ def failed(target):
     return sum(1 for r in rows if r["target"] == target and r.get("failed"))
 def fmt(v, f):
     return "—" if v is None else f.format(v)
-names = {"direct": "direct", "floor": "HAProxy TCP (floor)", "tlspeek": "tlspeek",
+names = {"direct": "direct", "floor": "HAProxy TCP (floor)",
+         "floor-splice": "HAProxy TCP splice", "tlspeek": "tlspeek",
+         "tlspeek-copy": "tlspeek, copy path",
          "squid-peek": "Squid peek+splice",
          "squid-connect": "Squid CONNECT", "tinyproxy": "tinyproxy"}
 proxies = [t for t in targets if t != "direct"]
