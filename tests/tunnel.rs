@@ -403,3 +403,66 @@ fn debug_tunnels_shows_each_open_tunnel_and_its_pumps() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `proxy.zero_copy` picks the pass-through path: `splice(2)` by default (Linux), a pooled
+/// user-space copy when it is false. Either way the bytes arrive unchanged (SHA-256).
+#[test]
+fn zero_copy_setting_picks_the_pass_through_path_and_bytes_arrive_unchanged() {
+    let hello = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/curl_tls12.bin"
+    ))
+    .unwrap();
+    for (setting, path) in [("", "splice"), ("zero_copy = false\n", "copy")] {
+        let echo = echo_server();
+        let t = Tlspeek::start(&format!("allowed_ports = [{echo}]\n{setting}"), "");
+        let (s, status) = connect_tunnel(t.proxy_port, &format!("127.0.0.1:{echo}"));
+        assert!(status.contains(" 200 "), "{status}");
+        let mut data = hello.clone();
+        data.extend(random_bytes(4 << 20, 23));
+        let want = Sha256::digest(&data);
+        let len = data.len();
+        let mut reader = s.try_clone().unwrap();
+        reader
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        // Reads exactly what was sent; the tunnel stays open to be looked at.
+        let got = thread::spawn(move || {
+            let mut back = vec![0u8; len];
+            reader.read_exact(&mut back).unwrap();
+            Sha256::digest(&back)
+        });
+        let mut w = s.try_clone().unwrap();
+        w.write_all(&data).unwrap();
+        assert_eq!(
+            got.join().unwrap(),
+            want,
+            "echoed bytes differ ({setting:?})"
+        );
+        let port = s.local_addr().unwrap().port();
+        // The pumps count a chunk after writing it: wait (bounded) for the last count.
+        let end = Instant::now() + Duration::from_secs(5);
+        let entry = loop {
+            let (code, body) = t.admin_get("/debug/tunnels");
+            assert_eq!(code, 200, "{body}");
+            let v: Value = serde_json::from_str(&body).unwrap();
+            let e = v["tunnels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["client"] == format!("127.0.0.1:{port}"))
+                .cloned()
+                .unwrap_or_else(|| panic!("the open tunnel is not listed: {v}"));
+            if e["up"]["bytes"] == len && e["down"]["bytes"] == len || Instant::now() > end {
+                break e;
+            }
+            thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(entry["up"]["path"], path, "{setting:?}: {entry}");
+        assert_eq!(entry["down"]["path"], path, "{setting:?}: {entry}");
+        assert_eq!(entry["up"]["bytes"], len, "{entry}");
+        assert_eq!(entry["down"]["bytes"], len, "{entry}");
+        drop(s);
+        drop(w);
+    }
+}

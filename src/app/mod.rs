@@ -81,6 +81,7 @@ pub async fn run(
     // not wait for them, and their memory is the process's, not its first tunnels'.
     crate::hello::load_tables();
     crate::inventory::software::SoftwareDb::embedded();
+    crate::net::splice::zero_copy::configure(shared.config.load().proxy.zero_copy);
     let tasks = Tasks::start(&shared, listeners);
     serve_control(&shared, control, reload_rx).await;
     tasks.shut_down(&shared).await;

@@ -123,6 +123,7 @@ pub async fn reload(shared: &Arc<Shared>) -> ReloadResult {
             shared.upgrader.store(b.upgrader);
             shared.auth.store(b.auth);
             shared.admin_token.store(b.admin_token);
+            crate::net::splice::zero_copy::configure(b.cfg.proxy.zero_copy);
             shared.config.store(Arc::new(b.cfg));
             shared.watched_changed.notify_one();
             m.config_reloads.with_label_values(&["success"]).inc();

@@ -66,6 +66,8 @@ pub struct RawProxy {
     pub proxy_protocol_from: Vec<String>,
     /// Name the process of callers on this host (sock_diag and /proc).
     pub name_local_processes: bool,
+    /// Pass-through bytes with `splice(2)` (Linux) instead of a user-space copy.
+    pub zero_copy: bool,
 }
 
 /// Which ports speak which STARTTLS protocol, and the prelude's bounds.

@@ -514,6 +514,7 @@ fn proxy_section(c: &mut Checker, p: &RawProxy) -> ProxyConfig {
         shutdown_grace: c.duration("proxy.shutdown_grace", &p.shutdown_grace, true),
         proxy_protocol_from: c.nets("proxy.proxy_protocol_from", &p.proxy_protocol_from),
         name_local_processes: p.name_local_processes,
+        zero_copy: p.zero_copy,
     };
     if proxy.allowed_ports.is_empty() {
         c.err("proxy.allowed_ports", "must name at least one port");

@@ -427,11 +427,26 @@ pub async fn pump<T: Tap + Send + ?Sized>(
 /// pipe and no buffer, and a proxy with thousands of tunnels has a few dozen pipes. A pipe
 /// goes back to the pool only when empty; one left holding bytes by an error is closed.
 ///
-/// Off when `TLSPEEK_SPLICE=0` is set in the environment (for comparisons), and on other
-/// systems than Linux.
+/// Off when `proxy.zero_copy = false` (see [`configure`]), when `TLSPEEK_SPLICE=0` is
+/// set in the environment, and on other systems than Linux.
 pub mod zero_copy {
     use super::{Flow, PumpError, PumpWait, Side};
+    use std::sync::atomic::{AtomicBool, Ordering};
     use tokio::net::TcpStream;
+
+    /// `proxy.zero_copy` as last loaded (on by default, as in the embedded config).
+    static CONFIGURED: AtomicBool = AtomicBool::new(true);
+
+    /// Applies `proxy.zero_copy`: at start and on every reload. A pump reads it when it
+    /// turns to pass-through, so it applies to the tunnels that get there afterwards.
+    pub fn configure(on: bool) {
+        CONFIGURED.store(on, Ordering::Relaxed);
+    }
+
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    fn configured() -> bool {
+        CONFIGURED.load(Ordering::Relaxed)
+    }
 
     /// How a zero-copy pump stopped.
     pub enum End {
@@ -491,9 +506,13 @@ pub mod zero_copy {
             }
         }
 
+        /// Whether the pass-through splices: the configuration says so and the
+        /// environment does not say `TLSPEEK_SPLICE=0`.
         pub fn enabled() -> bool {
-            static ON: OnceLock<bool> = OnceLock::new();
-            *ON.get_or_init(|| std::env::var("TLSPEEK_SPLICE").map_or(true, |v| v != "0"))
+            static ENV_ON: OnceLock<bool> = OnceLock::new();
+            super::configured()
+                && *ENV_ON
+                    .get_or_init(|| std::env::var("TLSPEEK_SPLICE").map_or(true, |v| v != "0"))
         }
 
         struct Pipe {
