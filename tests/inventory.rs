@@ -289,3 +289,36 @@ fn an_unwritable_inventory_does_not_stop_the_proxy() {
         "an inventory that never got written reads as empty"
     );
 }
+
+/// SIGTERM writes the rows the writer still holds: with `flush_interval = "1h"` nothing is
+/// written before the shutdown, so the row in the file after exit is the shutdown's.
+#[test]
+fn sigterm_writes_the_rows_still_held() {
+    if !require(&["curl", "openssl"]) {
+        return;
+    }
+    let (_srv, up) = openssl_server(&[]);
+    let mut t = Tlspeek::start(
+        &format!("allowed_ports = [{up}]\nshutdown_grace = \"1s\"\n"),
+        "[inventory]\nflush_interval = \"1h\"\n",
+    );
+    assert_eq!(curl_via(t.proxy_port, up, LOGIN, OLD10).0, "200");
+    t.wait_events("the legacy connection", |ev| !ev.is_empty());
+    assert!(
+        legacy_json(&t, "").is_empty(),
+        "written before the shutdown: the test would prove nothing"
+    );
+    let status = t.terminate(Duration::from_secs(15)).expect("tlspeek exits");
+    assert!(status.success(), "{status:?}");
+    let db = t.inventory_path();
+    let (code, out, err) = report(&["--db", db.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v.len(),
+        1,
+        "the held row was lost at shutdown: {out}\n{}",
+        t.stderr()
+    );
+    assert_eq!(v[0]["connections"], 1);
+}
