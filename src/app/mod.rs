@@ -222,7 +222,8 @@ impl Tasks {
     }
 
     /// Stops accepting, drains open connections for `shutdown_grace` (then closes them),
-    /// stops the admin listener and the background tasks, and flushes the event log.
+    /// stops the admin listener and the background tasks, and flushes the inventory and the
+    /// event log.
     async fn shut_down(self, shared: &Arc<Shared>) {
         let grace = shared.config.load().proxy.shutdown_grace;
         let open = shared.tracker.len();
@@ -249,10 +250,16 @@ impl Tasks {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.admin).await;
         let _ = self.expiry.await;
         self.watched.abort();
-        let events_shared = shared.clone();
-        let _ =
-            tokio::task::spawn_blocking(move || events_shared.events.close(Duration::from_secs(5)))
-                .await;
+        // Both writers are stopped and joined here, not left to the drop of `Shared`: the
+        // process exits right after, and a writer thread still flushing would lose rows.
+        let writers = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(inventory) = writers.inventory.as_ref() {
+                inventory.close(Duration::from_secs(5));
+            }
+            writers.events.close(Duration::from_secs(5));
+        })
+        .await;
         info!("tlspeek stopped");
     }
 }
