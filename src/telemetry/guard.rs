@@ -13,12 +13,13 @@
 //! `idle_expiry` are removed.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{GaugeVec, IntCounter, IntCounterVec, Opts};
+use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, Opts};
 
 /// The label value that folded sources get.
 pub const OTHER: &str = "other";
@@ -33,21 +34,48 @@ pub struct Labels<'a> {
     pub source_is_ip: bool,
 }
 
-struct Series {
+/// One series: when it was last updated, and its handle in the metric vector (an update
+/// of a known series neither allocates nor looks the series up a second time).
+struct Series<H> {
     last_used: Instant,
     legacy: bool,
+    handle: H,
 }
 
-struct Budget {
-    series: HashMap<Vec<String>, Series>,
+/// Label values as borrowed, to look a series up without building its owned key: hashes
+/// as the `Vec<String>` key does (a slice of strings, length first).
+struct View<'a>(&'a [&'a str]);
+
+impl Hash for View<'_> {
+    fn hash<S: Hasher>(&self, state: &mut S) {
+        self.0.hash(state);
+    }
+}
+
+impl hashbrown::Equivalent<Vec<String>> for View<'_> {
+    fn equivalent(&self, key: &Vec<String>) -> bool {
+        self.0.len() == key.len() && self.0.iter().zip(key).all(|(a, b)| *a == b.as_str())
+    }
+}
+
+struct Budget<H> {
+    series: hashbrown::HashMap<Vec<String>, Series<H>>,
     non_legacy: usize,
     /// Series per `source` label value.
     per_source: HashMap<String, usize>,
 }
 
-impl Budget {
+impl<H> Budget<H> {
     fn source_series(&self, source: &str) -> usize {
         self.per_source.get(source).copied().unwrap_or(0)
+    }
+
+    /// The handle of a known series, marked as used now.
+    fn touch(&mut self, values: &[&str], legacy: bool, now: Instant) -> Option<&H> {
+        let s = self.series.get_mut(&View(values))?;
+        s.last_used = now;
+        s.legacy |= legacy;
+        Some(&s.handle)
     }
 
     fn forget(&mut self, key: &[String], legacy: bool) {
@@ -65,30 +93,26 @@ impl Budget {
     }
 }
 
-enum Slot {
-    Use(Vec<String>),
-    Drop,
-}
-
-/// The bookkeeping shared by guarded counters and gauges.
-struct Guard {
+/// The bookkeeping shared by guarded counters and gauges; `H` is the handle of one series
+/// in the metric vector.
+struct Guard<H> {
     name: String,
     max: usize,
     legacy_reserve: usize,
     idle_expiry: Duration,
-    budget: Mutex<Budget>,
+    budget: Mutex<Budget<H>>,
     overflow: IntCounter,
 }
 
-impl Guard {
-    fn new(name: String, max: usize, idle_expiry: Duration, overflow: IntCounter) -> Guard {
+impl<H: Clone> Guard<H> {
+    fn new(name: String, max: usize, idle_expiry: Duration, overflow: IntCounter) -> Guard<H> {
         Guard {
             name,
             max,
             legacy_reserve: (max / 4).max(1),
             idle_expiry,
             budget: Mutex::new(Budget {
-                series: HashMap::new(),
+                series: hashbrown::HashMap::new(),
                 non_legacy: 0,
                 per_source: HashMap::new(),
             }),
@@ -96,17 +120,20 @@ impl Guard {
         }
     }
 
-    /// Decides which series an observation goes to. `remove` deletes an evicted series from
-    /// the underlying vector.
-    fn admit(&self, labels: &Labels<'_>, now: Instant, remove: impl Fn(&[String])) -> Slot {
+    /// The series an observation goes to, as its handle; `None` when it is dropped.
+    /// `make` creates a new series in the metric vector; `remove` deletes an evicted one.
+    fn admit(
+        &self,
+        labels: &Labels<'_>,
+        now: Instant,
+        make: impl Fn(&[&str]) -> Option<H>,
+        remove: impl Fn(&[String]),
+    ) -> Option<H> {
         let Ok(mut b) = self.budget.lock() else {
-            return Slot::Drop;
+            return None;
         };
-        let key: Vec<String> = labels.values.iter().map(|s| s.to_string()).collect();
-        if let Some(s) = b.series.get_mut(&key) {
-            s.last_used = now;
-            s.legacy |= labels.legacy;
-            return Slot::Use(key);
+        if let Some(h) = b.touch(labels.values, labels.legacy, now) {
+            return Some(h.clone());
         }
         let non_legacy_cap = self.max.saturating_sub(self.legacy_reserve);
         let fits = if labels.legacy {
@@ -126,52 +153,61 @@ impl Guard {
                     .saturating_sub(self.legacy_reserve.saturating_sub(self.legacy_series(&b)))
         };
         if fits {
-            return Slot::Use(self.insert(&mut b, key, labels.legacy, now));
+            return self.insert(&mut b, labels.values, labels.legacy, now, &make);
         }
         if !labels.legacy && !labels.source_is_ip {
             // Nothing to fold into: the source already is a name or "other".
             self.overflow.inc();
-            return Slot::Drop;
+            return None;
         }
         // Fold the source into "other" (legacy series only get here when nothing could be
         // evicted, i.e. the whole budget is legacy).
         self.overflow.inc();
-        let mut folded = key;
+        let mut folded: Vec<&str> = labels.values.to_vec();
         if let Some(first) = folded.first_mut() {
-            *first = OTHER.to_string();
+            *first = OTHER;
         }
-        if let Some(s) = b.series.get_mut(&folded) {
-            s.last_used = now;
-            return Slot::Use(folded);
+        if let Some(h) = b.touch(&folded, false, now) {
+            return Some(h.clone());
         }
         if b.series.len() < self.max || self.evict_oldest_non_legacy(&mut b, &remove) {
-            return Slot::Use(self.insert(&mut b, folded, labels.legacy, now));
+            return self.insert(&mut b, &folded, labels.legacy, now, &make);
         }
-        Slot::Drop
+        None
     }
 
-    fn legacy_series(&self, b: &Budget) -> usize {
+    fn legacy_series(&self, b: &Budget<H>) -> usize {
         b.series.len().saturating_sub(b.non_legacy)
     }
 
-    fn insert(&self, b: &mut Budget, key: Vec<String>, legacy: bool, now: Instant) -> Vec<String> {
+    fn insert(
+        &self,
+        b: &mut Budget<H>,
+        values: &[&str],
+        legacy: bool,
+        now: Instant,
+        make: &impl Fn(&[&str]) -> Option<H>,
+    ) -> Option<H> {
+        let handle = make(values)?;
         if !legacy {
             b.non_legacy += 1;
         }
-        if let Some(src) = key.first() {
-            *b.per_source.entry(src.clone()).or_insert(0) += 1;
+        if let Some(src) = values.first() {
+            *b.per_source.entry((*src).to_string()).or_insert(0) += 1;
         }
+        let key: Vec<String> = values.iter().map(|v| (*v).to_string()).collect();
         b.series.insert(
-            key.clone(),
+            key,
             Series {
                 last_used: now,
                 legacy,
+                handle: handle.clone(),
             },
         );
-        key
+        Some(handle)
     }
 
-    fn evict_oldest_non_legacy(&self, b: &mut Budget, remove: &impl Fn(&[String])) -> bool {
+    fn evict_oldest_non_legacy(&self, b: &mut Budget<H>, remove: &impl Fn(&[String])) -> bool {
         let oldest = b
             .series
             .iter()
@@ -192,7 +228,7 @@ impl Guard {
     /// Makes room for a new legacy caller when every series is legacy: the least recently
     /// updated series of the source holding the most series goes. One client flooding
     /// distinct names thus pays for a newcomer, and cannot hide it.
-    fn evict_from_largest_source(&self, b: &mut Budget, remove: &impl Fn(&[String])) -> bool {
+    fn evict_from_largest_source(&self, b: &mut Budget<H>, remove: &impl Fn(&[String])) -> bool {
         let Some(most) = b.per_source.values().copied().max() else {
             return false;
         };
@@ -249,7 +285,7 @@ fn as_strs(k: &[String]) -> Vec<&str> {
 /// A counter vector behind the cardinality guard.
 pub struct GuardedCounter {
     vec: IntCounterVec,
-    guard: Guard,
+    guard: Guard<IntCounter>,
 }
 
 impl GuardedCounter {
@@ -273,10 +309,9 @@ impl GuardedCounter {
     }
 
     pub fn inc_at(&self, labels: &Labels<'_>, now: Instant) {
-        if let Slot::Use(key) = self.guard.admit(labels, now, |k| self.remove(k)) {
-            if let Ok(c) = self.vec.get_metric_with_label_values(&as_strs(&key)) {
-                c.inc();
-            }
+        let make = |v: &[&str]| self.vec.get_metric_with_label_values(v).ok();
+        if let Some(c) = self.guard.admit(labels, now, make, |k| self.remove(k)) {
+            c.inc();
         }
     }
 
@@ -309,7 +344,7 @@ impl Collector for GuardedCounter {
 /// A gauge vector behind the cardinality guard (the last-legacy timestamp).
 pub struct GuardedGauge {
     vec: GaugeVec,
-    guard: Guard,
+    guard: Guard<Gauge>,
 }
 
 impl GuardedGauge {
@@ -329,12 +364,14 @@ impl GuardedGauge {
     }
 
     pub fn set(&self, labels: &Labels<'_>, value: f64) {
-        if let Slot::Use(key) = self.guard.admit(labels, Instant::now(), |k| self.remove(k)) {
-            if let Ok(g) = self.vec.get_metric_with_label_values(&as_strs(&key)) {
-                // Several connections may race; the gauge only moves forward.
-                if value > g.get() {
-                    g.set(value);
-                }
+        let make = |v: &[&str]| self.vec.get_metric_with_label_values(v).ok();
+        if let Some(g) = self
+            .guard
+            .admit(labels, Instant::now(), make, |k| self.remove(k))
+        {
+            // Several connections may race; the gauge only moves forward.
+            if value > g.get() {
+                g.set(value);
             }
         }
     }
@@ -473,6 +510,36 @@ mod tests {
         c.inc(&obs(&["10.9.9.0", "login.microsoftonline.us"], true));
         assert!(c.series() <= 20);
         assert!(!text(&c).contains("source=\"10.9.9.0\",destination=\"login.microsoftonline.us\""));
+    }
+
+    #[test]
+    fn a_known_series_is_found_by_its_borrowed_labels_and_keeps_its_handle() {
+        let (c, overflow) = setup(8);
+        let ip = String::from("10.1.2.3");
+        for _ in 0..5 {
+            c.inc(&obs(&[ip.as_str(), "login"], false));
+        }
+        c.inc(&obs(&["10.1.2.3", "graph"], false));
+        assert_eq!(c.series(), 2);
+        let t = text(&c);
+        assert!(
+            t.contains("hellos_total{destination=\"login\",source=\"10.1.2.3\"} 5"),
+            "{t}"
+        );
+        assert!(
+            t.contains("hellos_total{destination=\"graph\",source=\"10.1.2.3\"} 1"),
+            "{t}"
+        );
+        assert_eq!(overflow.with_label_values(&["hellos_total"]).get(), 0);
+        // An expired series is made anew: its handle is not the one removed from the vector.
+        assert_eq!(c.expire(Instant::now() + Duration::from_secs(61)), 2);
+        c.inc(&obs(&["10.1.2.3", "login"], false));
+        let t = text(&c);
+        assert!(
+            t.contains("hellos_total{destination=\"login\",source=\"10.1.2.3\"} 1"),
+            "{t}"
+        );
+        assert!(!t.contains("graph"), "{t}");
     }
 
     #[test]
