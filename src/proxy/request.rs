@@ -8,6 +8,8 @@ use std::io;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::net::splice::PooledBuf;
+
 /// Request heads larger than this get 431.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
@@ -48,30 +50,45 @@ pub enum HeadError {
     Io(#[from] io::Error),
 }
 
-/// Reads one request head from `stream` until `deadline`.
+/// Reads one request head from `stream` until `deadline`. The reads go into a pooled
+/// buffer (no 16 KiB zeroed per connection); a head that arrives in one read is parsed
+/// there, and only one that spans reads is gathered, at most `MAX_HEAD_BYTES` + 1 bytes
+/// (one byte more than allowed, so an oversized head is seen as such).
 pub async fn read_head(stream: &TcpStream, deadline: Instant) -> Result<RequestHead, HeadError> {
-    // One byte more than allowed, so an oversized head is seen as such.
-    let mut buf = vec![0u8; MAX_HEAD_BYTES + 1];
-    let mut len = 0;
+    let mut pooled = PooledBuf::take();
+    let mut gathered: Vec<u8> = Vec::new();
     loop {
         match tokio::time::timeout_at(deadline, stream.readable()).await {
             Err(_) => return Err(HeadError::Timeout),
             Ok(r) => r?,
         }
-        let Some(spare) = buf.get_mut(len..) else {
+        let room = (MAX_HEAD_BYTES + 1).saturating_sub(gathered.len());
+        let buf = pooled.as_mut();
+        let Some(spare) = buf.get_mut(..room.min(buf.len())).filter(|s| !s.is_empty()) else {
             return Err(HeadError::TooLarge);
         };
-        match crate::net::splice::read_drained(stream, spare) {
-            Ok(0) => return Err(HeadError::ClosedEarly { got: len }),
-            Ok(n) => len += n,
+        let chunk = match crate::net::splice::read_drained(stream, spare) {
+            Ok(0) => {
+                return Err(HeadError::ClosedEarly {
+                    got: gathered.len(),
+                });
+            }
+            Ok(n) => spare.get(..n).unwrap_or_default(),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(HeadError::Io(e)),
+        };
+        if gathered.is_empty() {
+            if let Some(head) = parse_head(chunk)? {
+                return Ok(head);
+            }
+            gathered.extend_from_slice(chunk);
+        } else {
+            gathered.extend_from_slice(chunk);
+            if let Some(head) = parse_head(&gathered)? {
+                return Ok(head);
+            }
         }
-        let got = buf.get(..len).unwrap_or_default();
-        if let Some(head) = parse_head(got)? {
-            return Ok(head);
-        }
-        if len > MAX_HEAD_BYTES {
+        if gathered.len() > MAX_HEAD_BYTES {
             return Err(HeadError::TooLarge);
         }
     }
