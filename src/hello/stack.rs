@@ -305,7 +305,7 @@ pub struct StackTable {
     /// depend on the extension order, by the hello with its extensions sorted: a library
     /// that shuffles its extension order per connection (Chrome, rustls) misses the verdict
     /// cache every time, but not this one, and then only the extension orders are compared.
-    candidates: Mutex<HashMap<Shape, Arc<[Candidate]>>>,
+    candidates: Mutex<HashMap<Shape, Arc<Candidates>>>,
 }
 
 /// Candidates cached (`StackTable::candidates`); a full cache starts over.
@@ -421,7 +421,7 @@ impl StackTable {
             let mut order_free = shape.clone();
             order_free.extensions.sort_unstable();
             cached(&self.candidates, &order_free).unwrap_or_else(|| {
-                let first: Arc<[Candidate]> = self.candidates_of(shape, |_| false).into();
+                let first = Arc::new(self.candidates_of(shape, |_| false));
                 keep_within(
                     &self.candidates,
                     CANDIDATES_CACHE_MAX,
@@ -438,7 +438,7 @@ impl StackTable {
     /// The library of `shape`, ignoring the entries `skip` names (the measurement leaves
     /// out the entry under test and every entry with its fingerprint). Not cached.
     pub fn classify_without(&self, shape: &Shape, skip: impl Fn(&Entry) -> bool) -> StackVerdict {
-        self.classify_with(shape, &skip, || self.candidates_of(shape, &skip).into())
+        self.classify_with(shape, &skip, || Arc::new(self.candidates_of(shape, &skip)))
     }
 
     /// An exact shape, else the nearest of the candidates `candidates` gives. Only the
@@ -447,7 +447,7 @@ impl StackTable {
         &self,
         shape: &Shape,
         skip: &impl Fn(&Entry) -> bool,
-        candidates: impl FnOnce() -> Arc<[Candidate]>,
+        candidates: impl FnOnce() -> Arc<Candidates>,
     ) -> StackVerdict {
         if let Some(v) = self.exact_match(shape, skip) {
             return v;
@@ -457,16 +457,21 @@ impl StackTable {
     }
 
     /// The first look's entries, each with the order-free parts of its similarity.
-    fn candidates_of(&self, shape: &Shape, skip: impl Fn(&Entry) -> bool) -> Vec<Candidate> {
+    fn candidates_of(&self, shape: &Shape, skip: impl Fn(&Entry) -> bool) -> Candidates {
         let mine = Prepared::of(shape);
         let (eb, cb) = (
             Bits::of(&mine.extensions.order),
             Bits::of(&mine.ciphers.order),
         );
-        self.first_look(eb, cb, skip)
+        let list = self
+            .first_look(eb, cb, skip)
             .into_iter()
             .filter_map(|i| Some(mine.candidate(i, self.entries.get(i)?)))
-            .collect()
+            .collect();
+        Candidates {
+            hello_values: mine.extensions.values(),
+            list,
+        }
     }
 
     /// The first look: the CANDIDATES entries whose extension and cipher sets are most
@@ -490,14 +495,17 @@ impl StackTable {
 
     /// The verdict from the first look's candidates: the library of the most similar,
     /// when it is similar enough and clearly ahead of the next library.
-    fn nearest(&self, extensions: &List, first: &[Candidate]) -> StackVerdict {
+    fn nearest(&self, extensions: &List, first: &Candidates) -> StackVerdict {
+        // The candidates' extension indexes hold for a hello with the values they were
+        // made from (a cache hit: the same values in another order).
+        let same_values = extensions.has_values(&first.hello_values);
         let mut best: Vec<(TlsLibrary, f32, usize)> = Vec::new();
-        for c in first {
+        for c in &first.list {
             let i = c.entry;
             let Some(e) = self.entries.get(i) else {
                 continue;
             };
-            let s = c.similarity(extensions, &e.shape);
+            let s = c.similarity(extensions, same_values, &e.shape);
             match best.iter_mut().find(|b| b.0 == e.library) {
                 Some(b) if b.1 >= s => {}
                 Some(b) => *b = (e.library, s, i),
@@ -648,8 +656,63 @@ impl List {
     /// `order(self, other)`: the LCS share, walking `other`'s values and looking up
     /// `self`'s positions per value (the LCS of two lists has one length either way).
     fn order(&self, other: &[u16]) -> f32 {
-        let (a, b) = (other, &self.order);
-        if a.is_empty() && b.is_empty() {
+        let masks = other.iter().take(MAX_COMPARED).map(|x| self.mask_of(*x));
+        self.share(other.len(), masks)
+    }
+
+    /// The positions of `v` in this list (a bit each), 0 when it is absent.
+    fn mask_of(&self, v: u16) -> u128 {
+        self.positions
+            .binary_search_by_key(&v, |(y, _)| *y)
+            .ok()
+            .and_then(|k| self.positions.get(k))
+            .map_or(0, |(_, m)| *m)
+    }
+
+    /// Where each of `other`'s values stands in `positions` (`ABSENT` when it is not
+    /// there), with the value itself: `order_at` then looks each up by index instead of
+    /// searching. Made once per candidate; valid for any list with the same values.
+    fn lookup_of(&self, other: &[u16]) -> Box<[(u16, u8)]> {
+        other
+            .iter()
+            .take(MAX_COMPARED)
+            .map(|&v| {
+                let k = self.positions.binary_search_by_key(&v, |(y, _)| *y).ok();
+                (v, k.and_then(|k| u8::try_from(k).ok()).unwrap_or(ABSENT))
+            })
+            .collect()
+    }
+
+    /// `order(self, other)` with `other` given as `lookup_of(other)`, made from a list
+    /// with the same values as this one (in any order): the same figure to the bit.
+    fn order_at(&self, lookup: &[(u16, u8)], other_len: usize) -> f32 {
+        let masks = lookup
+            .iter()
+            .map(|&(_, k)| self.positions.get(usize::from(k)).map_or(0, |&(_, m)| m));
+        self.share(other_len, masks)
+    }
+
+    /// This list's distinct values, sorted.
+    fn values(&self) -> Box<[u16]> {
+        self.positions.iter().map(|&(v, _)| v).collect()
+    }
+
+    /// Whether this list's distinct values are `values` (what `order_at` needs).
+    fn has_values(&self, values: &[u16]) -> bool {
+        self.positions.len() == values.len()
+            && self
+                .positions
+                .iter()
+                .zip(values)
+                .all(|(&(v, _), &w)| v == w)
+    }
+
+    /// The LCS share of `self` and another list of `other_len` values, whose values'
+    /// masks in `self` (in its order, at most `MAX_COMPARED`) are `masks`: bit-parallel
+    /// LCS over 128-bit words (Hyyrö).
+    fn share(&self, other_len: usize, masks: impl Iterator<Item = u128>) -> f32 {
+        let b = &self.order;
+        if other_len == 0 && b.is_empty() {
             return 1.0;
         }
         let lcs = if b.is_empty() {
@@ -657,22 +720,20 @@ impl List {
         } else {
             let n = b.len().min(MAX_COMPARED);
             let mut v: u128 = !0;
-            for x in a.iter().take(MAX_COMPARED) {
-                let matches = self
-                    .positions
-                    .binary_search_by_key(x, |(y, _)| *y)
-                    .ok()
-                    .and_then(|k| self.positions.get(k))
-                    .map_or(0, |(_, m)| *m);
+            for matches in masks {
                 let u = v & matches;
                 v = v.wrapping_add(u) | (v & !matches);
             }
             let beyond = if n >= 128 { 0 } else { !0u128 << n };
             (v | beyond).count_zeros()
         };
-        2.0 * lcs as f32 / (a.len() + b.len()) as f32
+        2.0 * lcs as f32 / (other_len + b.len()) as f32
     }
 }
+
+/// `List::lookup_of`'s index for a value the hello does not have (a list holds at most
+/// `MAX_COMPARED` = 128 distinct values, so 255 is never an index).
+const ABSENT: u8 = u8::MAX;
 
 /// An entry's lists, sorted (the other side of `List::jaccard`).
 #[derive(Clone, Debug, Default)]
@@ -695,10 +756,21 @@ impl SortedLists {
     }
 }
 
+/// The first look's candidates for one hello, and the hello's distinct extension values
+/// (the candidates' extension indexes hold for a hello with these values).
+#[derive(Debug)]
+struct Candidates {
+    hello_values: Box<[u16]>,
+    list: Vec<Candidate>,
+}
+
 /// A candidate entry with the order-free terms of its similarity (`Prepared::candidate`).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Candidate {
     entry: usize,
+    /// The entry's extension order as indexes into the hello's positions
+    /// (`List::lookup_of`): the order term without a search per value.
+    extension_lookup: Box<[(u16, u8)]>,
     extension_set: f32,
     cipher_order: f32,
     cipher_set: f32,
@@ -730,6 +802,7 @@ impl Prepared {
     fn candidate(&self, i: usize, e: &Entry) -> Candidate {
         Candidate {
             entry: i,
+            extension_lookup: self.extensions.lookup_of(&e.shape.extensions),
             extension_set: self.extensions.jaccard(&e.sorted.extensions),
             cipher_order: self.ciphers.order(&e.shape.ciphers),
             cipher_set: self.ciphers.jaccard(&e.sorted.ciphers),
@@ -744,9 +817,14 @@ impl Candidate {
     /// (the candidate was made from a hello with the same lists, perhaps in another
     /// extension order): the same figure to the bit, the same terms summed in the same
     /// order.
-    fn similarity(&self, extensions: &List, other: &Shape) -> f32 {
+    fn similarity(&self, extensions: &List, same_values: bool, other: &Shape) -> f32 {
+        let order = if same_values {
+            extensions.order_at(&self.extension_lookup, other.extensions.len())
+        } else {
+            extensions.order(&other.extensions)
+        };
         0.3 * self.extension_set
-            + 0.2 * extensions.order(&other.extensions)
+            + 0.2 * order
             + 0.2 * self.cipher_order
             + 0.1 * self.cipher_set
             + 0.1 * self.group_order
@@ -864,7 +942,9 @@ mod tests {
             let (a, b) = (shape(), shape());
             let e = &t.entries[round % t.entries.len()];
             let mine = Prepared::of(&a);
-            let fast = mine.candidate(0, e).similarity(&mine.extensions, &e.shape);
+            let fast = mine
+                .candidate(0, e)
+                .similarity(&mine.extensions, true, &e.shape);
             assert_eq!(fast.to_bits(), similarity(&a, &e.shape).to_bits());
             // Against a random entry too (random lists on both sides).
             let other = Entry {
@@ -872,7 +952,9 @@ mod tests {
                 shape: b.clone(),
                 ..e.clone()
             };
-            let fast = mine.candidate(0, &other).similarity(&mine.extensions, &b);
+            let fast = mine
+                .candidate(0, &other)
+                .similarity(&mine.extensions, true, &b);
             assert_eq!(
                 fast.to_bits(),
                 similarity(&a, &b).to_bits(),
@@ -883,8 +965,21 @@ mod tests {
             let mut shuffled = a.clone();
             shuffled.extensions.reverse();
             let again = Prepared::of(&shuffled);
-            let fast = mine.candidate(0, &other).similarity(&again.extensions, &b);
+            assert!(again.extensions.has_values(&mine.extensions.values()));
+            let fast = mine
+                .candidate(0, &other)
+                .similarity(&again.extensions, true, &b);
             assert_eq!(fast.to_bits(), similarity(&shuffled, &b).to_bits());
+            // The search (taken for a hello with other values) gives the same figure.
+            let searched = mine
+                .candidate(0, &other)
+                .similarity(&again.extensions, false, &b);
+            assert_eq!(searched.to_bits(), fast.to_bits());
+            // A hello with other values is told apart.
+            let mut changed = shuffled.clone();
+            changed.extensions.push(0xfe0d);
+            let changed_list = Prepared::of(&changed).extensions;
+            assert!(!changed_list.has_values(&mine.extensions.values()));
         }
     }
 
