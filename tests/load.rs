@@ -181,6 +181,7 @@ fn round(s: &Setup<'_>, round: usize) {
     let open = established.load(Ordering::SeqCst);
     let active = t.metric("tlspeek_active_tunnels", &[]);
     let fds_busy = t.fds();
+    let tunnel_sockets = tcp_sockets_of(t.pid(), proxy, upstream);
     go_tx.send(true).unwrap();
     let results = rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(90), async {
@@ -206,9 +207,13 @@ fn round(s: &Setup<'_>, round: usize) {
         active, TUNNELS as f64,
         "tlspeek_active_tunnels with all open"
     );
-    assert!(
-        fds_busy >= s.fd0 + 2 * TUNNELS,
-        "{fds_busy} fds with {TUNNELS} tunnels open"
+    // Each open tunnel holds its two sockets: the client's (on the proxy port) and the
+    // upstream's, counted by the proxy's own descriptors (not by a difference of totals,
+    // which other short-lived descriptors of the process can move).
+    assert_eq!(
+        tunnel_sockets,
+        2 * TUNNELS,
+        "{tunnel_sockets} tunnel sockets ({fds_busy} descriptors) with {TUNNELS} tunnels open"
     );
 
     // What every upstream connection received matches, one for one, what was sent.
@@ -259,6 +264,37 @@ fn round(s: &Setup<'_>, round: usize) {
         total >> 20,
         s.fd0
     );
+}
+
+/// How many of `pid`'s descriptors are connected TCP sockets on local port `local` or to
+/// remote port `remote` (from `/proc/PID/fd` and `/proc/net/tcp{,6}`).
+fn tcp_sockets_of(pid: u32, local: u16, remote: u16) -> usize {
+    let inodes: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            l.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect();
+    let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next().unwrap_or(""), 16).ok();
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|t| t.lines().skip(1).map(str::to_string).collect::<Vec<_>>())
+        .filter(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(l), Some(r), Some(state), Some(inode)) =
+                (f.get(1), f.get(2), f.get(3), f.get(9))
+            else {
+                return false;
+            };
+            // 0A is LISTEN: the proxy's listener is not a tunnel's socket.
+            *state != "0A"
+                && inode.parse().is_ok_and(|i: u64| inodes.contains(&i))
+                && (port(l) == Some(local) || port(r) == Some(remote))
+        })
+        .count()
 }
 
 /// The proxy's idle descriptor count (pipes aside), once it has held still for a second:
