@@ -660,35 +660,39 @@ impl List {
         self.share(other.len(), masks)
     }
 
+    /// Where `v` stands in `positions`, if this list has it.
+    fn index_of(&self, v: u16) -> Option<usize> {
+        self.positions.binary_search_by_key(&v, |(y, _)| *y).ok()
+    }
+
     /// The positions of `v` in this list (a bit each), 0 when it is absent.
     fn mask_of(&self, v: u16) -> u128 {
-        self.positions
-            .binary_search_by_key(&v, |(y, _)| *y)
-            .ok()
+        self.index_of(v)
             .and_then(|k| self.positions.get(k))
             .map_or(0, |(_, m)| *m)
     }
 
     /// Where each of `other`'s values stands in `positions` (`ABSENT` when it is not
-    /// there), with the value itself: `order_at` then looks each up by index instead of
-    /// searching. Made once per candidate; valid for any list with the same values.
-    fn lookup_of(&self, other: &[u16]) -> Box<[(u16, u8)]> {
+    /// there): `order_at` then looks each up by index instead of searching. Made once per
+    /// candidate; valid for any list with the same values.
+    fn lookup_of(&self, other: &[u16]) -> Box<[u8]> {
         other
             .iter()
             .take(MAX_COMPARED)
             .map(|&v| {
-                let k = self.positions.binary_search_by_key(&v, |(y, _)| *y).ok();
-                (v, k.and_then(|k| u8::try_from(k).ok()).unwrap_or(ABSENT))
+                self.index_of(v)
+                    .and_then(|k| u8::try_from(k).ok())
+                    .unwrap_or(ABSENT)
             })
             .collect()
     }
 
     /// `order(self, other)` with `other` given as `lookup_of(other)`, made from a list
     /// with the same values as this one (in any order): the same figure to the bit.
-    fn order_at(&self, lookup: &[(u16, u8)], other_len: usize) -> f32 {
+    fn order_at(&self, lookup: &[u8], other_len: usize) -> f32 {
         let masks = lookup
             .iter()
-            .map(|&(_, k)| self.positions.get(usize::from(k)).map_or(0, |&(_, m)| m));
+            .map(|&k| self.positions.get(usize::from(k)).map_or(0, |&(_, m)| m));
         self.share(other_len, masks)
     }
 
@@ -770,7 +774,7 @@ struct Candidate {
     entry: usize,
     /// The entry's extension order as indexes into the hello's positions
     /// (`List::lookup_of`): the order term without a search per value.
-    extension_lookup: Box<[(u16, u8)]>,
+    extension_lookup: Box<[u8]>,
     extension_set: f32,
     cipher_order: f32,
     cipher_set: f32,
