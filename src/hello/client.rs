@@ -153,14 +153,28 @@ impl ClientHelloSummary {
 /// A suite written as hex: `0x1301`, or `0x010080` for a 3-byte SSLv2 cipher spec.
 pub struct SuiteHex(pub u32);
 
+impl SuiteHex {
+    /// The text in `buf`: `0x` and at least four lowercase hex digits (at least six for
+    /// an SSLv2 spec above 0xffff), written by hand: every event line writes one per
+    /// offered suite.
+    pub fn encode(self, buf: &mut [u8; 10]) -> &str {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let needed = (32 - self.0.leading_zeros() as usize).div_ceil(4);
+        let digits = needed.max(if self.0 > 0xffff { 6 } else { 4 });
+        buf[0] = b'0';
+        buf[1] = b'x';
+        for i in 0..digits {
+            let nibble = (self.0 >> (4 * (digits - 1 - i))) & 0xf;
+            buf[2 + i] = DIGITS[nibble as usize];
+        }
+        // Only ASCII was written.
+        std::str::from_utf8(&buf[..2 + digits]).unwrap_or_default()
+    }
+}
+
 impl std::fmt::Display for SuiteHex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = self.0;
-        if s > 0xffff {
-            write!(f, "{s:#08x}")
-        } else {
-            write!(f, "{s:#06x}")
-        }
+        f.write_str(SuiteHex(self.0).encode(&mut [0; 10]))
     }
 }
 
@@ -211,6 +225,22 @@ pub(crate) fn parse_tls_client_hello(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn suite_hex_writes_what_the_format_wrote() {
+        let mut values: Vec<u32> = vec![0, 1, 0x2f, 0x1301, 0xffff, 0x1_0000, 0x0700c0];
+        values.extend([0xff_ffff, 0x100_0000, u32::MAX]);
+        values.extend((0..5000u32).map(|i| i.wrapping_mul(2_654_435_761) >> (i % 29)));
+        for v in values {
+            let old = if v > 0xffff {
+                format!("{v:#08x}")
+            } else {
+                format!("{v:#06x}")
+            };
+            assert_eq!(SuiteHex(v).encode(&mut [0; 10]), old);
+            assert_eq!(SuiteHex(v).to_string(), old);
+        }
+    }
 
     fn summary() -> ClientHelloSummary {
         ClientHelloSummary::empty(HelloFormat::Tls, 0x0301, 0x0303)

@@ -4,6 +4,7 @@
 //! things every connection needs — writing a whole
 //! answer within a time limit, and closing so that the peer reads that answer.
 
+pub mod addr_text;
 pub mod registry;
 pub mod splice;
 pub mod streams;

@@ -16,8 +16,8 @@ pub enum Host {
 impl fmt::Display for Host {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Host::Ip(ip) => write!(f, "{ip}"),
-            Host::Name(n) => write!(f, "{n}"),
+            Host::Ip(ip) => fmt::Display::fmt(&crate::net::addr_text::IpText(*ip), f),
+            Host::Name(n) => f.write_str(n.as_str()),
         }
     }
 }

@@ -118,7 +118,7 @@ async fn connect(
 ) -> Result<TcpStream, ConnError> {
     let metric = &s.shared.metrics.upstream_connect_seconds;
     let up = upstream::open(s.cfg, target, Purpose::Tunnel, metric).await?;
-    rec.upstream_ip = Some(up.addr.ip().to_string());
+    rec.upstream_ip = Some(crate::net::addr_text::ip_string(up.addr.ip()));
     if let Some(parent) = up.parent {
         rec.note = Some(format!("via parent proxy {parent}"));
     }

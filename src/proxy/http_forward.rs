@@ -465,7 +465,7 @@ async fn connect_upstream(
             e.answer()
                 .unwrap_or_else(|| Refusal::bad_request(e.to_string()))
         })?;
-    rec.upstream_ip = Some(up.addr.ip().to_string());
+    rec.upstream_ip = Some(crate::net::addr_text::ip_string(up.addr.ip()));
     Ok(up.stream)
 }
 

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info_span, warn};
 
 use super::connection::{self, AtAccept, admit};
+use crate::net::addr_text::SocketText;
 use crate::shared::Shared;
 use crate::telemetry::Mode;
 
@@ -81,7 +82,7 @@ pub async fn accept_loop(
             } else {
                 AtAccept::Decided(admit(&shared, &cfg, peer))
             };
-        let span = info_span!("conn", id, mode = mode.as_str(), src = %peer, target = tracing::field::Empty);
+        let span = info_span!("conn", id, mode = mode.as_str(), src = %SocketText(peer), target = tracing::field::Empty);
         shared.tracker.spawn(
             connection::handle(shared.clone(), cfg, stream, peer, id, at_accept, mode)
                 .instrument(span),

@@ -73,7 +73,7 @@ async fn run(
     let metric = &s.shared.metrics.upstream_connect_seconds;
     // Boxed, as the CONNECT path's dial: its state would stay in every tunnel's task.
     let up = Box::pin(upstream::open(cfg, &target, Purpose::Tunnel, metric)).await?;
-    rec.upstream_ip = Some(up.addr.ip().to_string());
+    rec.upstream_ip = Some(crate::net::addr_text::ip_string(up.addr.ip()));
     if let Some(parent) = up.parent {
         rec.note = Some(format!("via parent proxy {parent}"));
     }

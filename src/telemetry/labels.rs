@@ -26,7 +26,7 @@ pub fn source_label(cfg: &Config, ip: IpAddr) -> SourceLabel {
         };
     }
     let value = match ip.to_canonical() {
-        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V4(v4) => crate::net::addr_text::ipv4_string(v4),
         IpAddr::V6(v6) => {
             let s = v6.segments();
             let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);

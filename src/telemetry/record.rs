@@ -226,7 +226,7 @@ fn hex_suites<S: serde::Serializer>(suites: &[u32], s: S) -> Result<S::Ok, S::Er
     struct Hex(u32);
     impl Serialize for Hex {
         fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_str(&hello::SuiteHex(self.0))
+            s.serialize_str(hello::SuiteHex(self.0).encode(&mut [0; 10]))
         }
     }
     s.collect_seq(suites.iter().map(|&c| Hex(c)))
@@ -243,7 +243,7 @@ impl ConnectionRecord {
             ts: SystemTime::now(),
             id,
             mode,
-            source_ip: peer.ip().to_canonical().to_string(),
+            source_ip: crate::net::addr_text::ip_string(peer.ip().to_canonical()),
             source_port: peer.port(),
             source,
             source_name: None,
@@ -329,7 +329,8 @@ impl ConnectionRecord {
     /// What the server answered: the negotiated version and cipher, JA3S.
     pub fn set_server_hello(&mut self, sh: &ServerHelloSummary) {
         self.negotiated_version = Some(hello::version_name(sh.negotiated_version));
-        self.negotiated_cipher = Some(format!("0x{:04x}", sh.cipher_suite));
+        let suite = hello::SuiteHex(u32::from(sh.cipher_suite));
+        self.negotiated_cipher = Some(suite.encode(&mut [0; 10]).to_string());
         self.ja3s = Some(sh.ja3s_hash());
     }
 
