@@ -1,6 +1,7 @@
 //! What tlspeek tells its operators: Prometheus metrics (with a cardinality guard), the
 //! per-connection record and its JSON event line, and the event log writer.
 
+pub mod event_line;
 pub mod events;
 pub mod guard;
 pub mod labels;

@@ -154,6 +154,16 @@ pub enum ActionTaken {
     Upgraded,
 }
 
+impl ActionTaken {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionTaken::Passed => "passed",
+            ActionTaken::Blocked => "blocked",
+            ActionTaken::Upgraded => "upgraded",
+        }
+    }
+}
+
 /// One event line. Absent values serialize as `null`, lists as `[]`.
 #[derive(Clone, Debug, Serialize)]
 pub struct ConnectionRecord {
@@ -346,13 +356,7 @@ impl ConnectionRecord {
 
     /// The event line, without the trailing newline.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|e| {
-            format!(
-                "{{\"id\":{},\"outcome\":\"internal_error\",\"error\":{:?}}}",
-                self.id,
-                e.to_string()
-            )
-        })
+        super::event_line::event_line(self)
     }
 }
 
