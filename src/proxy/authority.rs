@@ -28,6 +28,15 @@ pub struct Authority {
     pub port: u16,
 }
 
+/// `host:port`, as the span's `target` and `/debug/tunnels` write it.
+impl fmt::Display for Authority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.host, f)?;
+        f.write_str(":")?;
+        f.write_str(itoa::Buffer::new().format(self.port))
+    }
+}
+
 impl Authority {
     pub fn name(&self) -> Option<&HostName> {
         match &self.host {
@@ -70,6 +79,23 @@ pub fn parse_authority(s: &str) -> Result<Authority, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn displays_as_host_colon_port() {
+        for t in [
+            "login.microsoftonline.com:443",
+            "10.0.0.1:8443",
+            "[::1]:443",
+            "a:65535",
+        ] {
+            let a = parse_authority(t).unwrap();
+            assert_eq!(a.to_string(), format!("{}:{}", a.host, a.port));
+        }
+        assert_eq!(
+            parse_authority("10.0.0.1:8443").unwrap().to_string(),
+            "10.0.0.1:8443"
+        );
+    }
 
     #[test]
     fn accepts_names_and_literals() {

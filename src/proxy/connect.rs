@@ -100,10 +100,7 @@ fn admit(
         parse_authority(&head.target).map_err(|why| ConnError::Refused(Refusal::target(why)))?;
     rec.target_host = Some(target.host.to_string());
     rec.target_port = Some(target.port);
-    tracing::Span::current().record(
-        "target",
-        tracing::field::display(format!("{}:{}", target.host, target.port)),
-    );
+    tracing::Span::current().record("target", tracing::field::display(&target));
     if !s.cfg.proxy.allowed_ports.contains(&target.port) {
         return Err(ConnError::Refused(Refusal::port(target.port)));
     }

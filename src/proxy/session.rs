@@ -104,12 +104,9 @@ impl<'a> Session<'a> {
 
     /// Lists the tunnel in `/debug/tunnels` while the returned guard lives.
     pub fn list(&self, id: u64, target: &Authority) -> Listed<'a> {
-        self.shared.tunnels.list(
-            id,
-            self.peer,
-            format!("{}:{}", target.host, target.port),
-            &self.stats,
-        )
+        self.shared
+            .tunnels
+            .list(id, self.peer, target.to_string(), &self.stats)
     }
 
     /// The connection's end: what the server said and the final verdict, the outcome
