@@ -463,11 +463,17 @@ impl StackTable {
             Bits::of(&mine.extensions.order),
             Bits::of(&mine.ciphers.order),
         );
-        let list = self
+        let mut list = self
             .first_look(eb, cb, skip)
             .into_iter()
             .filter_map(|i| Some(mine.candidate(i, self.entries.get(i)?)))
-            .collect();
+            .collect::<Vec<_>>();
+        // Entries of one library often share an extension order (its versions differ in
+        // ciphers): their order term is computed once.
+        for k in 0..list.len() {
+            let first = (0..k).find(|&j| list[j].extension_lookup == list[k].extension_lookup);
+            list[k].same_order_as = first.unwrap_or(k);
+        }
         Candidates {
             hello_values: mine.extensions.values(),
             list,
@@ -500,12 +506,25 @@ impl StackTable {
         // made from (a cache hit: the same values in another order).
         let same_values = extensions.has_values(&first.hello_values);
         let mut best: Vec<(TlsLibrary, f32, usize)> = Vec::new();
-        for c in &first.list {
+        // The order term of each candidate computed so far (a hit: the same value).
+        let mut orders: [Option<f32>; CANDIDATES] = [None; CANDIDATES];
+        for (k, c) in first.list.iter().enumerate() {
             let i = c.entry;
             let Some(e) = self.entries.get(i) else {
                 continue;
             };
-            let s = c.similarity(extensions, same_values, &e.shape);
+            let s = if same_values {
+                let order = match orders.get(c.same_order_as).copied().flatten() {
+                    Some(order) => order,
+                    None => extensions.order_at(&c.extension_lookup, e.shape.extensions.len()),
+                };
+                if let Some(slot) = orders.get_mut(k) {
+                    *slot = Some(order);
+                }
+                c.with_order(order)
+            } else {
+                c.similarity(extensions, false, &e.shape)
+            };
             match best.iter_mut().find(|b| b.0 == e.library) {
                 Some(b) if b.1 >= s => {}
                 Some(b) => *b = (e.library, s, i),
@@ -775,6 +794,9 @@ struct Candidate {
     /// The entry's extension order as indexes into the hello's positions
     /// (`List::lookup_of`): the order term without a search per value.
     extension_lookup: Box<[u8]>,
+    /// The first candidate in the list with the same `extension_lookup` (this one's
+    /// index when none is before it): the same order term for a hello with the values.
+    same_order_as: usize,
     extension_set: f32,
     cipher_order: f32,
     cipher_set: f32,
@@ -807,6 +829,7 @@ impl Prepared {
         Candidate {
             entry: i,
             extension_lookup: self.extensions.lookup_of(&e.shape.extensions),
+            same_order_as: 0,
             extension_set: self.extensions.jaccard(&e.sorted.extensions),
             cipher_order: self.ciphers.order(&e.shape.ciphers),
             cipher_set: self.ciphers.jaccard(&e.sorted.ciphers),
@@ -827,6 +850,12 @@ impl Candidate {
         } else {
             extensions.order(&other.extensions)
         };
+        self.with_order(order)
+    }
+
+    /// The similarity with `order` as its extension order term (the terms summed in
+    /// `similarity`'s order).
+    fn with_order(&self, order: f32) -> f32 {
         0.3 * self.extension_set
             + 0.2 * order
             + 0.2 * self.cipher_order
@@ -1012,6 +1041,77 @@ mod tests {
         // The candidates cache was used: shuffles of one entry share its key.
         assert!(!t.candidates.lock().unwrap().is_empty());
         assert!(named > 100, "{named} named");
+    }
+
+    /// The verdict from every candidate's plain `similarity`: the best per library, the
+    /// same thresholds (`nearest` without its prepared lists and shared order terms).
+    fn nearest_of_every_candidate(t: &StackTable, shape: &Shape) -> (TlsLibrary, u32) {
+        let first = t.candidates_of(shape, |_| false);
+        let mut best: Vec<(TlsLibrary, f32)> = Vec::new();
+        for c in &first.list {
+            let e = &t.entries[c.entry];
+            let s = similarity(shape, &e.shape);
+            match best.iter_mut().find(|b| b.0 == e.library) {
+                Some(b) => b.1 = b.1.max(s),
+                None => best.push((e.library, s)),
+            }
+        }
+        best.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let (library, s) = best[0];
+        let runner_up = best.get(1).map_or(0.0, |b| b.1);
+        if s < MIN_SIMILARITY || s - runner_up < MIN_MARGIN {
+            return (TlsLibrary::Unknown, s.to_bits());
+        }
+        (library, s.to_bits())
+    }
+
+    #[test]
+    fn shared_order_terms_give_the_verdict_of_every_candidate() {
+        let mut next = xorshift(0x2545_f491_4f6c_dd1du64);
+        let t = StackTable::parse(TLS_STACKS_TSV).unwrap();
+        let (mut named, mut unknown, mut shared) = (0, 0, 0);
+        for e in t.entries.iter().step_by(3) {
+            for round in 0..3 {
+                let mut shape = e.shape.clone();
+                for i in (1..shape.extensions.len()).rev() {
+                    let j = next(i as u64 + 1) as usize;
+                    shape.extensions.swap(i, j);
+                }
+                // Near the entry and farther from it.
+                match round {
+                    0 => drop(shape.ciphers.pop()),
+                    1 => shape.extensions.truncate(shape.extensions.len() / 2),
+                    _ => shape.extensions.push(next(65_536) as u16),
+                }
+                let (library, bits) = nearest_of_every_candidate(&t, &shape);
+                let first = t.candidates_of(&shape, |_| false);
+                shared += first
+                    .list
+                    .iter()
+                    .enumerate()
+                    .filter(|(k, c)| c.same_order_as != *k)
+                    .count();
+                let v = t.nearest(&List::of(&shape.extensions), &first);
+                assert_eq!(
+                    (v.library, v.similarity.to_bits()),
+                    (library, bits),
+                    "{shape:?}"
+                );
+                if library == TlsLibrary::Unknown {
+                    unknown += 1;
+                } else {
+                    named += 1;
+                }
+            }
+        }
+        assert!(
+            named > 100 && unknown > 10,
+            "{named} named, {unknown} unknown"
+        );
+        assert!(
+            shared > 1000,
+            "only {shared} candidates shared an order term"
+        );
     }
 
     #[test]
