@@ -188,6 +188,11 @@ impl Line {
     fn str(&mut self, s: &str) {
         self.raw("\"");
         let bytes = s.as_bytes();
+        if !needs_escape(bytes) {
+            self.raw(s);
+            self.raw("\"");
+            return;
+        }
         let mut start = 0;
         for (i, &b) in bytes.iter().enumerate() {
             let short = match b {
@@ -216,6 +221,29 @@ impl Line {
         self.raw(s.get(start..).unwrap_or_default());
         self.raw("\"");
     }
+}
+
+/// Whether `bytes` hold a `"`, a `\` or a control character: eight bytes at a time (the
+/// classic "has a zero byte" and "has a byte less than n" word tests, exact as a yes/no).
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let below = |x: u64, n: u64| x.wrapping_sub(n * ONES) & !x & HIGHS != 0;
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        // A chunk is 8 bytes; were it not, the zeros would take the careful path.
+        let x = u64::from_le_bytes(<[u8; 8]>::try_from(word).unwrap_or_default());
+        if below(x, 0x20)
+            || below(x ^ (u64::from(b'"') * ONES), 1)
+            || below(x ^ (u64::from(b'\\') * ONES), 1)
+        {
+            return true;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 #[cfg(test)]
@@ -329,6 +357,21 @@ mod tests {
         r.bytes_down = u64::MAX - n;
         r.duration_ms = n.wrapping_mul(13);
         r
+    }
+
+    #[test]
+    fn needs_escape_finds_every_character_json_escapes_at_every_offset() {
+        for len in 0..20 {
+            for at in 0..len {
+                for b in 0u8..=255 {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = b;
+                    let wanted = b < 0x20 || b == b'"' || b == b'\\';
+                    assert_eq!(needs_escape(&bytes), wanted, "{b:#x} at {at} of {len}");
+                }
+            }
+        }
+        assert!(!needs_escape("é€😀 ~\u{7f}".as_bytes()));
     }
 
     #[test]
