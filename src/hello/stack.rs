@@ -938,6 +938,14 @@ mod tests {
         }
     }
 
+    /// Shuffles `list` in place (Fisher-Yates) with `next`.
+    fn shuffle(list: &mut [u16], next: &mut impl FnMut(u64) -> u64) {
+        for i in (1..list.len()).rev() {
+            let j = next(i as u64 + 1) as usize;
+            list.swap(i, j);
+        }
+    }
+
     /// The textbook table, to check the bit-parallel form against.
     fn lcs_table(a: &[u16], b: &[u16]) -> u32 {
         let mut prev = vec![0u32; b.len() + 1];
@@ -1025,10 +1033,7 @@ mod tests {
             for _ in 0..4 {
                 // Shuffled (Fisher-Yates) and one entry dropped, so no exact match.
                 let mut shape = e.shape.clone();
-                for i in (1..shape.extensions.len()).rev() {
-                    let j = next(i as u64 + 1) as usize;
-                    shape.extensions.swap(i, j);
-                }
+                shuffle(&mut shape.extensions, &mut next);
                 shape.ciphers.pop();
                 let cached = t.classify(&shape);
                 let plain = t.classify_without(&shape, |_| false);
@@ -1073,10 +1078,7 @@ mod tests {
         for e in t.entries.iter().step_by(3) {
             for round in 0..3 {
                 let mut shape = e.shape.clone();
-                for i in (1..shape.extensions.len()).rev() {
-                    let j = next(i as u64 + 1) as usize;
-                    shape.extensions.swap(i, j);
-                }
+                shuffle(&mut shape.extensions, &mut next);
                 // Near the entry and farther from it.
                 match round {
                     0 => drop(shape.ciphers.pop()),
