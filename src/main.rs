@@ -420,7 +420,10 @@ fn init_logging(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
+        // Same text as the default field formatter, cheaper per connection span.
+        LogFormat::Text => builder
+            .fmt_fields(tlspeek::telemetry::log_fields::LogFields)
+            .init(),
         LogFormat::Json => builder.json().init(),
     }
 }

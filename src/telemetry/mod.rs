@@ -5,6 +5,7 @@ pub mod event_line;
 pub mod events;
 pub mod guard;
 pub mod labels;
+pub mod log_fields;
 pub mod metrics;
 pub mod record;
 
