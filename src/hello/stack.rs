@@ -11,8 +11,8 @@
 //! `unknown`: a wrong family is worse than none. Pure (the table is compiled in), and
 //! cached by shape.
 
-use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use hashbrown::HashMap;
+use std::hash::{BuildHasher, Hash};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::ClientHelloSummary;
@@ -191,10 +191,12 @@ impl Shape {
         )
     }
 
+    /// The shape's hash: fixed (the table's entries and the hellos of the process agree),
+    /// and cheaper than SipHash over four lists. A hit is always checked or harmless: the
+    /// exact table compares the whole shape, and two shapes of the verdict cache share a
+    /// key with odds of about 2^-64 each.
     fn key(&self) -> u64 {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.hash(&mut h);
-        h.finish()
+        foldhash::fast::FixedState::default().hash_one(self)
     }
 }
 
@@ -417,7 +419,7 @@ impl StackTable {
         if let Some(v) = cached(&self.cache, &key) {
             return v;
         }
-        let v = self.classify_with(shape, &|_| false, || {
+        let v = self.classify_with(shape, key, &|_| false, || {
             let mut order_free = shape.clone();
             order_free.extensions.sort_unstable();
             cached(&self.candidates, &order_free).unwrap_or_else(|| {
@@ -438,7 +440,9 @@ impl StackTable {
     /// The library of `shape`, ignoring the entries `skip` names (the measurement leaves
     /// out the entry under test and every entry with its fingerprint). Not cached.
     pub fn classify_without(&self, shape: &Shape, skip: impl Fn(&Entry) -> bool) -> StackVerdict {
-        self.classify_with(shape, &skip, || Arc::new(self.candidates_of(shape, &skip)))
+        self.classify_with(shape, shape.key(), &skip, || {
+            Arc::new(self.candidates_of(shape, &skip))
+        })
     }
 
     /// An exact shape, else the nearest of the candidates `candidates` gives. Only the
@@ -446,10 +450,11 @@ impl StackTable {
     fn classify_with(
         &self,
         shape: &Shape,
+        key: u64,
         skip: &impl Fn(&Entry) -> bool,
         candidates: impl FnOnce() -> Arc<Candidates>,
     ) -> StackVerdict {
-        if let Some(v) = self.exact_match(shape, skip) {
+        if let Some(v) = self.exact_match(shape, key, skip) {
             return v;
         }
         let first = candidates();
@@ -547,10 +552,16 @@ impl StackTable {
         }
     }
 
-    fn exact_match(&self, shape: &Shape, skip: &impl Fn(&Entry) -> bool) -> Option<StackVerdict> {
+    /// The entries with exactly `shape` (`key` is its `Shape::key`), when they agree.
+    fn exact_match(
+        &self,
+        shape: &Shape,
+        key: u64,
+        skip: &impl Fn(&Entry) -> bool,
+    ) -> Option<StackVerdict> {
         let hits: Vec<&Entry> = self
             .exact
-            .get(&shape.key())?
+            .get(&key)?
             .iter()
             .filter_map(|&i| self.entries.get(i))
             .filter(|e| e.shape == *shape && !skip(e))
