@@ -635,7 +635,7 @@ impl List {
     fn of(order: &[u16]) -> List {
         let mut sorted = order.to_vec();
         sorted.sort_unstable();
-        let mut positions: Vec<(u16, u128)> = Vec::new();
+        let mut positions: Vec<(u16, u128)> = Vec::with_capacity(order.len().min(MAX_COMPARED));
         for (j, &v) in order.iter().take(MAX_COMPARED).enumerate() {
             match positions.iter_mut().find(|(x, _)| *x == v) {
                 Some((_, m)) => *m |= 1u128 << j,
