@@ -76,9 +76,19 @@ impl Tap for ServerHelloTap {
             return self.found(ServerOutcome::Unknown);
         }
         let room = hello::MAX_HELLO_BYTES.saturating_sub(self.buf.len());
-        self.buf
-            .extend_from_slice(chunk.get(..chunk.len().min(room)).unwrap_or_default());
-        match hello::detect_server_hello(&self.buf, hello::MAX_HELLO_BYTES) {
+        let taken = chunk.get(..chunk.len().min(room)).unwrap_or_default();
+        // The usual case, a whole answer in the first chunk, is read where it lies; only an
+        // answer split across chunks is gathered in `buf`.
+        let detection = if self.buf.is_empty() {
+            hello::detect_server_hello(taken, hello::MAX_HELLO_BYTES)
+        } else {
+            self.buf.extend_from_slice(taken);
+            hello::detect_server_hello(&self.buf, hello::MAX_HELLO_BYTES)
+        };
+        if matches!(detection, ServerDetection::NeedMore) && self.buf.is_empty() {
+            self.buf.extend_from_slice(taken);
+        }
+        match detection {
             ServerDetection::NeedMore if room > chunk.len() => Tapped::More,
             ServerDetection::NeedMore | ServerDetection::NotTls | ServerDetection::TooLarge => {
                 self.found(ServerOutcome::Unknown)
@@ -359,6 +369,40 @@ mod tests {
             other => panic!("expected a hello, got {other:?}"),
         }
         assert!(matches!(tap.see(TLS10), Tapped::Done));
+    }
+
+    /// What the tap reports for `TLS10` cut at `cuts`.
+    fn tapped_in_pieces(cuts: &[usize]) -> ServerHelloSummary {
+        let (mut tap, mut rx) = ServerHelloTap::new();
+        let mut from = 0;
+        for &to in cuts.iter().chain([TLS10.len()].iter()) {
+            let piece = &TLS10[from..to];
+            let last = to == TLS10.len();
+            match tap.see(piece) {
+                Tapped::More => assert!(!last, "a whole hello is reported"),
+                Tapped::Done => assert!(last, "nothing before the hello is whole ({cuts:?})"),
+            }
+            from = to;
+        }
+        match rx.try_recv() {
+            Ok(ServerOutcome::Hello(h)) => *h,
+            other => panic!("expected a hello for cuts {cuts:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_hello_in_one_piece_or_cut_anywhere_reads_the_same() {
+        let whole = tapped_in_pieces(&[]);
+        assert_eq!(whole.negotiated_version, 0x0301);
+        let n = TLS10.len();
+        for a in 1..n {
+            assert_eq!(tapped_in_pieces(&[a]), whole, "cut at {a}");
+        }
+        for a in (1..n).step_by(7) {
+            for b in (a + 1..n).step_by(5) {
+                assert_eq!(tapped_in_pieces(&[a, b]), whole, "cut at {a} and {b}");
+            }
+        }
     }
 
     #[test]
