@@ -2,7 +2,7 @@
 # User-space instructions tlspeek spends per proxied connection, counted by callgrind:
 # a figure that does not move with the machine's speed or its neighbours, so a change of a
 # few percent can be told apart on a noisy shared VM where timing cannot (the same binary
-# counted twice differs by about 0.2%). The kernel's share (the sockets) is not counted.
+# counted twice has differed by 0.2% to 1%: count each binary twice). The kernel's share (the sockets) is not counted.
 #
 # Usage: benches/instructions.sh [--connections N] [--warmup N] [--bin PATH] [--help]
 #
