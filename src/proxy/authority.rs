@@ -28,10 +28,17 @@ pub struct Authority {
     pub port: u16,
 }
 
-/// `host:port`, as the span's `target` and `/debug/tunnels` write it.
+/// `host:port`, as the span's `target` and `/debug/tunnels` write it: an IPv6 host in
+/// brackets, as the CONNECT line had it (`[::1]:443`, not the ambiguous `::1:443`).
 impl fmt::Display for Authority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.host, f)?;
+        if let Host::Ip(IpAddr::V6(_)) = self.host {
+            f.write_str("[")?;
+            fmt::Display::fmt(&self.host, f)?;
+            f.write_str("]")?;
+        } else {
+            fmt::Display::fmt(&self.host, f)?;
+        }
         f.write_str(":")?;
         f.write_str(itoa::Buffer::new().format(self.port))
     }
@@ -89,12 +96,12 @@ mod tests {
             "a:65535",
         ] {
             let a = parse_authority(t).unwrap();
-            assert_eq!(a.to_string(), format!("{}:{}", a.host, a.port));
+            assert_eq!(a.to_string(), t);
+            assert_eq!(parse_authority(&a.to_string()), Ok(a));
         }
-        assert_eq!(
-            parse_authority("10.0.0.1:8443").unwrap().to_string(),
-            "10.0.0.1:8443"
-        );
+        let v6 = parse_authority("[2001:DB8:0::1]:636").unwrap();
+        assert_eq!(v6.to_string(), "[2001:db8::1]:636");
+        assert_eq!(v6.host.to_string(), "2001:db8::1");
     }
 
     #[test]
