@@ -79,17 +79,18 @@ impl Tap for ServerHelloTap {
         let taken = chunk.get(..chunk.len().min(room)).unwrap_or_default();
         // The usual case, a whole answer in the first chunk, is read where it lies; only an
         // answer split across chunks is gathered in `buf`.
-        let detection = if self.buf.is_empty() {
-            hello::detect_server_hello(taken, hello::MAX_HELLO_BYTES)
-        } else {
-            self.buf.extend_from_slice(taken);
-            hello::detect_server_hello(&self.buf, hello::MAX_HELLO_BYTES)
-        };
-        if matches!(detection, ServerDetection::NeedMore) && self.buf.is_empty() {
+        let first = self.buf.is_empty();
+        if !first {
             self.buf.extend_from_slice(taken);
         }
-        match detection {
-            ServerDetection::NeedMore if room > chunk.len() => Tapped::More,
+        let seen = if first { taken } else { &self.buf };
+        match hello::detect_server_hello(seen, hello::MAX_HELLO_BYTES) {
+            ServerDetection::NeedMore if room > chunk.len() => {
+                if first {
+                    self.buf.extend_from_slice(taken);
+                }
+                Tapped::More
+            }
             ServerDetection::NeedMore | ServerDetection::NotTls | ServerDetection::TooLarge => {
                 self.found(ServerOutcome::Unknown)
             }

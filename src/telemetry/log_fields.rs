@@ -60,12 +60,7 @@ impl FieldVisitor<'_> {
         tests::WRITTEN_HERE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let separator = if self.is_empty { "" } else { " " };
         self.is_empty = false;
-        self.result = (|| {
-            self.writer.write_str(separator)?;
-            self.writer.write_str(field.name())?;
-            self.writer.write_char('=')?;
-            value(&mut self.writer)
-        })();
+        self.result = write_field(&mut self.writer, separator, field.name(), value);
     }
 
     /// Hands one field to the default formatter.
@@ -131,6 +126,19 @@ impl Visit for FieldVisitor<'_> {
             self.by_default(field, |v| v.record_debug(field, value));
         }
     }
+}
+
+/// `separator`, `name=`, then what `value` writes.
+fn write_field(
+    w: &mut Writer<'_>,
+    separator: &str,
+    name: &str,
+    value: impl FnOnce(&mut Writer<'_>) -> fmt::Result,
+) -> fmt::Result {
+    w.write_str(separator)?;
+    w.write_str(name)?;
+    w.write_char('=')?;
+    value(w)
 }
 
 /// A byte `str`'s `Debug` writes unchanged between its quotes: printable ASCII but the
