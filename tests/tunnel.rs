@@ -466,3 +466,66 @@ fn zero_copy_setting_picks_the_pass_through_path_and_bytes_arrive_unchanged() {
         drop(w);
     }
 }
+
+/// `write(2)` calls made so far by the process's runtime threads (named `tlspeek`; the
+/// event and inventory writers have names of their own), from `/proc/PID/task/*/io`.
+fn runtime_writes(pid: u32) -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let dir = task.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() != "tlspeek" {
+            continue;
+        }
+        let io = std::fs::read_to_string(dir.join("io")).unwrap_or_default();
+        total += io
+            .lines()
+            .find_map(|l| l.strip_prefix("syscw:"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
+}
+
+/// A quiet proxy arms a connection's timeouts (the dial, the wait for the hello) without
+/// waking its own runtime. Tokio's timer writes to its eventfd for every timer due before
+/// the soonest one pending, or when none is; that was two `write(2)`s per connection (and
+/// the wake-ups they cause) until `keep_a_timer_armed` kept one pending. With the logs at
+/// `warn` and local process naming off, the runtime threads write nothing else.
+#[test]
+fn a_quiet_proxy_arms_connection_timeouts_without_waking_itself() {
+    const CONNECTIONS: u64 = 40;
+    let echo = echo_server();
+    let opts = StartOpts {
+        rust_log: Some("warn".into()),
+        ..StartOpts::default()
+    };
+    let t = Tlspeek::start_opts(
+        &format!("allowed_ports = [{echo}]\nname_local_processes = false\n"),
+        "",
+        &opts,
+    );
+    let tunnel = |t: &Tlspeek| {
+        let (mut s, status) = connect_tunnel(t.proxy_port, &format!("127.0.0.1:{echo}"));
+        assert!(status.contains(" 200 "), "{status}");
+        // Sent only after the 200: the proxy waits for it with its hello timeout armed.
+        s.write_all(CURL_TLS12_HELLO).unwrap();
+        let mut back = vec![0u8; CURL_TLS12_HELLO.len()];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back, CURL_TLS12_HELLO);
+    };
+    tunnel(&t);
+    let before = runtime_writes(t.pid());
+    for _ in 0..CONNECTIONS {
+        tunnel(&t);
+    }
+    let writes = runtime_writes(t.pid()) - before;
+    assert!(
+        writes < CONNECTIONS / 2,
+        "{writes} write(2) calls by the runtime for {CONNECTIONS} connections: arming a \
+         connection's timeouts wakes the runtime"
+    );
+}

@@ -193,6 +193,8 @@ struct Tasks {
     admin: tokio::task::JoinHandle<()>,
     expiry: tokio::task::JoinHandle<()>,
     watched: tokio::task::JoinHandle<()>,
+    /// `keep_a_timer_armed`.
+    timer_anchor: tokio::task::JoinHandle<()>,
 }
 
 impl Tasks {
@@ -213,6 +215,7 @@ impl Tasks {
             admin: tokio::spawn(admin::serve(l.admin, shared.clone(), stop_admin.clone())),
             expiry: tokio::spawn(expire_series(shared.clone(), stop_admin.clone())),
             watched: tokio::spawn(refresh_watched(shared.clone(), stop_admin.clone())),
+            timer_anchor: tokio::spawn(keep_a_timer_armed(stop_admin.clone())),
             stop_accepting,
             stop_admin,
         };
@@ -250,6 +253,7 @@ impl Tasks {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.admin).await;
         let _ = self.expiry.await;
         self.watched.abort();
+        self.timer_anchor.abort();
         // Both writers are stopped and joined here, not left to the drop of `Shared`: the
         // process exits right after, and a writer thread still flushing would lose rows.
         let writers = shared.clone();
@@ -298,6 +302,25 @@ async fn refresh_watched(shared: Arc<Shared>, stop: CancellationToken) {
         }
         let patterns = shared.config.load().metrics.watched_destinations.clone();
         shared.watched_addresses.refresh(&patterns).await;
+    }
+}
+
+/// How often [`keep_a_timer_armed`] wakes: shorter than every timeout a connection sets by
+/// default (`hello_timeout` 5 s, `header_timeout` and `connect_timeout` 10 s).
+const TIMER_ANCHOR: Duration = Duration::from_secs(1);
+
+/// Keeps a timer pending that expires within [`TIMER_ANCHOR`]. Tokio's timer wakes its
+/// driver (a write to its eventfd, so one more `epoll_wait`, and often a parked worker
+/// woken) each time a task arms a timer due before the soonest one the driver knew of when
+/// it last went to sleep, or when it knew of none. On a quiet proxy that was every connection, twice (the
+/// request-head and the hello timeouts). With a timer always due within a second, a
+/// connection's timeouts land after it and wake nothing; the cost is one wake-up a second.
+async fn keep_a_timer_armed(stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(TIMER_ANCHOR) => {}
+        }
     }
 }
 
