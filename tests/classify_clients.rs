@@ -319,3 +319,46 @@ fn hello_is_counted_while_the_tunnel_is_still_open() {
     let _ = child.wait();
     t.wait_events("event at close", |e| !e.is_empty());
 }
+
+/// The server's answer is taken as soon as the tap has it, not when the tunnel ends: the
+/// negotiated version is counted while `openssl s_client` still holds its session open.
+/// (The tap runs inside the connection's own task and is read with no waker; a missed read
+/// would leave the count at zero until the close.)
+#[test]
+fn server_answer_is_counted_while_the_tunnel_is_still_open() {
+    if !require(&["openssl"]) {
+        return;
+    }
+    let (_srv, up) = openssl_server(&[]);
+    let t = Tlspeek::start(&format!("allowed_ports = [{up}]\n"), "");
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-proxy", &format!("127.0.0.1:{}", t.proxy_port)])
+        .args(["-connect", &format!("127.0.0.1:{up}"), "-tls1_3"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let negotiated = |t: &Tlspeek| {
+        sample(
+            &t.metrics(),
+            "tlspeek_handshakes_total",
+            &[("version", "TLS1.3")],
+        )
+        .unwrap_or(0.0)
+    };
+    let end = Instant::now() + Duration::from_secs(10);
+    while negotiated(&t) < 1.0 {
+        assert!(
+            Instant::now() < end,
+            "the server's answer is not counted while the tunnel is open"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        sample(&t.metrics(), "tlspeek_active_tunnels", &[]),
+        Some(1.0)
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -148,21 +148,31 @@ impl Handshake {
         self.answer.is_some()
     }
 
-    /// The server's answer; `Unknown` once `hello_timeout` after the hello has passed.
-    /// Pending for ever when nothing is awaited.
-    pub async fn next_answer(&mut self) -> ServerOutcome {
-        let Some(rx) = self.answer.as_mut() else {
-            return std::future::pending().await;
-        };
-        let answer = match self.deadline {
-            Some(d) => tokio::time::timeout_at(d, rx).await.ok(),
-            None => Some(rx.await),
+    /// The tap's finding, if it has sent one: never waits and registers no waker. The
+    /// tap runs inside the down pump, which only this connection's task polls, so what it
+    /// sends is there right after a poll of the pumps; a waker would only make the task
+    /// wake itself (and, with a multi-thread runtime, wake a parked worker to run it).
+    pub fn try_answer(&mut self) -> Option<ServerOutcome> {
+        let rx = self.answer.as_mut()?;
+        let outcome = match rx.try_recv() {
+            Ok(outcome) => outcome,
+            Err(oneshot::error::TryRecvError::Empty) => return None,
+            Err(oneshot::error::TryRecvError::Closed) => ServerOutcome::Unknown,
         };
         self.answer = None;
-        match answer {
-            Some(Ok(outcome)) => outcome,
-            _ => ServerOutcome::Unknown,
-        }
+        Some(outcome)
+    }
+
+    /// When the answer stops being awaited (`hello_timeout` after the hello), if the hello
+    /// side is known.
+    pub fn answer_deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// The deadline passed with no answer: it counts as unknown.
+    pub fn answer_timed_out(&mut self, shared: &Shared) {
+        self.answer = None;
+        self.answered(shared, ServerOutcome::Unknown);
     }
 
     /// The server answered: report at once if the hello side is known.
@@ -424,14 +434,26 @@ mod tests {
         assert!(tap.buf.is_empty());
     }
 
-    #[tokio::test]
-    async fn an_answer_that_does_not_come_is_unknown_after_the_deadline() {
-        let (_tap, rx) = ServerHelloTap::new();
+    #[test]
+    fn an_answer_is_taken_once_without_waiting() {
+        let (mut tap, rx) = ServerHelloTap::new();
         let mut hs = Handshake::default();
         hs.watch(rx);
-        hs.deadline = Some(Instant::now() + Duration::from_millis(20));
+        assert!(hs.try_answer().is_none(), "nothing sent yet");
         assert!(hs.waiting());
-        assert!(matches!(hs.next_answer().await, ServerOutcome::Unknown));
+        assert!(matches!(tap.see(ALERT), Tapped::Done));
+        assert!(matches!(hs.try_answer(), Some(ServerOutcome::Alert { .. })));
+        assert!(!hs.waiting());
+        assert!(hs.try_answer().is_none(), "taken once");
+    }
+
+    #[test]
+    fn a_tap_gone_without_an_answer_counts_as_unknown() {
+        let (tap, rx) = ServerHelloTap::new();
+        let mut hs = Handshake::default();
+        hs.watch(rx);
+        drop(tap);
+        assert!(matches!(hs.try_answer(), Some(ServerOutcome::Unknown)));
         assert!(!hs.waiting());
     }
 }

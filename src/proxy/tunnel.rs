@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::pin::{Pin, pin};
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -280,7 +281,9 @@ where
     D: Future<Output = Result<(), PumpError>>,
 {
     /// Also takes the server's answer to the hello (the tap's finding) as soon as it
-    /// arrives, so that the negotiated metrics and the inventory move at once.
+    /// arrives, so that the negotiated metrics and the inventory move at once. The
+    /// branches are polled in order: the tap runs inside the down pump, so its finding is
+    /// read right after the pumps in the same pass, with no waker (`Handshake::try_answer`).
     async fn run(
         mut self,
         s: &Session<'_>,
@@ -291,12 +294,18 @@ where
             &s.stats.activity,
             s.cfg.proxy.idle_timeout
         ));
+        // One timer for the answer's deadline, armed only while the answer is awaited.
+        let deadline = handshake.answer_deadline();
+        let mut answer_late = pin!(tokio::time::sleep_until(
+            deadline.unwrap_or_else(tokio::time::Instant::now)
+        ));
         loop {
             if self.up_done && self.down_done {
                 return Ok(Outcome::Closed);
             }
             let waiting = handshake.waiting();
             tokio::select! {
+                biased;
                 r = &mut self.up, if !self.up_done => match r {
                     Ok(()) => self.up_done = true,
                     Err(e) => return Err(reset_other(s, upstream, e)),
@@ -305,8 +314,13 @@ where
                     Ok(()) => self.down_done = true,
                     Err(e) => return Err(reset_other(s, upstream, e)),
                 },
-                answer = handshake.next_answer(), if waiting => {
+                answer = std::future::poll_fn(|_| {
+                    handshake.try_answer().map_or(Poll::Pending, Poll::Ready)
+                }), if waiting => {
                     handshake.answered(s.shared, answer);
+                }
+                _ = &mut answer_late, if waiting && deadline.is_some() => {
+                    handshake.answer_timed_out(s.shared);
                 }
                 _ = &mut idle => {
                     debug!(idle_timeout = ?s.cfg.proxy.idle_timeout, "tunnel idle: closing");
