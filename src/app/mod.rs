@@ -103,8 +103,13 @@ impl Listeners {
         let proxy = TcpListener::bind(cfg.proxy.listen)
             .await
             .map_err(bind("proxy.listen", cfg.proxy.listen))?;
+        crate::net::nodelay::on_listener(&proxy);
         let transparent = match cfg.transparent_listen {
-            Some(addr) => Some(bind_transparent(addr, cfg.transparent_tproxy)?),
+            Some(addr) => {
+                let l = bind_transparent(addr, cfg.transparent_tproxy)?;
+                crate::net::nodelay::on_listener(&l);
+                Some(l)
+            }
             None => None,
         };
         let admin = TcpListener::bind(cfg.admin.listen)

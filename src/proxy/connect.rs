@@ -119,6 +119,6 @@ async fn connect(
     if let Some(parent) = up.parent {
         rec.note = Some(format!("via parent proxy {parent}"));
     }
-    let _ = s.client.set_nodelay(true);
+    crate::net::nodelay::on_client(s.client);
     Ok(up.stream)
 }

@@ -77,7 +77,7 @@ async fn run(
     if let Some(parent) = up.parent {
         rec.note = Some(format!("via parent proxy {parent}"));
     }
-    let _ = s.client.set_nodelay(true);
+    crate::net::nodelay::on_client(s.client);
     let active = tunnel::ActiveTunnel::open(&s.shared.metrics.active_tunnels);
     tunnel::serve(s, active, &up.stream, &target, Vec::new(), rec, handshake).await
 }
