@@ -277,6 +277,34 @@ fn sources_are_told_apart_and_named() {
     assert_eq!(named["source"], "build-agents");
 }
 
+/// `openssl s_client` through the proxy to `up` with `args`, holding its TLS session open
+/// while its stdin is open (until the child is killed).
+fn held_session(t: &Tlspeek, up: u16, args: &[&str]) -> std::process::Child {
+    Command::new("openssl")
+        .args(["s_client", "-proxy", &format!("127.0.0.1:{}", t.proxy_port)])
+        .args(["-connect", &format!("127.0.0.1:{up}")])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits (at most 10 s) until `counted` reaches 1, then checks the tunnel is still open.
+fn counted_while_open(t: &Tlspeek, what: &str, counted: impl Fn(&Tlspeek) -> f64) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while counted(t) < 1.0 {
+        assert!(
+            Instant::now() < end,
+            "{what} not counted while the tunnel is open"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let m = t.metrics();
+    assert_eq!(sample(&m, "tlspeek_active_tunnels", &[]), Some(1.0));
+}
+
 #[test]
 fn hello_is_counted_while_the_tunnel_is_still_open() {
     if !require(&["openssl"]) {
@@ -284,33 +312,20 @@ fn hello_is_counted_while_the_tunnel_is_still_open() {
     }
     let (_srv, up) = openssl_server(&[]);
     let t = Tlspeek::start(&format!("allowed_ports = [{up}]\n"), "");
-    // openssl s_client keeps the TLS session open while its stdin is open.
-    let mut child = Command::new("openssl")
-        .args(["s_client", "-proxy", &format!("127.0.0.1:{}", t.proxy_port)])
-        .args([
-            "-connect",
-            &format!("127.0.0.1:{up}"),
+    let mut child = held_session(
+        &t,
+        up,
+        &[
             "-servername",
             LOGIN,
             "-tls1",
             "-cipher",
             "DEFAULT:@SECLEVEL=0",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let end = Instant::now() + Duration::from_secs(10);
-    while hello_count(&t, &[("version", "TLS1.0"), ("legacy", "true")]) < 1.0 {
-        assert!(
-            Instant::now() < end,
-            "hello not counted while the tunnel is open"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let m = t.metrics();
-    assert_eq!(sample(&m, "tlspeek_active_tunnels", &[]), Some(1.0));
+        ],
+    );
+    counted_while_open(&t, "hello", |t| {
+        hello_count(t, &[("version", "TLS1.0"), ("legacy", "true")])
+    });
     assert!(
         t.target_events().is_empty(),
         "the event line is written at close"
@@ -331,34 +346,15 @@ fn server_answer_is_counted_while_the_tunnel_is_still_open() {
     }
     let (_srv, up) = openssl_server(&[]);
     let t = Tlspeek::start(&format!("allowed_ports = [{up}]\n"), "");
-    let mut child = Command::new("openssl")
-        .args(["s_client", "-proxy", &format!("127.0.0.1:{}", t.proxy_port)])
-        .args(["-connect", &format!("127.0.0.1:{up}"), "-tls1_3"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let negotiated = |t: &Tlspeek| {
+    let mut child = held_session(&t, up, &["-tls1_3"]);
+    counted_while_open(&t, "the server's answer", |t| {
         sample(
             &t.metrics(),
             "tlspeek_handshakes_total",
             &[("version", "TLS1.3")],
         )
         .unwrap_or(0.0)
-    };
-    let end = Instant::now() + Duration::from_secs(10);
-    while negotiated(&t) < 1.0 {
-        assert!(
-            Instant::now() < end,
-            "the server's answer is not counted while the tunnel is open"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(
-        sample(&t.metrics(), "tlspeek_active_tunnels", &[]),
-        Some(1.0)
-    );
+    });
     let _ = child.kill();
     let _ = child.wait();
 }
