@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use super::authority::Authority;
 use super::error::ConnError;
 use super::first_flight::{self, Act, UpgradePlan};
-use super::handshake::{Handshake, ServerHelloTap};
+use super::handshake::{Handshake, ServerHelloTap, ServerOutcome};
 use super::peek::{FirstFlight, Peeked, peek_client_hello};
 use super::prelude::{self, PreludeEnd};
 use super::retired;
@@ -281,9 +281,10 @@ where
     D: Future<Output = Result<(), PumpError>>,
 {
     /// Also takes the server's answer to the hello (the tap's finding) as soon as it
-    /// arrives, so that the negotiated metrics and the inventory move at once. The
-    /// branches are polled in order: the tap runs inside the down pump, so its finding is
-    /// read right after the pumps in the same pass, with no waker (`Handshake::try_answer`).
+    /// arrives, so that the negotiated metrics and the inventory move at once: the tap runs
+    /// inside the down pump, so its finding is read right after each poll of that pump,
+    /// with no waker (`Handshake::try_answer`). The branches keep `select!`'s random order,
+    /// so that neither direction of a busy tunnel can take every turn.
     async fn run(
         mut self,
         s: &Session<'_>,
@@ -304,21 +305,30 @@ where
                 return Ok(Outcome::Closed);
             }
             let waiting = handshake.waiting();
+            let down_done = self.down_done;
+            let down = &mut self.down;
             tokio::select! {
-                biased;
                 r = &mut self.up, if !self.up_done => match r {
                     Ok(()) => self.up_done = true,
                     Err(e) => return Err(reset_other(s, upstream, e)),
                 },
-                r = &mut self.down, if !self.down_done => match r {
-                    Ok(()) => self.down_done = true,
-                    Err(e) => return Err(reset_other(s, upstream, e)),
+                // The down pump, then at once the tap's finding (the tap runs inside that
+                // pump: what it found is there right after the poll, with no waker).
+                event = std::future::poll_fn(|cx| {
+                    if !down_done {
+                        if let Poll::Ready(r) = down.as_mut().poll(cx) {
+                            return Poll::Ready(DownEvent::Ended(r));
+                        }
+                    }
+                    match handshake.try_answer() {
+                        Some(answer) => Poll::Ready(DownEvent::Answer(answer)),
+                        None => Poll::Pending,
+                    }
+                }), if !down_done || waiting => match event {
+                    DownEvent::Ended(Ok(())) => self.down_done = true,
+                    DownEvent::Ended(Err(e)) => return Err(reset_other(s, upstream, e)),
+                    DownEvent::Answer(answer) => handshake.answered(s.shared, answer),
                 },
-                answer = std::future::poll_fn(|_| {
-                    handshake.try_answer().map_or(Poll::Pending, Poll::Ready)
-                }), if waiting => {
-                    handshake.answered(s.shared, answer);
-                }
                 _ = &mut answer_late, if waiting && deadline.is_some() => {
                     handshake.answer_timed_out(s.shared);
                 }
@@ -329,6 +339,12 @@ where
             }
         }
     }
+}
+
+/// What the down pump's branch brings: the pump's end, or the tap's finding.
+enum DownEvent {
+    Ended(Result<(), PumpError>),
+    Answer(ServerOutcome),
 }
 
 /// One side failed: reset the other, so a cut-off stream never looks complete.
