@@ -317,9 +317,10 @@ const TIMER_ANCHOR: Duration = Duration::from_secs(1);
 /// Keeps a timer pending that expires within [`TIMER_ANCHOR`]. Tokio's timer wakes its
 /// driver (a write to its eventfd, so one more `epoll_wait`, and often a parked worker
 /// woken) each time a task arms a timer due before the soonest one the driver knew of when
-/// it last went to sleep, or when it knew of none. On a quiet proxy that was every connection, twice (the
-/// request-head and the hello timeouts). With a timer always due within a second, a
-/// connection's timeouts land after it and wake nothing; the cost is one wake-up a second.
+/// it last went to sleep, or when it knew of none. On a quiet proxy that was every
+/// connection, twice (the dial's and the hello's timeouts). With a timer always due within
+/// a second, a connection's timeouts land after it and wake nothing; the cost is one
+/// wake-up a second.
 async fn keep_a_timer_armed(stop: CancellationToken) {
     loop {
         tokio::select! {

@@ -1,9 +1,9 @@
 //! Socket I/O shared by the proxy and upgrade mode: the tunnel pumps (`splice`: copy and
 //! zero-copy, pooled buffers and pipes), the open tunnels' registry (`registry`, for
 //! `/debug/tunnels`), stream adapters over shared sockets (`streams`), `TCP_NODELAY` on
-//! the clients' sockets (`nodelay`), and the two small
-//! things every connection needs — writing a whole
-//! answer within a time limit, and closing so that the peer reads that answer.
+//! the clients' sockets (`nodelay`), and the two small things every connection needs —
+//! writing a whole answer within a time limit, and closing so that the peer reads that
+//! answer.
 
 pub mod addr_text;
 pub mod nodelay;
