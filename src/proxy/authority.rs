@@ -32,14 +32,12 @@ pub struct Authority {
 /// brackets, as the CONNECT line had it (`[::1]:443`, not the ambiguous `::1:443`).
 impl fmt::Display for Authority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Host::Ip(IpAddr::V6(_)) = self.host {
+        let bracketed = matches!(self.host, Host::Ip(IpAddr::V6(_)));
+        if bracketed {
             f.write_str("[")?;
-            fmt::Display::fmt(&self.host, f)?;
-            f.write_str("]")?;
-        } else {
-            fmt::Display::fmt(&self.host, f)?;
         }
-        f.write_str(":")?;
+        fmt::Display::fmt(&self.host, f)?;
+        f.write_str(if bracketed { "]:" } else { ":" })?;
         f.write_str(itoa::Buffer::new().format(self.port))
     }
 }
