@@ -402,3 +402,17 @@ fn thousand_concurrent_tunnels_every_byte_checked_and_nothing_leaks() {
     );
     assert_eq!(t.metric("tlspeek_client_hellos_total", &[]), hellos as f64);
 }
+
+/// The proxy turns transparent huge pages off for itself at start (`main`): with them, its
+/// allocator's regions are faulted in 2 MiB at a time where the system's setting is
+/// `always`, and an idle tunnel cost twice the memory (BENCHMARKS.md, ninth stop).
+#[test]
+fn the_proxy_runs_without_transparent_huge_pages() {
+    let t = Tlspeek::start("", "");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", t.pid())).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("THP_enabled:"))
+        .unwrap_or_else(|| panic!("no THP_enabled line in /proc/PID/status:\n{status}"));
+    assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+}
