@@ -83,9 +83,20 @@ pub async fn accept_loop(
                 AtAccept::Decided(admit(&shared, &cfg, peer))
             };
         let span = info_span!("conn", id, mode = mode.as_str(), src = %SocketText(peer), target = tracing::field::Empty);
+        // Boxed: the task then holds a pointer, not the ~4.7 KiB connection future, which
+        // Tokio would otherwise copy whole each time it moves the task's stage (spawn,
+        // `Finished`, `Consumed`).
         shared.tracker.spawn(
-            connection::handle(shared.clone(), cfg, stream, peer, id, at_accept, mode)
-                .instrument(span),
+            Box::pin(connection::handle(
+                shared.clone(),
+                cfg,
+                stream,
+                peer,
+                id,
+                at_accept,
+                mode,
+            ))
+            .instrument(span),
         );
     }
 }
