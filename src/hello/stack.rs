@@ -413,51 +413,55 @@ impl StackTable {
         &self.entries
     }
 
-    /// The library of `shape` (cached).
+    /// The library of `shape` (cached). An exact shape first; then, for a shape whose
+    /// extension orders have agreed (`Votes`), the pinned verdict; else the nearest
+    /// entries, and the order's vote.
     pub fn classify(&self, shape: &Shape) -> StackVerdict {
         let key = shape.key();
         if let Some(v) = cached(&self.cache, &key) {
             return v;
         }
-        let v = self.classify_with(shape, key, &|_| false, || {
-            let mut order_free = shape.clone();
-            order_free.extensions.sort_unstable();
-            cached(&self.candidates, &order_free).unwrap_or_else(|| {
-                let first = Arc::new(self.candidates_of(shape, |_| false));
-                keep_within(
-                    &self.candidates,
-                    CANDIDATES_CACHE_MAX,
-                    order_free,
-                    first.clone(),
-                );
-                first
-            })
-        });
+        if let Some(v) = self.exact_match(shape, key, &|_| false) {
+            keep(&self.cache, key, v.clone());
+            return v;
+        }
+        let first = self.cached_candidates(shape);
+        // Not kept in the verdict cache: a library that shuffles would fill it with one
+        // order per connection and push out the shapes that repeat.
+        if let Some(v) = first.votes.pinned() {
+            return v;
+        }
+        let v = self.nearest(&List::of(&shape.extensions), &first);
+        first.votes.count(order_key(&shape.extensions), &v);
         keep(&self.cache, key, v.clone());
         v
     }
 
-    /// The library of `shape`, ignoring the entries `skip` names (the measurement leaves
-    /// out the entry under test and every entry with its fingerprint). Not cached.
-    pub fn classify_without(&self, shape: &Shape, skip: impl Fn(&Entry) -> bool) -> StackVerdict {
-        self.classify_with(shape, shape.key(), &skip, || {
-            Arc::new(self.candidates_of(shape, &skip))
+    /// The candidates of `shape`'s extension set (cached by the shape with its extensions
+    /// sorted), with the votes of its orders.
+    fn cached_candidates(&self, shape: &Shape) -> Arc<Candidates> {
+        let mut order_free = shape.clone();
+        order_free.extensions.sort_unstable();
+        cached(&self.candidates, &order_free).unwrap_or_else(|| {
+            let first = Arc::new(self.candidates_of(shape, |_| false));
+            keep_within(
+                &self.candidates,
+                CANDIDATES_CACHE_MAX,
+                order_free,
+                first.clone(),
+            );
+            first
         })
     }
 
-    /// An exact shape, else the nearest of the candidates `candidates` gives. Only the
-    /// hello's extension order is prepared here: the rest is in the candidates.
-    fn classify_with(
-        &self,
-        shape: &Shape,
-        key: u64,
-        skip: &impl Fn(&Entry) -> bool,
-        candidates: impl FnOnce() -> Arc<Candidates>,
-    ) -> StackVerdict {
-        if let Some(v) = self.exact_match(shape, key, skip) {
+    /// The library of `shape`, ignoring the entries `skip` names (the measurement leaves
+    /// out the entry under test and every entry with its fingerprint). Not cached, never
+    /// pinned: an exact shape, else the nearest entries.
+    pub fn classify_without(&self, shape: &Shape, skip: impl Fn(&Entry) -> bool) -> StackVerdict {
+        if let Some(v) = self.exact_match(shape, shape.key(), &skip) {
             return v;
         }
-        let first = candidates();
+        let first = self.candidates_of(shape, &skip);
         self.nearest(&List::of(&shape.extensions), &first)
     }
 
@@ -482,6 +486,7 @@ impl StackTable {
         Candidates {
             hello_values: mine.extensions.values(),
             list,
+            votes: Votes::default(),
         }
     }
 
@@ -796,6 +801,80 @@ impl SortedLists {
 struct Candidates {
     hello_values: Box<[u16]>,
     list: Vec<Candidate>,
+    votes: Votes,
+}
+
+/// Distinct extension orders of one extension set that must agree before their verdict is
+/// pinned.
+const PIN_AFTER: usize = 8;
+
+/// The verdicts of one extension set's orders (one `Candidates`). A library that shuffles
+/// its extensions for every connection (Chrome, Firefox, rustls) gets the same verdict
+/// whatever the order: once `PIN_AFTER` distinct orders have agreed on the library, its
+/// confidence and its software, that verdict is pinned, and a new order costs no nearest
+/// match and no verdict-cache entry. One order that disagrees (a shape near a margin)
+/// means every order is computed, for good. A pinned verdict keeps the first order's
+/// similarity. The order that repeats (a library with a
+/// fixed order) counts once, so it pins nothing: it stays in the verdict cache.
+#[derive(Debug, Default)]
+struct Votes(Mutex<Tally>);
+
+#[derive(Debug, Default)]
+enum Tally {
+    #[default]
+    None,
+    /// Every order so far gave `verdict`; `orders` holds each order's key once.
+    Agreeing {
+        verdict: StackVerdict,
+        orders: Vec<u64>,
+    },
+    Pinned(StackVerdict),
+    Split,
+}
+
+impl Votes {
+    fn pinned(&self) -> Option<StackVerdict> {
+        match &*self.0.lock().ok()? {
+            Tally::Pinned(v) => Some(v.clone()),
+            _ => None,
+        }
+    }
+
+    /// The verdict `v` computed for the order whose key is `order`.
+    fn count(&self, order: u64, v: &StackVerdict) {
+        let Ok(mut tally) = self.0.lock() else {
+            return;
+        };
+        let agrees = |w: &StackVerdict| {
+            w.library == v.library && w.confidence == v.confidence && w.software == v.software
+        };
+        *tally = match std::mem::take(&mut *tally) {
+            Tally::None => Tally::Agreeing {
+                verdict: v.clone(),
+                orders: vec![order],
+            },
+            Tally::Agreeing {
+                verdict,
+                mut orders,
+            } if agrees(&verdict) => {
+                if !orders.contains(&order) {
+                    orders.push(order);
+                }
+                if orders.len() >= PIN_AFTER {
+                    Tally::Pinned(verdict)
+                } else {
+                    Tally::Agreeing { verdict, orders }
+                }
+            }
+            Tally::Agreeing { .. } | Tally::Split => Tally::Split,
+            pinned @ Tally::Pinned(_) => pinned,
+        };
+    }
+}
+
+/// One extension order's key (for `Votes`: which orders were seen).
+fn order_key(extensions: &[u16]) -> u64 {
+    foldhash::fast::FixedState::default().hash_one(extensions)
 }
 
 /// A candidate entry with the order-free terms of its similarity (`Prepared::candidate`).
@@ -1036,27 +1115,95 @@ mod tests {
     }
 
     #[test]
+    fn pinned_verdicts_of_shuffled_real_hellos_are_the_computed_ones() {
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
+        let t = StackTable::parse(TLS_STACKS_TSV).unwrap();
+        let (mut total, mut differ, mut pinned) = (0usize, 0usize, 0usize);
+        let shufflable = t.entries.iter().filter(|e| e.shape.extensions.len() >= 6);
+        for e in shufflable.step_by(3) {
+            let mut shape = e.shape.clone();
+            // One order after another, as a shuffling library sends them: the first
+            // PIN_AFTER are computed and vote, the rest may find the verdict pinned.
+            for _ in 0..2 * PIN_AFTER {
+                shuffle(&mut shape.extensions, &mut next);
+                let got = t.classify(&shape);
+                let computed = t.classify_without(&shape, |_| false);
+                total += 1;
+                differ += usize::from(
+                    got.library != computed.library || got.confidence != computed.confidence,
+                );
+            }
+            pinned += usize::from(t.cached_candidates(&shape).votes.pinned().is_some());
+        }
+        eprintln!("{differ} of {total} shuffled hellos named otherwise; {pinned} sets pinned");
+        assert!(pinned > 100, "{pinned} extension sets pinned");
+        // Pinning may name an order otherwise than computing it would (an order near a
+        // margin that the first orders did not show); it must stay rare.
+        assert!(differ * 200 <= total, "{differ} of {total} differ");
+    }
+
+    #[test]
+    fn only_distinct_orders_that_agree_pin_a_verdict() {
+        let v = |library| StackVerdict {
+            library,
+            confidence: StackConfidence::Structural,
+            software: None,
+            similarity: 0.9,
+        };
+        let repeated = Votes::default();
+        for _ in 0..3 * PIN_AFTER {
+            repeated.count(7, &v(TlsLibrary::Rustls));
+        }
+        assert!(
+            repeated.pinned().is_none(),
+            "one order repeated pins nothing"
+        );
+        let agreeing = Votes::default();
+        for k in 0..PIN_AFTER as u64 {
+            assert!(agreeing.pinned().is_none(), "pinned after {k} orders");
+            agreeing.count(k, &v(TlsLibrary::Rustls));
+        }
+        let pinned = agreeing.pinned().map(|p| p.library);
+        assert_eq!(pinned, Some(TlsLibrary::Rustls));
+        let split = Votes::default();
+        split.count(0, &v(TlsLibrary::Rustls));
+        split.count(1, &v(TlsLibrary::Openssl));
+        for k in 2..4 * PIN_AFTER as u64 {
+            split.count(k, &v(TlsLibrary::Rustls));
+        }
+        assert!(split.pinned().is_none(), "a disagreement unpins for good");
+    }
+
+    #[test]
     fn cached_candidates_give_the_uncached_verdict_for_shuffled_extensions() {
         let mut next = xorshift(0x853c_49e6_748f_ea9bu64);
         let t = StackTable::parse(TLS_STACKS_TSV).unwrap();
-        let mut named = 0;
+        let (mut named, mut compared) = (0, 0);
         for e in t.entries.iter().step_by(9) {
             for _ in 0..4 {
                 // Shuffled (Fisher-Yates) and one entry dropped, so no exact match.
                 let mut shape = e.shape.clone();
                 shuffle(&mut shape.extensions, &mut next);
                 shape.ciphers.pop();
+                // Entries that differ only in their extension order share an extension
+                // set, which may be pinned by now (that is the test above).
+                let pinned = t.cached_candidates(&shape).votes.pinned().is_some();
                 let cached = t.classify(&shape);
                 let plain = t.classify_without(&shape, |_| false);
+                named += usize::from(plain.library != TlsLibrary::Unknown);
+                if pinned {
+                    continue;
+                }
                 assert_eq!(cached.library, plain.library, "{shape:?}");
                 assert_eq!(cached.confidence, plain.confidence);
                 assert_eq!(cached.similarity.to_bits(), plain.similarity.to_bits());
-                named += usize::from(plain.library != TlsLibrary::Unknown);
+                compared += 1;
             }
         }
         // The candidates cache was used: shuffles of one entry share its key.
         assert!(!t.candidates.lock().unwrap().is_empty());
         assert!(named > 100, "{named} named");
+        assert!(compared > 500, "{compared} compared unpinned");
     }
 
     /// The verdict from every candidate's plain `similarity`: the best per library, the
