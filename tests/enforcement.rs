@@ -267,8 +267,13 @@ fn block_answers_with_the_alert_that_says_why() {
         (Some("blocked"), Some("blocked"))
     );
     assert_eq!(e["rule"], "no-legacy-login");
+    let log = t.stderr();
+    assert!(log.contains("blocked with a TLS alert") && log.contains("no-legacy-login"));
+    // A hello the policy acts on is recorded before the action: its log line comes first.
+    let said = |what: &str| log.find(what).unwrap_or(usize::MAX);
     assert!(
-        t.stderr().contains("blocked with a TLS alert") && t.stderr().contains("no-legacy-login")
+        said("legacy ClientHello") < said("blocked with a TLS alert"),
+        "{log}"
     );
     for modern_args in [&["--tlsv1.2", "--tls-max", "1.2"][..], &["--tlsv1.3"][..]] {
         let (code, err, _) = curl_trusting(t.proxy_port, modern, LOGIN, &upca, modern_args);

@@ -1,6 +1,12 @@
 //! What the client's first flight is, and what to do with it: the ClientHello verdict, the
 //! name the connection is for (SNI, else the CONNECT host, else a watched address), the
-//! hello-time metrics, and the policy's action (pass, block with an alert, upgrade).
+//! policy's action (pass, block with an alert, upgrade), and the hello's record (its
+//! fingerprints and library, the hello-time metrics, the inventory observation).
+//!
+//! A hello the policy passes without a word (no rule acts on it, no dry run) is recorded
+//! after it has gone upstream (`Unrecorded`), so the server starts on its answer without
+//! waiting for that work; any other hello is recorded before its action, so its log line
+//! comes first.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -37,22 +43,26 @@ pub struct UpgradePlan {
     pub upgrader: Arc<Upgrader>,
 }
 
-/// Records what the first flight was, counts it, and applies the policy to a hello.
+/// What `judge` made of the first flight.
+pub enum Judged {
+    /// Recorded; the action to carry out.
+    Act(Act),
+    /// A hello that passes with nothing to say: forward it, then `Unrecorded::record` it.
+    QuietPass(Unrecorded),
+}
+
+/// Records what the first flight was, counts it, and applies the policy to a hello. A
+/// hello that passes quietly comes back unrecorded: the caller records it once the hello
+/// is on its way upstream.
 pub fn judge(
     s: &Session<'_>,
     flight: FirstFlight,
     target: &Authority,
     rec: &mut ConnectionRecord,
     handshake: &mut Handshake,
-) -> Act {
+) -> Judged {
     let kind = match flight {
-        FirstFlight::Hello(h) => {
-            let act = on_hello(s, h, target, rec, handshake);
-            s.shared
-                .metrics
-                .first_flight(s.mode, rec.kind.unwrap_or(Kind::Tls));
-            return act;
-        }
+        FirstFlight::Hello(h) => return on_hello(s, h, target, rec, handshake),
         FirstFlight::NotTls => Kind::NotTls,
         FirstFlight::TooLarge => Kind::TooLarge,
         FirstFlight::Truncated | FirstFlight::TimedOut { partial: true } => Kind::Truncated,
@@ -68,61 +78,136 @@ pub fn judge(
             "first flight is not a whole ClientHello; passing it through"
         ),
     }
-    Act::Pass
+    Judged::Act(Act::Pass)
 }
 
-/// A whole ClientHello: its verdict and record fields, the hello-time metrics, the
-/// policy's action; the hello side handed to the handshake for the final verdict.
+/// A whole ClientHello: its verdict, its name and the policy's decision; then its record
+/// and the action, in the order that keeps the log readable (a quiet pass leaves the
+/// record to the caller).
 fn on_hello(
     s: &Session<'_>,
     h: Box<ClientHelloSummary>,
     target: &Authority,
     rec: &mut ConnectionRecord,
     handshake: &mut Handshake,
-) -> Act {
+) -> Judged {
     let verdict = hello::classify_client_hello(&h);
-    rec.set_client_hello(&h, &verdict);
-    if h.sni_cut {
+    let name = name_of(s, &h, target, rec);
+    let decision = policy::decide(
+        s.cfg,
+        name.as_ref(),
+        s.peer.ip(),
+        verdict.legacy,
+        SystemTime::now(),
+    );
+    let hello = Unrecorded {
+        destination: destination_label(s.cfg, name.as_ref()),
+        hello: h,
+        verdict,
+        name,
+    };
+    if matches!(decision.action, Action::Observe) && decision.would.is_none() {
+        // Counted as passed (a rule may match a hello that is not legacy); nothing logged.
+        let _ = apply_policy(s, &hello, decision, rec);
+        return Judged::QuietPass(hello);
+    }
+    let observation = hello.book(s, target, rec);
+    let act = apply_policy(s, &hello, decision, rec);
+    hello.hand_over(s, observation, handshake);
+    Judged::Act(act)
+}
+
+/// A judged ClientHello whose record is not made yet.
+pub struct Unrecorded {
+    hello: Box<ClientHelloSummary>,
+    verdict: Verdict,
+    name: Option<HostName>,
+    destination: String,
+}
+
+impl Unrecorded {
+    /// The hello's record: its fields, its metrics, its inventory observation, and the
+    /// hand-over of the hello side to the handshake (for the final verdict).
+    pub fn record(
+        self,
+        s: &Session<'_>,
+        target: &Authority,
+        rec: &mut ConnectionRecord,
+        handshake: &mut Handshake,
+    ) {
+        let observation = self.book(s, target, rec);
+        self.hand_over(s, observation, handshake);
+    }
+
+    fn who<'a>(&'a self, s: &'a Session<'_>) -> Who<'a> {
+        Who {
+            source: &s.src.value,
+            source_is_ip: s.src.is_ip,
+            destination: &self.destination,
+        }
+    }
+
+    /// The record fields, the hello-time metrics and logs; the inventory observation (when
+    /// there is an inventory).
+    fn book(
+        &self,
+        s: &Session<'_>,
+        target: &Authority,
+        rec: &mut ConnectionRecord,
+    ) -> Option<Observation> {
+        let h = &self.hello;
+        rec.set_client_hello(h, &self.verdict);
+        if h.sni_cut {
+            s.shared
+                .metrics
+                .hello_anomalies
+                .with_label_values(&["sni_too_long"])
+                .inc();
+            info!(
+                kept_bytes = hello::MAX_SNI_BYTES,
+                "SNI longer than a host name can be: stored cut"
+            );
+        }
+        let who = self.who(s);
+        count_hello(s, &who, h, &self.verdict, rec);
+        if let Some(d) = self
+            .name
+            .as_ref()
+            .and_then(|n| s.cfg.deprecation_of(n, None))
+        {
+            super::retired::called(&s.shared.metrics, &who, d, None, self.verdict.legacy);
+        }
         s.shared
             .metrics
-            .hello_anomalies
-            .with_label_values(&["sni_too_long"])
-            .inc();
-        info!(
-            kept_bytes = hello::MAX_SNI_BYTES,
-            "SNI longer than a host name can be: stored cut"
-        );
+            .first_flight(s.mode, rec.kind.unwrap_or(Kind::Tls));
+        s.shared.inventory.as_ref().map(|_| {
+            let dest = self
+                .name
+                .as_ref()
+                .map_or_else(|| target.host.to_string(), |n| n.to_string());
+            Observation::of_hello(rec, &s.src.value, dest, unix_now())
+        })
     }
-    let name = name_of(s, &h, target, rec);
-    let destination = destination_label(s.cfg, name.as_ref());
-    let who = Who {
-        source: &s.src.value,
-        source_is_ip: s.src.is_ip,
-        destination: &destination,
-    };
-    count_hello(s, &who, &h, &verdict, rec);
-    if let Some(d) = name.as_ref().and_then(|n| s.cfg.deprecation_of(n, None)) {
-        super::retired::called(&s.shared.metrics, &who, d, None, verdict.legacy);
+
+    /// Hands the hello side to the handshake, which reports once the server answers.
+    fn hand_over(
+        self,
+        s: &Session<'_>,
+        observation: Option<Observation>,
+        handshake: &mut Handshake,
+    ) {
+        let ctx = HelloContext {
+            source: s.src.value.clone(),
+            source_is_ip: s.src.is_ip,
+            watched: self.destination != crate::telemetry::guard::OTHER,
+            destination: self.destination,
+            hello: self.hello,
+            hello_verdict: self.verdict,
+            observation,
+            source_ip: s.peer.ip(),
+        };
+        handshake.set_context(s.shared, ctx, s.cfg.proxy.hello_timeout);
     }
-    let act = apply_policy(s, &who, &h, name.as_ref(), &verdict, rec);
-    let observation = s.shared.inventory.as_ref().map(|_| {
-        let dest = name
-            .as_ref()
-            .map_or_else(|| target.host.to_string(), |n| n.to_string());
-        Observation::of_hello(rec, &s.src.value, dest, unix_now())
-    });
-    let ctx = HelloContext {
-        source: s.src.value.clone(),
-        source_is_ip: s.src.is_ip,
-        watched: destination != crate::telemetry::guard::OTHER,
-        destination,
-        hello: h,
-        hello_verdict: verdict,
-        observation,
-        source_ip: s.peer.ip(),
-    };
-    handshake.set_context(s.shared, ctx, s.cfg.proxy.hello_timeout);
-    act
 }
 
 /// The name is the SNI, else the CONNECT host, and only a valid host name. Without SNI
@@ -172,18 +257,17 @@ fn count_hello(
     }
 }
 
-/// `policy::decide`, a dry run's "would", and the action taken (counted and recorded).
+/// The policy's decision: a dry run's "would", and the action taken (counted and
+/// recorded).
 fn apply_policy(
     s: &Session<'_>,
-    who: &Who<'_>,
-    h: &ClientHelloSummary,
-    name: Option<&HostName>,
-    verdict: &Verdict,
+    hello: &Unrecorded,
+    decision: Decision<'_>,
     rec: &mut ConnectionRecord,
 ) -> Act {
     let m = &s.shared.metrics;
-    let decision: Decision<'_> =
-        policy::decide(s.cfg, name, s.peer.ip(), verdict.legacy, SystemTime::now());
+    let (h, verdict) = (&hello.hello, &hello.verdict);
+    let who = &hello.who(s);
     rec.rule = decision.rule.map(|r| r.name.clone());
     let rule = decision.rule.map_or("-", |r| r.name.as_str());
     if let Some(would) = decision.would {
@@ -198,7 +282,7 @@ fn apply_policy(
     let act = match decision.action {
         Action::Observe => Act::Pass,
         Action::Block => Act::Block(hello::alert_record(h, hello::block_alert(verdict))),
-        Action::Upgrade => upgrade_or_fallback(s, h, name, verdict, rec),
+        Action::Upgrade => upgrade_or_fallback(s, h, hello.name.as_ref(), verdict, rec),
     };
     let (taken, label) = match &act {
         Act::Pass => (ActionTaken::Passed, "passed"),

@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::authority::Authority;
 use super::error::ConnError;
-use super::first_flight::{self, Act, UpgradePlan};
+use super::first_flight::{self, Act, Judged, UpgradePlan};
 use super::handshake::{Handshake, ServerHelloTap, ServerOutcome};
 use super::peek::{FirstFlight, Peeked, peek_client_hello};
 use super::prelude::{self, PreludeEnd};
@@ -184,33 +184,42 @@ async fn relay(
     let (mut peeked, down_done) = peek_first_flight(s, upstream, early, down.as_mut()).await?;
     let timed_out = matches!(peeked.flight, FirstFlight::TimedOut { .. });
     let flight = std::mem::replace(&mut peeked.flight, FirstFlight::Nothing);
-    let act = first_flight::judge(s, flight, target, rec, handshake);
+    let judged = first_flight::judge(s, flight, target, rec, handshake);
     if timed_out && s.cfg.proxy.on_hello_timeout == OnHelloTimeout::Close {
         debug!("no ClientHello within hello_timeout: closing (on_hello_timeout = close)");
         return Err(ConnError::ClientHelloTimeout);
     }
-    match act {
-        Act::Pass => {}
-        Act::Block(alert) => {
+    let unrecorded = match judged {
+        Judged::QuietPass(hello) => Some(hello),
+        Judged::Act(Act::Pass) => None,
+        Judged::Act(Act::Block(alert)) => {
             let _ = write_all_within(s.client, &alert, Duration::from_secs(2)).await;
             lingering_close(s.client).await;
             return Ok(TunnelEnd::Done(Outcome::Blocked));
         }
-        Act::Upgrade(plan) if s.stats.down() == 0 => {
+        Judged::Act(Act::Upgrade(plan)) if s.stats.down() == 0 => {
             return Ok(TunnelEnd::Upgrade {
                 held: peeked.held,
                 plan,
             });
         }
-        Act::Upgrade(_) => {
+        Judged::Act(Act::Upgrade(_)) => {
             // The server spoke before the client's hello: not TLS as we know it.
             warn!("cannot upgrade: the upstream sent bytes before the ClientHello; passing");
             rec.note = Some("not upgraded: the upstream spoke first".into());
+            None
         }
-    }
+    };
     // Taken, and dropped once sent: the tunnel lives on, the hello's bytes need not.
     let held = std::mem::take(&mut peeked.held);
-    if let Err(error) = splice::write_all(upstream, &held).await {
+    let sent = splice::write_all(upstream, &held).await;
+    // The hello is on its way (or the upstream is gone): now its record, which the
+    // server need not wait for. The down pump is not polled in between, so the server's
+    // answer is read after the hello side is handed over.
+    if let Some(hello) = unrecorded {
+        hello.record(s, target, rec, handshake);
+    }
+    if let Err(error) = sent {
         return Err(reset_other(
             s,
             upstream,
