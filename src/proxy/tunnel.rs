@@ -212,13 +212,22 @@ async fn relay(
     };
     // Taken, and dropped once sent: the tunnel lives on, the hello's bytes need not.
     let held = std::mem::take(&mut peeked.held);
-    let sent = splice::write_all(upstream, &held).await;
-    // The hello is on its way (or the upstream is gone): now its record, which the
-    // server need not wait for. The down pump is not polled in between, so the server's
-    // answer is read after the hello side is handed over.
-    if let Some(hello) = unrecorded {
-        hello.record(s, target, rec, handshake);
-    }
+    // One attempt first, which sends a whole hello into a fresh connection's buffer; then
+    // the hello's record, which the server need not wait for; then, only if the upstream
+    // took less, the wait for the rest (the record is never held up by a slow upstream).
+    // The down pump is not polled in between, so the server's answer is read after the
+    // hello side is handed over.
+    let sent = {
+        let mut sending = pin!(splice::write_all(upstream, &held));
+        let first = std::future::poll_fn(|cx| Poll::Ready(sending.as_mut().poll(cx))).await;
+        if let Some(hello) = unrecorded {
+            hello.record(s, target, rec, handshake);
+        }
+        match first {
+            Poll::Ready(sent) => sent,
+            Poll::Pending => sending.await,
+        }
+    };
     if let Err(error) = sent {
         return Err(reset_other(
             s,
