@@ -814,8 +814,8 @@ const PIN_AFTER: usize = 8;
 /// confidence and its software, that verdict is pinned, and a new order costs no nearest
 /// match and no verdict-cache entry. One order that disagrees (a shape near a margin)
 /// means every order is computed, for good. A pinned verdict keeps the first order's
-/// similarity. The order that repeats (a library with a
-/// fixed order) counts once, so it pins nothing: it stays in the verdict cache.
+/// similarity. An order that repeats (a library with a fixed order) counts once, so it
+/// pins nothing: it stays in the verdict cache.
 #[derive(Debug, Default)]
 struct Votes(Mutex<Tally>);
 
