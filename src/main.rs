@@ -432,20 +432,43 @@ fn analyze(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match format {
-        // Same text as the default field formatter, cheaper per connection span.
-        LogFormat::Text => builder
-            .fmt_fields(tlspeek::telemetry::log_fields::LogFields)
-            .init(),
-        LogFormat::Json => builder.json().init(),
+    macro_rules! init {
+        ($builder:expr) => {
+            match format {
+                // Same text as the default field formatter, cheaper per connection span.
+                LogFormat::Text => $builder
+                    .fmt_fields(tlspeek::telemetry::log_fields::LogFields)
+                    .init(),
+                LogFormat::Json => $builder.json().init(),
+            }
+        };
     }
+    // A plain level (RUST_LOG unset, or "info", "debug", ...) is a static filter: the
+    // callsites are decided once. EnvFilter, needed only for per-target directives, takes
+    // a lock on every span's enter and exit.
+    let spec = std::env::var(tracing_subscriber::EnvFilter::DEFAULT_ENV).unwrap_or_default();
+    match log_level(&spec) {
+        Some(level) => init!(builder.with_max_level(level)),
+        None => {
+            let filter = tracing_subscriber::EnvFilter::try_new(&spec)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            init!(builder.with_env_filter(filter))
+        }
+    }
+}
+
+/// The one level a `RUST_LOG` value names on its own (empty means the default, info);
+/// `None` when it holds per-target directives, which need an `EnvFilter`.
+fn log_level(spec: &str) -> Option<tracing_subscriber::filter::LevelFilter> {
+    let spec = spec.trim();
+    if spec.is_empty() {
+        return Some(tracing_subscriber::filter::LevelFilter::INFO);
+    }
+    spec.parse().ok()
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -498,4 +521,22 @@ fn spawn_signal_handlers(tx: tokio::sync::mpsc::Sender<Control>) -> anyhow::Resu
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_level;
+    use tracing_subscriber::filter::LevelFilter;
+
+    #[test]
+    fn a_level_alone_is_a_static_filter_and_directives_are_not() {
+        assert_eq!(log_level(""), Some(LevelFilter::INFO));
+        assert_eq!(log_level("  "), Some(LevelFilter::INFO));
+        assert_eq!(log_level("debug"), Some(LevelFilter::DEBUG));
+        assert_eq!(log_level("WARN"), Some(LevelFilter::WARN));
+        assert_eq!(log_level("off"), Some(LevelFilter::OFF));
+        assert_eq!(log_level("info,tlspeek=debug"), None);
+        assert_eq!(log_level("tlspeek=debug"), None);
+        assert_eq!(log_level("[conn]=debug"), None);
+    }
 }

@@ -292,3 +292,42 @@ fn check_config_redacts_the_parent_proxy_password() {
         "{out}"
     );
 }
+
+/// `RUST_LOG` sets the stderr level whether it names a level alone (unset or empty means
+/// info; a static filter) or per-target directives (an `EnvFilter`): a connection that
+/// closes without a hello logs at debug, the start at info.
+#[test]
+fn rust_log_sets_the_level_plain_or_per_target() {
+    for (spec, info, debug) in [
+        ("", true, false),
+        ("info", true, false),
+        ("debug", true, true),
+        ("warn", false, false),
+        ("warn,tlspeek=debug", true, true),
+        ("info,tlspeek::app=warn", false, false),
+        ("tlspeek=loud", true, false),
+    ] {
+        let opts = StartOpts {
+            rust_log: Some(spec.into()),
+            ..StartOpts::default()
+        };
+        let upstream = silent_server();
+        let t = Tlspeek::start_opts(&format!("allowed_ports = [{upstream}]\n"), "", &opts);
+        let (s, status) = connect_tunnel(t.proxy_port, &format!("127.0.0.1:{upstream}"));
+        assert!(status.contains(" 200 "), "RUST_LOG={spec:?}: {status}");
+        drop(s);
+        // The connection's event line is written after its debug line would be.
+        t.wait_events("the tunnel's event", |ev| !ev.is_empty());
+        let err = t.stderr();
+        assert_eq!(
+            err.contains("tlspeek listening"),
+            info,
+            "RUST_LOG={spec:?}: {err}"
+        );
+        assert_eq!(
+            err.contains("no ClientHello from the client"),
+            debug,
+            "RUST_LOG={spec:?}: {err}"
+        );
+    }
+}
