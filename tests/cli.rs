@@ -312,10 +312,19 @@ fn rust_log_sets_the_level_plain_or_per_target() {
             ..StartOpts::default()
         };
         let upstream = silent_server();
-        let t = Tlspeek::start_opts(&format!("allowed_ports = [{upstream}]\n"), "", &opts);
-        let (s, status) = connect_tunnel(t.proxy_port, &format!("127.0.0.1:{upstream}"));
-        assert!(status.contains(" 200 "), "RUST_LOG={spec:?}: {status}");
-        drop(s);
+        // A fresh instance when the tunnel is not answered: under the parallel suite a
+        // free port can be taken by another test between its pick and tlspeek's bind.
+        let mut attempt = 0;
+        let t = loop {
+            attempt += 1;
+            let t = Tlspeek::start_opts(&format!("allowed_ports = [{upstream}]\n"), "", &opts);
+            let (s, status) = connect_tunnel(t.proxy_port, &format!("127.0.0.1:{upstream}"));
+            drop(s);
+            if status.contains(" 200 ") {
+                break t;
+            }
+            assert!(attempt < 3, "RUST_LOG={spec:?}: {status}\n{}", t.stderr());
+        };
         // The connection's event line is written after its debug line would be.
         t.wait_events("the tunnel's event", |ev| !ev.is_empty());
         let err = t.stderr();
