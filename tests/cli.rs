@@ -312,19 +312,10 @@ fn rust_log_sets_the_level_plain_or_per_target() {
             ..StartOpts::default()
         };
         let upstream = silent_server();
-        // A fresh instance when the tunnel is not answered: under the parallel suite a
-        // free port can be taken by another test between its pick and tlspeek's bind.
-        let mut attempt = 0;
-        let t = loop {
-            attempt += 1;
-            let t = Tlspeek::start_opts(&format!("allowed_ports = [{upstream}]\n"), "", &opts);
-            let (s, status) = connect_tunnel(t.proxy_port, &format!("127.0.0.1:{upstream}"));
-            drop(s);
-            if status.contains(" 200 ") {
-                break t;
-            }
-            assert!(attempt < 3, "RUST_LOG={spec:?}: {status}\n{}", t.stderr());
-        };
+        let t = Tlspeek::start_opts(&format!("allowed_ports = [{upstream}]\n"), "", &opts);
+        let (s, status) = connect_tunnel(t.proxy_port, &format!("127.0.0.1:{upstream}"));
+        assert!(status.contains(" 200 "), "RUST_LOG={spec:?}: {status}");
+        drop(s);
         // The connection's event line is written after its debug line would be.
         t.wait_events("the tunnel's event", |ev| !ev.is_empty());
         let err = t.stderr();
@@ -339,4 +330,17 @@ fn rust_log_sets_the_level_plain_or_per_target() {
             "RUST_LOG={spec:?}: {err}"
         );
     }
+}
+
+/// The harness's check that the port it waited on is tlspeek's: a listener of this process
+/// is this process's, and not another's.
+#[test]
+fn listens_on_tells_whose_listener_it_is() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let other = Proc(Command::new("sleep").arg("30").spawn().unwrap());
+    assert!(listens_on(std::process::id(), port));
+    assert!(!listens_on(other.0.id(), port));
+    drop(l);
+    assert!(!listens_on(std::process::id(), port));
 }

@@ -78,6 +78,32 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Whether a socket of process `pid` listens on TCP `port`. A port picked by `free_port`
+/// can be bound by a parallel test before tlspeek binds it; `wait_port` then answers for
+/// the other listener, and the test would talk to the wrong process.
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    let suffix = format!(":{port:04X}");
+    let tables: String = ["tcp", "tcp6"]
+        .iter()
+        .map(|f| std::fs::read_to_string(format!("/proc/{pid}/net/{f}")).unwrap_or_default())
+        .collect();
+    let inodes: Vec<String> = tables
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let listening = f.get(1)?.ends_with(&suffix) && *f.get(3)? == "0A";
+            let inode = f.get(9)?;
+            listening.then(|| format!("socket:[{inode}]"))
+        })
+        .collect();
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .any(|l| inodes.iter().any(|i| l.as_os_str() == i.as_str()))
+}
+
 /// Waits until something accepts on 127.0.0.1:port.
 pub fn wait_port(port: u16, within: Duration) -> bool {
     wait_port_on([127, 0, 0, 1], port, within)
@@ -781,8 +807,11 @@ impl Tlspeek {
             .spawn()
             .unwrap();
         let mut proc = Proc(child);
+        let pid = proc.0.id();
         let up = wait_port(proxy_port, Duration::from_secs(10))
-            && wait_port(admin_port, Duration::from_secs(5));
+            && wait_port(admin_port, Duration::from_secs(5))
+            && listens_on(pid, proxy_port)
+            && listens_on(pid, admin_port);
         if !up {
             let _ = proc.0.kill();
             eprintln!(
