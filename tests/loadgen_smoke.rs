@@ -1,6 +1,7 @@
 //! Keeps the benchmark tools from rotting: every mode of `tlspeek-loadgen` runs for a
-//! handful of connections through a real tlspeek (and direct), and `benches/compare.sh`
-//! passes `bash -n` and its `--dry-run`/`--help` paths. No timing is asserted here: the
+//! handful of connections through a real tlspeek (and direct), `benches/compare.sh`
+//! passes `bash -n` and its `--dry-run`/`--help` paths, and `benches/transparent.sh` its
+//! `bash -n` and `--help`. No timing is asserted here: the
 //! performance goals live in `BENCHMARKS.md`, measured by `benches/compare.sh`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed assumption is a failed test
 
@@ -183,4 +184,35 @@ fn compare_script_parses_and_dry_runs() {
         .output()
         .unwrap();
     assert!(!bad.status.success());
+}
+
+#[test]
+fn transparent_script_parses_and_explains_itself() {
+    if !require(&["bash"]) {
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/transparent.sh");
+    let syntax = Command::new("bash").arg("-n").arg(script).output().unwrap();
+    assert!(
+        syntax.status.success(),
+        "{}",
+        String::from_utf8_lossy(&syntax.stderr)
+    );
+    let help = Command::new("bash")
+        .arg(script)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.contains("unshare -n") && text.contains("--rounds"),
+        "{text}"
+    );
+    let bad = Command::new("bash")
+        .arg(script)
+        .arg("--no-such-option")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
 }
