@@ -15,6 +15,7 @@
 # when missing); builds tlspeek and the load generator (release) unless --bin names a
 # tlspeek binary. Prints one line per round and per target, then the medians.
 set -euo pipefail
+. "$(dirname "$0")/upstream.sh"   # wait_port, nginx_upstream
 
 ROUNDS=6
 N=1000
@@ -73,37 +74,8 @@ cleanup() {
   wait 2>/dev/null || true
 }
 trap cleanup EXIT INT TERM
-wait_port() {
-  for _ in $(seq 1 300); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listens on 127.0.0.1:$1" >&2
-  return 1
-}
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-  -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost" \
-  -keyout "$W/key.pem" -out "$W/cert.pem" >/dev/null 2>&1
-chmod 644 "$W/key.pem" "$W/cert.pem"
-cat >"$W/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $W/nginx.pid;
-error_log $W/nginx-error.log error;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  server {
-    listen 127.0.0.1:$NGINX_PORT ssl;
-    ssl_certificate $W/cert.pem;
-    ssl_certificate_key $W/key.pem;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_session_tickets off;
-    location = / { return 200 "ok\n"; }
-  }
-}
-EOF
+nginx_upstream "$W" "$NGINX_PORT"
 cat >"$W/haproxy.cfg" <<EOF
 global
   maxconn 9000

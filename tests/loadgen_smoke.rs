@@ -147,51 +147,9 @@ fn loadgen_runs_every_mode_through_tlspeek() {
     );
 }
 
-#[test]
-fn compare_script_parses_and_dry_runs() {
-    if !require(&["bash", "python3"]) {
-        return;
-    }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/compare.sh");
-    let syntax = Command::new("bash").arg("-n").arg(script).output().unwrap();
-    assert!(
-        syntax.status.success(),
-        "{}",
-        String::from_utf8_lossy(&syntax.stderr)
-    );
-    let help = Command::new("bash")
-        .arg(script)
-        .arg("--help")
-        .output()
-        .unwrap();
-    assert!(help.status.success());
-    assert!(String::from_utf8_lossy(&help.stdout).contains("--dry-run"));
-    let dry = Command::new("bash")
-        .arg(script)
-        .arg("--dry-run")
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&dry.stdout);
-    assert!(
-        dry.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&dry.stderr)
-    );
-    assert!(out.contains("squid peek+splice") && out.contains("dry run: nothing installed"));
-    let bad = Command::new("bash")
-        .arg(script)
-        .arg("--no-such-option")
-        .output()
-        .unwrap();
-    assert!(!bad.status.success());
-}
-
-#[test]
-fn transparent_script_parses_and_explains_itself() {
-    if !require(&["bash"]) {
-        return;
-    }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/transparent.sh");
+/// `bash -n` passes, `--help` succeeds and names each of `help_names`, and an unknown
+/// option exits 2.
+fn script_parses_and_explains_itself(script: &str, help_names: &[&str]) {
     let syntax = Command::new("bash").arg("-n").arg(script).output().unwrap();
     assert!(
         syntax.status.success(),
@@ -205,14 +163,59 @@ fn transparent_script_parses_and_explains_itself() {
         .unwrap();
     assert!(help.status.success());
     let text = String::from_utf8_lossy(&help.stdout);
-    assert!(
-        text.contains("unshare -n") && text.contains("--rounds"),
-        "{text}"
-    );
+    for name in help_names {
+        assert!(
+            text.contains(name),
+            "{script} --help does not name {name}: {text}"
+        );
+    }
     let bad = Command::new("bash")
         .arg(script)
         .arg("--no-such-option")
         .output()
         .unwrap();
-    assert_eq!(bad.status.code(), Some(2));
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "{script} took an unknown option"
+    );
+}
+
+#[test]
+fn compare_script_parses_and_dry_runs() {
+    if !require(&["bash", "python3"]) {
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/compare.sh");
+    script_parses_and_explains_itself(script, &["--dry-run", "--runs"]);
+    let dry = Command::new("bash")
+        .arg(script)
+        .arg("--dry-run")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&dry.stdout);
+    assert!(
+        dry.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    assert!(out.contains("squid peek+splice") && out.contains("dry run: nothing installed"));
+}
+
+#[test]
+fn transparent_script_parses_and_explains_itself() {
+    if !require(&["bash"]) {
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/transparent.sh");
+    script_parses_and_explains_itself(script, &["unshare -n", "--rounds"]);
+}
+
+#[test]
+fn instructions_script_parses_and_explains_itself() {
+    if !require(&["bash"]) {
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/instructions.sh");
+    script_parses_and_explains_itself(script, &["callgrind", "--bin"]);
 }
