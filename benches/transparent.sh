@@ -13,7 +13,8 @@
 # only `nobody`'s connections to nginx's port are redirected (tlspeek's own connection
 # upstream, as root, is not). Needs root, iptables, nginx and haproxy (installed with apt
 # when missing); builds tlspeek and the load generator (release) unless --bin names a
-# tlspeek binary. Prints one line per round and per target, then the medians.
+# tlspeek binary. Prints one line per target: the median p50, the added p50 of each round
+# (against that round's direct run) and the CPU per connection of each round.
 set -euo pipefail
 . "$(dirname "$0")/upstream.sh"   # wait_port, nginx_upstream
 
@@ -27,7 +28,7 @@ while [ $# -gt 0 ]; do
     -n) N="$2"; shift 2 ;;
     -c) C="$2"; shift 2 ;;
     --bin) TLSPEEK="$2"; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -132,14 +133,16 @@ run() { # target: one JSON line
   esac 2>/dev/null | tail -1
 }
 # Warm-up (tables, pools, the servers' caches): 200 handshakes each, not counted.
-for t in direct floor connect transparent; do N=200 run "$t" >/dev/null; done
+for t in direct floor connect transparent; do
+  N=200 run "$t" >/dev/null || { echo "warm-up, $t: the load generator failed" >&2; exit 1; }
+done
 : >"$W/results.jsonl"
 # wait_port's own probe of the transparent port was logged too: count from here.
 sleep 0.5
 before=$(grep -c '"mode":"transparent"' "$W/events.jsonl" 2>/dev/null || true)
 for r in $(seq 1 "$ROUNDS"); do
   for t in direct floor connect transparent; do
-    line=$(run "$t")
+    line=$(run "$t") || { echo "round $r, $t: the load generator failed" >&2; exit 1; }
     echo "{\"round\":$r,\"target\":\"$t\",\"result\":$line}" >>"$W/results.jsonl"
   done
 done

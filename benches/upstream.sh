@@ -1,9 +1,10 @@
 # Shared by benches/instructions.sh and benches/transparent.sh (sourced, not run): the
 # nginx TLS upstream both measure against, and the wait for a listener.
 
-# wait_port PORT: until something accepts on 127.0.0.1:PORT (30 s at most).
+# wait_port PORT: until something accepts on 127.0.0.1:PORT (60 s at most: tlspeek
+# starts slowly under callgrind).
 wait_port() {
-  for _ in $(seq 1 300); do
+  for _ in $(seq 1 600); do
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
     sleep 0.1
   done

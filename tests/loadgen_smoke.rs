@@ -1,7 +1,7 @@
 //! Keeps the benchmark tools from rotting: every mode of `tlspeek-loadgen` runs for a
 //! handful of connections through a real tlspeek (and direct), `benches/compare.sh`
-//! passes `bash -n` and its `--dry-run`/`--help` paths, and `benches/transparent.sh` its
-//! `bash -n` and `--help`. No timing is asserted here: the
+//! passes `bash -n` and its `--dry-run`/`--help` paths, and `benches/transparent.sh` and
+//! `benches/instructions.sh` their `bash -n` and `--help`. No timing is asserted here: the
 //! performance goals live in `BENCHMARKS.md`, measured by `benches/compare.sh`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed assumption is a failed test
 
