@@ -404,8 +404,10 @@ fn debug_tunnels_shows_each_open_tunnel_and_its_pumps() {
     }
 }
 
-/// `proxy.zero_copy` picks the pass-through path: `splice(2)` by default (Linux), a pooled
-/// user-space copy when it is false. Either way the bytes arrive unchanged (SHA-256).
+/// `proxy.zero_copy` picks the pass-through path: `splice(2)` by default (Linux) once a
+/// direction has moved `SPLICE_AFTER` bytes, so a short tunnel stays on the pooled
+/// user-space copy; always the copy when it is false. Either way the bytes arrive
+/// unchanged (SHA-256).
 #[test]
 fn zero_copy_setting_picks_the_pass_through_path_and_bytes_arrive_unchanged() {
     let hello = std::fs::read(concat!(
@@ -413,13 +415,18 @@ fn zero_copy_setting_picks_the_pass_through_path_and_bytes_arrive_unchanged() {
         "/tests/fixtures/curl_tls12.bin"
     ))
     .unwrap();
-    for (setting, path) in [("", "splice"), ("zero_copy = false\n", "copy")] {
+    let short = tlspeek::net::splice::SPLICE_AFTER / 2;
+    for (setting, extra, path) in [
+        ("", 4 << 20, "splice"),
+        ("", short, "copy"),
+        ("zero_copy = false\n", 4 << 20, "copy"),
+    ] {
         let echo = echo_server();
         let t = Tlspeek::start(&format!("allowed_ports = [{echo}]\n{setting}"), "");
         let (s, status) = connect_tunnel(t.proxy_port, &format!("127.0.0.1:{echo}"));
         assert!(status.contains(" 200 "), "{status}");
         let mut data = hello.clone();
-        data.extend(random_bytes(4 << 20, 23));
+        data.extend(random_bytes(extra, 23));
         let want = Sha256::digest(&data);
         let len = data.len();
         let mut reader = s.try_clone().unwrap();
@@ -437,7 +444,7 @@ fn zero_copy_setting_picks_the_pass_through_path_and_bytes_arrive_unchanged() {
         assert_eq!(
             got.join().unwrap(),
             want,
-            "echoed bytes differ ({setting:?})"
+            "echoed bytes differ ({setting:?}, {len} bytes)"
         );
         let port = s.local_addr().unwrap().port();
         // The pumps count a chunk after writing it: wait (bounded) for the last count.
@@ -458,8 +465,14 @@ fn zero_copy_setting_picks_the_pass_through_path_and_bytes_arrive_unchanged() {
             }
             thread::sleep(Duration::from_millis(50));
         };
-        assert_eq!(entry["up"]["path"], path, "{setting:?}: {entry}");
-        assert_eq!(entry["down"]["path"], path, "{setting:?}: {entry}");
+        assert_eq!(
+            entry["up"]["path"], path,
+            "{setting:?}, {len} bytes: {entry}"
+        );
+        assert_eq!(
+            entry["down"]["path"], path,
+            "{setting:?}, {len} bytes: {entry}"
+        );
         assert_eq!(entry["up"]["bytes"], len, "{entry}");
         assert_eq!(entry["down"]["bytes"], len, "{entry}");
         drop(s);

@@ -220,6 +220,12 @@ const POOL_MAX: usize = 256;
 pub const TAP_WINDOW: usize = crate::hello::MAX_HELLO_BYTES;
 /// When zero-copy was refused, this many bytes are copied before it is tried again.
 const RETRY_ZERO_COPY_AFTER: usize = 1024 * 1024;
+/// A direction moves this many bytes through the copy path before it turns to zero-copy.
+/// A short tunnel (a handshake, an API call) then never takes a pipe: for a few small
+/// chunks, two `splice(2)` calls and the pipe pool cost the kernel more than a read and a
+/// write (BENCHMARKS.md, "thirteenth stop"), while a bulk transfer, where splice pays,
+/// copies only its first 64 KiB (four reads of [`BUF_SIZE`]).
+pub const SPLICE_AFTER: usize = 64 * 1024;
 
 static POOL: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
 
@@ -338,7 +344,7 @@ impl<F: FnMut(&[u8]) + ?Sized> Tap for F {
     }
 }
 
-/// A tap that needs nothing: the pump may use zero-copy from the first byte.
+/// A tap that needs nothing: the pump is done tapping after the first chunk.
 pub struct NoTap;
 
 impl Tap for NoTap {
@@ -349,9 +355,10 @@ impl Tap for NoTap {
 
 /// Copies `from` → `to` until end of stream, then half-closes `to`. `tap` sees every chunk
 /// before it is written (it must not block) until it answers [`Tapped::Done`] — a plain
-/// closure: at least the first [`TAP_WINDOW`] bytes. After that, on Linux, the bytes go
-/// through `splice(2)` and a pooled pipe without entering user space (see [`zero_copy`]);
-/// elsewhere, or if splice is off or refused, through a pooled buffer.
+/// closure: at least the first [`TAP_WINDOW`] bytes. Once the direction has moved
+/// [`SPLICE_AFTER`] bytes, on Linux, the bytes go through `splice(2)` and a pooled pipe
+/// without entering user space (see [`zero_copy`]); before that, elsewhere, or if splice
+/// is off or refused, through a pooled buffer.
 pub async fn pump<T: Tap + Send + ?Sized>(
     from: &TcpStream,
     to: &TcpStream,
@@ -363,8 +370,9 @@ pub async fn pump<T: Tap + Send + ?Sized>(
     let fail = |culprit: Side| move |error: io::Error| PumpError { culprit, error };
     let mut tapping = true;
     let mut seen = 0usize;
-    // After zero-copy was refused (no pipe to be had, or not for these sockets): bytes to
-    // copy before trying it again.
+    // Bytes to copy before zero-copy is tried: the rest of [`SPLICE_AFTER`] once the tap
+    // is done, or [`RETRY_ZERO_COPY_AFTER`] after it was refused (no pipe to be had, or
+    // not for these sockets).
     let mut copy_first = 0usize;
     let state = flow.state;
     state.set_path(PumpPath::Tapping);
@@ -402,6 +410,7 @@ pub async fn pump<T: Tap + Send + ?Sized>(
                 seen += n;
                 if tap.see(chunk) == Tapped::Done || seen >= TAP_WINDOW {
                     tapping = false;
+                    copy_first = SPLICE_AFTER.saturating_sub(seen);
                     state.set_path(PumpPath::Copy);
                 }
             } else {
