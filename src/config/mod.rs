@@ -184,8 +184,7 @@ pub struct ProxyConfig {
     pub name_local_processes: bool,
     /// Pass-through bytes with `splice(2)` once a direction's peek is done and it has moved
     /// `net::splice::SPLICE_AFTER` bytes (Linux); false: always through a pooled user-space
-    /// buffer. Applied on reload to the tunnels that start
-    /// their pass-through after it.
+    /// buffer. Applied on reload to the tunnels that start their pass-through after it.
     pub zero_copy: bool,
 }
 
