@@ -295,7 +295,7 @@ fn check_config_redacts_the_parent_proxy_password() {
 
 /// `RUST_LOG` sets the stderr level whether it names a level alone (unset or empty means
 /// info; a static filter) or per-target directives (an `EnvFilter`): a connection that
-/// closes without a hello logs at debug, the start at info.
+/// closes without a hello logs at debug, the start at info, and before any connection.
 #[test]
 fn rust_log_sets_the_level_plain_or_per_target() {
     for (spec, info, debug) in [
@@ -329,6 +329,13 @@ fn rust_log_sets_the_level_plain_or_per_target() {
             debug,
             "RUST_LOG={spec:?}: {err}"
         );
+        // The start is logged before the first connection can be accepted.
+        if let (Some(start), Some(conn)) = (
+            err.find("tlspeek listening"),
+            err.find("no ClientHello from the client"),
+        ) {
+            assert!(start < conn, "RUST_LOG={spec:?}: {err}");
+        }
     }
 }
 

@@ -204,6 +204,12 @@ struct Tasks {
 
 impl Tasks {
     fn start(shared: &Arc<Shared>, l: Listeners) -> Tasks {
+        // Logged before the accept loops start, so that it comes before any connection's
+        // lines: the sockets are bound already (a client may be waiting in the backlog).
+        {
+            let cfg = shared.config.load();
+            info!(proxy = %cfg.proxy.listen, admin = %cfg.admin.listen, transparent = ?cfg.transparent_listen, version = env!("CARGO_PKG_VERSION"), "tlspeek listening");
+        }
         let stop_accepting = CancellationToken::new();
         let stop_admin = CancellationToken::new();
         let accept_on = |listener: TcpListener, mode: Mode| {
@@ -214,7 +220,7 @@ impl Tasks {
                 mode,
             ))
         };
-        let tasks = Tasks {
+        Tasks {
             accept: accept_on(l.proxy, Mode::Connect),
             transparent: l.transparent.map(|t| accept_on(t, Mode::Transparent)),
             admin: tokio::spawn(admin::serve(l.admin, shared.clone(), stop_admin.clone())),
@@ -223,10 +229,7 @@ impl Tasks {
             timer_anchor: tokio::spawn(keep_a_timer_armed(stop_admin.clone())),
             stop_accepting,
             stop_admin,
-        };
-        let cfg = shared.config.load();
-        info!(proxy = %cfg.proxy.listen, admin = %cfg.admin.listen, transparent = ?cfg.transparent_listen, version = env!("CARGO_PKG_VERSION"), "tlspeek listening");
-        tasks
+        }
     }
 
     /// Stops accepting, drains open connections for `shutdown_grace` (then closes them),
