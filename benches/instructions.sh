@@ -15,7 +15,7 @@
 # nginx with apt when missing; builds tlspeek and the load generator (release) unless
 # --bin names a tlspeek binary; stops what it started.
 set -euo pipefail
-. "$(dirname "$0")/upstream.sh"   # wait_port, nginx_upstream
+. "$(dirname "$0")/upstream.sh"   # wait_port, nginx_upstream, tlspeek_config
 
 N=500
 WARMUP=200
@@ -65,19 +65,7 @@ nginx -c "$W/nginx.conf" -e "$W/nginx-error.log" 2>>"$W/nginx-stderr.log" &
 PIDS+=($!)
 wait_port "$NGINX_PORT"
 
-cat >"$W/tlspeek.toml" <<EOF
-[proxy]
-listen = "127.0.0.1:$PROXY_PORT"
-deny_destinations = []
-allowed_ports = [$NGINX_PORT]
-name_local_processes = false
-[admin]
-listen = "127.0.0.1:$ADMIN_PORT"
-[events]
-path = "$W/events.jsonl"
-[inventory]
-path = "$W/inventory.sqlite"
-EOF
+tlspeek_config "$W" "$PROXY_PORT" "$ADMIN_PORT" "$NGINX_PORT"
 OUT="$W/callgrind.out"
 valgrind --tool=callgrind --callgrind-out-file="$OUT" \
   "$TLSPEEK" run --config "$W/tlspeek.toml" >"$W/tlspeek.log" 2>&1 &

@@ -16,7 +16,7 @@
 # tlspeek binary. Prints one line per target: the median p50, the added p50 of each round
 # (against that round's direct run) and the CPU per connection of each round.
 set -euo pipefail
-. "$(dirname "$0")/upstream.sh"   # wait_port, nginx_upstream
+. "$(dirname "$0")/upstream.sh"   # wait_port, nginx_upstream, tlspeek_config
 
 ROUNDS=6
 N=1000
@@ -89,23 +89,9 @@ listen fwd
   bind 127.0.0.1:$HAP_PORT
   server n 127.0.0.1:$NGINX_PORT
 EOF
-cat >"$W/tlspeek.toml" <<EOF
-[proxy]
-listen = "127.0.0.1:$PROXY_PORT"
-deny_destinations = []
-allowed_ports = [$NGINX_PORT]
-max_connections = 20000
-max_connections_per_source = 20000
-name_local_processes = false
-[transparent]
-listen = "127.0.0.1:$TP_PORT"
-[admin]
-listen = "127.0.0.1:$ADMIN_PORT"
-[events]
-path = "$W/events.jsonl"
-[inventory]
-path = "$W/inventory.sqlite"
-EOF
+tlspeek_config "$W" "$PROXY_PORT" "$ADMIN_PORT" "$NGINX_PORT" \
+  $'max_connections = 20000\nmax_connections_per_source = 20000' \
+  "$(printf '[transparent]\nlisten = "127.0.0.1:%s"' "$TP_PORT")"
 
 iptables -t nat -A OUTPUT -p tcp -d 127.0.0.1 --dport "$NGINX_PORT" \
   -m owner --uid-owner 65534 -j REDIRECT --to-ports "$TP_PORT"

@@ -1,5 +1,6 @@
 # Shared by benches/instructions.sh and benches/transparent.sh (sourced, not run): the
-# nginx TLS upstream both measure against, and the wait for a listener.
+# nginx TLS upstream both measure against, the benchmark config of tlspeek in front of it,
+# and the wait for a listener.
 
 # wait_port PORT: until something accepts on 127.0.0.1:PORT (60 s at most: tlspeek
 # starts slowly under callgrind).
@@ -40,4 +41,22 @@ http {
   }
 }
 CONF
+}
+
+# tlspeek_config DIR PROXY_PORT ADMIN_PORT UPSTREAM_PORT [PROXY_LINES] [TABLES]: writes
+# DIR/tlspeek.toml, the benchmark config: CONNECT on PROXY_PORT to UPSTREAM_PORT only, no
+# deny list (the upstream is on 127.0.0.1), local process naming off, events and the
+# inventory in DIR. PROXY_LINES go into [proxy]; TABLES (whole tables) before [admin].
+tlspeek_config() {
+  local dir=$1 proxy_port=$2 admin_port=$3 upstream_port=$4 proxy_lines=${5:-} tables=${6:-}
+  {
+    printf '[proxy]\nlisten = "127.0.0.1:%s"\ndeny_destinations = []\nallowed_ports = [%s]\n' \
+      "$proxy_port" "$upstream_port"
+    if [ -n "$proxy_lines" ]; then printf '%s\n' "$proxy_lines"; fi
+    printf 'name_local_processes = false\n'
+    if [ -n "$tables" ]; then printf '%s\n' "$tables"; fi
+    printf '[admin]\nlisten = "127.0.0.1:%s"\n' "$admin_port"
+    printf '[events]\npath = "%s/events.jsonl"\n[inventory]\npath = "%s/inventory.sqlite"\n' \
+      "$dir" "$dir"
+  } >"$dir/tlspeek.toml"
 }
